@@ -1,0 +1,1 @@
+"""Sub-commands of ``distst``; each module registers one parser (see ``distst.cli.COMMANDS``)."""

@@ -1,0 +1,27 @@
+"""Parameter and MAC counts per group, measured with ``torch.utils.flop_counter``.
+
+The flop counter reports FLOPs with a multiply-add counted as 2; distst reports MACs (= FLOPs / 2) for
+convolutions and the attention matmuls. Element-wise work (ReLU, norms, softmax, padding) is not counted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .base import StyleTransferModel
+
+
+def macs(model: StyleTransferModel, size: int) -> dict[str, int]:
+    """MACs of one stylisation (content and style both ``size`` x ``size``), per group and 'total'."""
+    image = torch.rand(1, 3, size, size)
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(image, image)
+    model.train(was_training)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    out = {group: sum(counts.get(f"{root}.{group}", {}).values()) // 2 for group in model.groups()}
+    out["total"] = sum(counts.get("Global", {}).values()) // 2
+    return out
