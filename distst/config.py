@@ -198,16 +198,27 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, checking each part against the schema (free-form dicts excepted)."""
     parts = key.split(".")
+    section: type[BaseModel] | None = Config
     node = tree
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[:depth + 1])} is a value, not a section; cannot set {key}")
-        node = child
-    if _section_at(tuple(parts[:-1])) is not None and parts[-1] not in _section_at(tuple(parts[:-1])).model_fields:
-        raise ConfigError(_unknown_key_message(tuple(parts)))
-    node[parts[-1]] = value
+    for depth, part in enumerate(parts):
+        if section is not None:
+            if part not in section.model_fields:
+                raise ConfigError(_unknown_key_message(tuple(parts[: depth + 1])))
+            annotation = section.model_fields[part].annotation
+            is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            is_free_dict = getattr(annotation, "__origin__", None) is dict
+            if depth < len(parts) - 1 and not (is_section or is_free_dict):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section; cannot set {key}")
+            section = annotation if is_section else None
+        if depth == len(parts) - 1:
+            node[part] = value
+        else:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])} is a value, not a section; cannot set {key}")
+            node = child
 
 
 def build_config(tree: Mapping[str, Any], overrides: Mapping[str, Any] | Iterable[str] = ()) -> Config:

@@ -10,6 +10,7 @@ from .decoder import Decoder
 from .stats import adain, blend, per_sample_l2, style_error, style_loss
 from .vgg import VGGEncoder
 
+
 class AdaINTransform(nn.Module):
     """Parameter-free: re-normalises content features to the style's channel statistics."""
 

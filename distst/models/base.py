@@ -20,6 +20,8 @@ class StyleTransferModel(nn.Module, metaclass=ABCMeta):
     encoder_depth: ClassVar[str]
     # Height and width of inputs must be multiples of this (1: any size).
     input_multiple: ClassVar[int] = 1
+    # Smallest height/width: the deepest reflection pad needs at least 2 pixels.
+    min_size: ClassVar[int] = 16
 
     def __init__(self, encoder: VGGEncoder, transform: nn.Module, decoder: Decoder) -> None:
         super().__init__()
@@ -36,6 +38,8 @@ class StyleTransferModel(nn.Module, metaclass=ABCMeta):
             if image.dim() != 4 or image.shape[1] != 3:
                 raise ValueError(f"{self.name} expects N x 3 x H x W images in [0, 1], got shape {tuple(image.shape)}")
             h, w = image.shape[-2:]
+            if min(h, w) < self.min_size:
+                raise ValueError(f"{self.name} needs images of at least {self.min_size}x{self.min_size}, got {h}x{w}")
             m = self.input_multiple
             if h % m or w % m:
                 raise ValueError(

@@ -67,6 +67,7 @@ class SANet(StyleTransferModel):
     name = "sanet"
     encoder_depth = "relu5_1"
     input_multiple = 16  # relu5_1 is upsampled 2x onto relu4_1: both sides must halve exactly
+    min_size = 32
 
     def __init__(self, width: float = 1.0) -> None:
         super().__init__(VGGEncoder(self.encoder_depth, width), SANetTransform(scaled(512, width)), Decoder(width))
