@@ -1,0 +1,132 @@
+"""One input image -> one shard sample (runs in the build's worker processes).
+
+Decode, convert to 8-bit RGB (grayscale, CMYK, palette, alpha and 16-bit inputs), shrink the shorter side
+to ``resize`` (never enlarge: smaller images are kept as they are and flagged ``small``), re-encode as JPEG.
+Anything that cannot be decoded becomes a ``Skipped`` record with a short reason instead of an exception.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .sources import SourceItem
+
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as viewers do
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    resize: int = 512
+    quality: int = 95
+
+
+@dataclass
+class Encoded:
+    index: int
+    key: str
+    jpg: bytes
+    meta: dict
+    converted_from: str | None = None  # the input's PIL mode when it was not RGB
+    small: bool = False
+
+    def sample(self) -> dict:
+        return {"__key__": self.key, "jpg": self.jpg, "json": json.dumps(self.meta, sort_keys=True).encode()}
+
+
+@dataclass
+class Skipped:
+    index: int
+    source: str
+    reason: str
+    detail: str = field(default="")
+
+
+def sample_key(index: int) -> str:
+    """Keys are the input's position in the sorted listing: unique, stable, free of dots."""
+    return f"{index:09d}"
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode in SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
+        values = values / 257.0  # 65535 -> 255
+    elif img.mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB; alpha is composited over white, 16-bit/float gray is rescaled rather than clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in SIXTEEN_BIT_MODES | {"I", "F"}:
+        img = _to_8bit_gray(img)
+    if img.mode in ALPHA_MODES:
+        canvas = Image.new("RGBA", img.size, (*BACKGROUND, 255))
+        canvas.alpha_composite(img.convert("RGBA"))
+        img = canvas
+    return img.convert("RGB")
+
+
+def target_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """(w, h) with the shorter side ``shorter`` and the aspect ratio kept."""
+    if width <= height:
+        return shorter, max(1, round(height * shorter / width))
+    return max(1, round(width * shorter / height)), shorter
+
+
+def _skip_reason(err: Exception) -> str:
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(err, Image.DecompressionBombError):
+        return "too large"
+    if isinstance(err, OSError) and "truncated" in str(err):
+        return "truncated"
+    return "unreadable"
+
+
+def _detail(err: Exception) -> str:
+    # PIL names the BytesIO object with its address; drop it so manifests are reproducible.
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(err).__name__}: {err}")
+
+
+def _decode_resized(data: bytes, resize: int) -> tuple[Image.Image, int, int, str, bool]:
+    with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        mode = img.mode
+        small = min(width, height) < resize
+        size = (width, height) if small else target_size(width, height, resize)
+        img.draft(None, size)  # JPEG: let the decoder downscale by 1/2..1/8 while staying >= size (fast)
+        img.load()
+        rgb = to_rgb(img)
+    if rgb.size != size:
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    return rgb, width, height, mode, small
+
+
+def encode_item(index: int, item: SourceItem, options: EncodeOptions) -> Encoded | Skipped:
+    """The shard sample for ``item`` or why it was skipped; never raises for a bad image."""
+    try:
+        data = item.read()
+        if not data:
+            return Skipped(index, item.rel, "empty file")
+        rgb, width, height, mode, small = _decode_resized(data, options.resize)
+        buffer = io.BytesIO()
+        rgb.save(buffer, "JPEG", quality=options.quality)
+    except Exception as err:  # noqa: BLE001 - one bad file must never end the build
+        return Skipped(index, item.rel, _skip_reason(err), _detail(err))
+    meta = {"source": item.rel, "width": width, "height": height}
+    if item.label is not None:
+        meta["style"] = item.label
+    return Encoded(index, sample_key(index), buffer.getvalue(), meta,
+                   converted_from=None if mode == "RGB" else mode, small=small)
