@@ -12,6 +12,8 @@ COMMANDS = (
     "distst.commands.stylize",
     "distst.commands.models",
     "distst.commands.convert",
+    "distst.commands.shards",
+    "distst.commands.bench",
 )
 
 
