@@ -3,7 +3,7 @@
 Each stream (content, style) is a WebDataset pipeline per process: ``ResampledShards`` -> tar samples ->
 shuffle buffer -> decode + random crop/flip -> batches. Shards are dealt out first across ranks, then
 across the DataLoader workers of a rank; where there are too few shards to deal, every process of that
-level reads the same shards and keeps a disjoint share of the samples (by a hash of the sample key).
+level reads the same shards and keeps every n-th sample of each (a disjoint, balanced share).
 So no two processes ever read the same samples.
 
 Reproducibility: every random choice (shard picks, shuffle buffer, crops, flips) draws from generators
@@ -18,12 +18,11 @@ import hashlib
 import os
 import random
 import warnings
-import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import webdataset as wds
@@ -33,9 +32,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..config import DataConfig
 from .transforms import eval_view, sample_image, train_view
 
-# Consecutive unusable samples (corrupt, or another process's share) after which a stream gives up
-# rather than spin forever on shards that can never yield a sample.
-GIVE_UP_AFTER = 20_000
+# Streams are infinite: after this many consecutive shard reads without a sample for this process, or
+# this many consecutive undecodable samples, give up with an error rather than spin forever.
+GIVE_UP_SHARDS = 1_000
+GIVE_UP_SAMPLES = 20_000
 
 
 # --- shards -------------------------------------------------------------------------------------------
@@ -54,39 +54,49 @@ def expand_shards(pattern: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Share:
-    """This process's part of one level (ranks or workers): ``index`` of ``parts``."""
+    """A process's part of a level (ranks, or one rank's workers): ``index`` of ``parts``."""
 
     index: int
     parts: int
 
-    def deal(self, urls: list[str]) -> tuple[list[str], Share | None]:
-        """Whole shards if there are enough to go round, else all shards plus a per-sample share."""
-        if self.parts == 1:
-            return urls, None
+    def deal(self, urls: list[str]) -> tuple[list[str], Share]:
+        """This part's shards, and the share of each shard's samples it still has to leave to the others.
+
+        With at least ``parts`` shards each part gets whole shards (and keeps all their samples);
+        with fewer, every part reads all of them and keeps every ``parts``-th sample.
+        """
         if len(urls) >= self.parts:
             # What wds.split_by_node/split_by_worker do, but on the finite list *before* resampling
             # (they split the resampled stream, which would let ranks draw the same shards), and
             # with the rank given explicitly rather than read from the environment.
-            return urls[self.index::self.parts], None
+            return urls[self.index::self.parts], Share(0, 1)
         return urls, self
 
-    def owns(self, key: str, level: str) -> bool:
-        return zlib.crc32(f"{level}:{key}".encode()) % self.parts == self.index
+    def within(self, inner: Share) -> Share:
+        """The combined sample share of an outer level (ranks) and an inner one (workers)."""
+        return Share(self.index * inner.parts + inner.index, self.parts * inner.parts)
 
 
-def _keep_shares(samples: Iterator[dict], shares: dict[str, Share]) -> Iterator[dict]:
-    # wds.select would do the filtering, but could not tell "this process's share is empty" from
-    # "still looking"; counting misses turns that into an error instead of an endless loop.
-    misses = 0
-    for sample in samples:
-        if all(share.owns(sample["__key__"], level) for level, share in shares.items()):
-            misses = 0
-            yield sample
-        else:
-            misses += 1
-            if misses > GIVE_UP_AFTER:
-                raise RuntimeError(f"no sample of {sample.get('__url__')} belongs to this process ({shares}); "
-                                   "build more shards or use fewer ranks/workers")
+def _shard_samples(shards: Iterator[dict], handler: Callable[[Exception], bool], share: Share) -> Iterator[dict]:
+    """Samples of each drawn shard, keeping positions ``share.index`` mod ``share.parts``.
+
+    WebDataset's tar reader runs once per shard so that sample positions are known (the same in every
+    process, so the shares are disjoint and balanced); a run of shards that yield nothing to this
+    process (its share is empty, or the shards are unreadable) ends in an error instead of a silent hang.
+    """
+    read = wds.tarfile_to_samples(handler=handler)
+    barren = 0
+    for shard in shards:
+        kept = 0
+        for position, sample in enumerate(read(iter([shard]))):
+            if position % share.parts == share.index:
+                kept += 1
+                yield sample
+        barren = 0 if kept else barren + 1
+        if barren >= GIVE_UP_SHARDS:
+            raise RuntimeError(f"{barren} shard reads in a row gave this process no sample (last {shard['url']}, "
+                               f"share {share.index} of {share.parts}): shards unreadable, or too few samples "
+                               "for the ranks x workers; build more shards or use fewer ranks/workers")
 
 
 # --- per-process streams ------------------------------------------------------------------------------
@@ -110,7 +120,7 @@ class _Health:
         self.counts[f"corrupt_{self.stream}"] += 1
         self.misses += 1
         warnings.warn(f"skipping corrupt {self.stream} data: {exn}", RuntimeWarning, stacklevel=2)
-        if self.misses > GIVE_UP_AFTER:
+        if self.misses > GIVE_UP_SAMPLES:
             raise RuntimeError(f"{self.misses} consecutive corrupt {self.stream} samples; last: {exn}") from exn
         return True
 
@@ -118,8 +128,15 @@ class _Health:
         self.misses = 0
 
 
-def _collate(items: list[tuple[Tensor, str]]) -> tuple[Tensor, list[str]]:
-    return torch.stack([image for image, _ in items]), [key for _, key in items]
+class _Batch(NamedTuple):
+    images: Tensor
+    keys: list[str]
+    small: int  # images in this batch that were smaller than the crop (counted here, not when decoded,
+    #             because wds.batched decodes one sample ahead of the batch it yields)
+
+
+def _collate(views: list[tuple[Tensor, str, bool]]) -> _Batch:
+    return _Batch(torch.stack([v[0] for v in views]), [v[1] for v in views], sum(v[2] for v in views))
 
 
 def _no_worker_seed() -> int:
@@ -135,26 +152,23 @@ class _Stream:
     cfg: DataConfig
     seed: int  # already specific to (data.seed, epoch, rank, world size, worker, workers, stream)
 
-    def batches(self, node: Share, worker: Share, counts: Counter[str]) -> Iterator[tuple[Tensor, list[str]]]:
-        urls, node_share = node.deal(list(self.urls))
-        urls, worker_share = worker.deal(urls)
-        shares = {level: s for level, s in (("node", node_share), ("worker", worker_share)) if s is not None}
+    def batches(self, node: Share, worker: Share, counts: Counter[str]) -> Iterator[_Batch]:
+        urls, node_rest = node.deal(list(self.urls))
+        urls, worker_rest = worker.deal(urls)
+        share = node_rest.within(worker_rest)
         health = _Health(self.name, counts)
         crops = random.Random(derive_seed(self.seed, "augment"))
 
-        def view(sample: dict) -> tuple[Tensor, str]:
+        def view(sample: dict) -> tuple[Tensor, str, bool]:
             image, small = train_view(sample_image(sample), self.cfg.crop, crops, self.cfg.flip)
-            counts[f"small_{self.name}"] += small
             health.ok()
-            return image, sample["__key__"]
+            return image, sample["__key__"], small
 
         stages: list[Any] = [
             wds.ResampledShards(urls, seed=derive_seed(self.seed, "shards") & 0x7FFFFFFF,
                                 worker_seed=_no_worker_seed, deterministic=True),
-            wds.tarfile_to_samples(handler=health),
+            lambda shards: _shard_samples(shards, health, share),
         ]
-        if shares:
-            stages.append(lambda samples: _keep_shares(samples, shares))
         if self.cfg.shuffle_buffer > 0:
             stages.append(wds.shuffle(self.cfg.shuffle_buffer, initial=min(self.cfg.shuffle_buffer, 100),
                                       rng=random.Random(derive_seed(self.seed, "shuffle"))))
@@ -180,9 +194,11 @@ class _ZippedBatches(IterableDataset):
             for name, urls in self.streams.items()
         ]
         for batches in zip(*iterators, strict=True):  # the streams are infinite
-            delta = dict(counts)
+            for name, batch in zip(self.streams, batches, strict=True):
+                counts[f"small_{name}"] += batch.small
+            delta = dict(counts)  # corrupt samples met since the last batch, small images in this one
             counts.clear()
-            yield (*(images for images, _ in batches), *(keys for _, keys in batches), delta)
+            yield (*(batch.images for batch in batches), *(batch.keys for batch in batches), delta)
 
 
 def _worker_init(_: int) -> None:

@@ -95,8 +95,7 @@ def _count_images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*.png"))
 
 
-def build_sample(out: str | Path, seed: int = 0, workers: int | None = None, progress: bool = True,
-                 quality: int = 90) -> dict[str, dict]:
+def build_sample(out: str | Path, seed: int = 0, workers: int | None = None, progress: bool = True) -> dict[str, dict]:
     """Write ``content-00000{0,1}.tar``, ``style-00000{0,1}.tar``, their manifests and README.md."""
     out = Path(out)
     manifests = {}
@@ -104,7 +103,7 @@ def build_sample(out: str | Path, seed: int = 0, workers: int | None = None, pro
         folders = dict(zip(("content", "style"), _write_sources(Path(tmp), seed), strict=True))
         for name, folder in folders.items():
             per_shard = math.ceil(_count_images(folder) / SHARDS_PER_SET)
-            options = BuildOptions(resize=SAMPLE_RESIZE, shard_size=per_shard, quality=quality, labels=name == "style")
+            options = BuildOptions(resize=SAMPLE_RESIZE, shard_size=per_shard, labels=name == "style")
             manifests[name] = build_shards(
                 folder, out, name, options=options, workers=workers, progress=progress,
                 source_label=f"distst shards sample --seed {seed} ({name}: see README.md)",
