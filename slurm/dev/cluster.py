@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,7 +279,7 @@ class _Daemons:
     munged: int | None = None
     slurmctld: int | None = None
     slurmd: int | None = None
-    munge_socket: str | None = None  # None: slurm uses the system munged's default socket
+    munge_dir: str | None = None  # None: slurm uses the system munged's default socket
 
     def started(self) -> dict[str, int]:
         names = ("slurmd", "slurmctld", "munged")  # stop order: node, controller, then auth
@@ -302,7 +303,10 @@ class SlurmCluster:
         start_timeout: float = 60.0,
         stop_at_exit: bool = True,
     ) -> None:
-        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="distst-slurm-")).resolve()
+        self._created_base_dir = base_dir is None
+        # Named now, created by start(): a cluster that never starts leaves nothing behind.
+        default_dir = Path(tempfile.gettempdir()) / f"distst-slurm-{uuid.uuid4().hex[:10]}"
+        self.base_dir = Path(base_dir or default_dir).resolve()
         self.partition = partition
         self.kill_wait = kill_wait
         self.cred_expire = cred_expire
@@ -326,10 +330,6 @@ class SlurmCluster:
     def jobs_dir(self) -> Path:
         """Where scripts passed as text and default job outputs (slurm-<id>.out) go."""
         return self.base_dir / "jobs"
-
-    @property
-    def munge_dir(self) -> Path:
-        return self.base_dir / "munge"
 
     def _run_dir(self) -> Path:
         return self.base_dir / "run"
@@ -391,17 +391,19 @@ class SlurmCluster:
                 stop_process(pid)
         for pid in pids_holding_files_under(self.base_dir):  # orphaned slurmstepd / job processes
             stop_process(pid, timeout=2.0)
+        if remove:
+            self._remove_state()
         self._running = False
         self._daemons = _Daemons()
         if self.stop_at_exit:
             atexit.unregister(self.stop)
-        if remove:
-            self._remove_state()
 
     def _remove_state(self) -> None:
         for sub in OWNED_SUBDIRS:
             shutil.rmtree(self.base_dir / sub, ignore_errors=True)
         (self.base_dir / STATE_FILE).unlink(missing_ok=True)
+        if self._daemons.munge_dir:  # may lie outside base_dir, see _make_munge_dir
+            shutil.rmtree(self._daemons.munge_dir, ignore_errors=True)
         try:
             self.base_dir.rmdir()
         except OSError:
@@ -428,8 +430,9 @@ class SlurmCluster:
 
     def _is_our_daemon(self, name: str, pid: int) -> bool:
         """Alive and still the program we started (its command line names our dir): never signal a recycled PID."""
+        our_dir = self._daemons.munge_dir if name == "munged" else str(self.base_dir)
         cmdline = _cmdline(pid)
-        return _pid_alive(pid) and name in cmdline and str(self.base_dir) in cmdline
+        return _pid_alive(pid) and name in cmdline and str(our_dir) in cmdline
 
     def _save_state(self) -> None:
         (self.base_dir / STATE_FILE).write_text(json.dumps(self._daemons.__dict__, indent=2))
@@ -439,8 +442,8 @@ class SlurmCluster:
         for sub in OWNED_SUBDIRS:
             shutil.rmtree(self.base_dir / sub, ignore_errors=True)
             (self.base_dir / sub).mkdir(parents=True)
-        # munged (user munge) must traverse the base dir to reach its own socket dir.
-        self.base_dir.chmod(0o755)
+        if self._created_base_dir:  # a private munged (user munge) may live inside: others need +x
+            self.base_dir.chmod(0o755)
         self._save_state()
 
     # ----------------------------------------------------------------------------------------- munge
@@ -461,11 +464,10 @@ class SlurmCluster:
         if self._munge_works():
             return
         munge_user = pwd.getpwnam("munge")
-        shutil.rmtree(self.munge_dir, ignore_errors=True)
-        self.munge_dir.mkdir()
-        self.munge_dir.chmod(0o755)  # munged insists every client can reach its socket
-        os.chown(self.munge_dir, munge_user.pw_uid, munge_user.pw_gid)
-        paths = {name: str(self.munge_dir / name) for name in ("munge.key", "munged.pid", "munge.socket")}
+        munge_dir = self._make_munge_dir(munge_user.pw_uid, munge_user.pw_gid)
+        self._daemons.munge_dir = str(munge_dir)
+        self._save_state()
+        paths = {name: str(munge_dir / name) for name in ("munge.key", "munged.pid", "munge.socket")}
         as_munge = {"user": munge_user.pw_uid, "group": munge_user.pw_gid, "extra_groups": []}
         _run(
             [_find_binary("mungekey") or "mungekey", "--create", "--keyfile", paths["munge.key"]], **as_munge
@@ -476,18 +478,39 @@ class SlurmCluster:
                 f"--socket={paths['munge.socket']}",
                 f"--key-file={paths['munge.key']}",
                 f"--pid-file={paths['munged.pid']}",
-                f"--log-file={self.munge_dir / 'munged.log'}",
-                f"--seed-file={self.munge_dir / 'munged.seed'}",
+                f"--log-file={munge_dir / 'munged.log'}",
+                f"--seed-file={munge_dir / 'munged.seed'}",
             ],
             **as_munge,
         )
         self._daemons.munged = _read_pid_file(Path(paths["munged.pid"]))
-        self._daemons.munge_socket = paths["munge.socket"]
         self._save_state()
         if result.returncode != 0 or not self._munge_works(paths["munge.socket"]):
             raise ClusterError(
-                f"munged did not start:\n{result.stderr}\n{self._log_tail(self.munge_dir / 'munged.log')}"
+                f"munged did not start:\n{result.stderr}\n{self._log_tail(munge_dir / 'munged.log')}"
             )
+
+    def _make_munge_dir(self, uid: int, gid: int) -> Path:
+        """A dir for munged's socket, key, pid and log, owned by munge and reachable by every client.
+
+        munged refuses a socket whose ancestors others cannot search, so when base_dir sits under a
+        private dir (pytest's tmp_path is under a 0700 dir) the munge dir goes to /run instead.
+        """
+        if all(path.stat().st_mode & 0o001 for path in (self.base_dir, *self.base_dir.parents)):
+            munge_dir = self.base_dir / "munge"
+            shutil.rmtree(munge_dir, ignore_errors=True)
+            munge_dir.mkdir()
+        else:
+            parent = "/run" if os.access("/run", os.W_OK) else "/tmp"
+            munge_dir = Path(tempfile.mkdtemp(prefix="distst-munge-", dir=parent))
+        munge_dir.chmod(0o755)
+        os.chown(munge_dir, uid, gid)
+        return munge_dir
+
+    @property
+    def munge_socket(self) -> str | None:
+        """Our private munged's socket, or None when Slurm uses the system munged's default socket."""
+        return f"{self._daemons.munge_dir}/munge.socket" if self._daemons.munge_dir else None
 
     # ----------------------------------------------------------------------------------------- config
 
@@ -495,7 +518,7 @@ class SlurmCluster:
         """slurm.conf for a one-node cluster on this host; the comments say why each non-default is there."""
         ctld_port, slurmd_port = free_tcp_ports(2)
         base = self.base_dir
-        auth_info = [f"socket={self._daemons.munge_socket}"] if self._daemons.munge_socket else []
+        auth_info = [f"socket={self.munge_socket}"] if self.munge_socket else []
         # cred_expire (min 5) also delays a requeued job's restart by cred_expire+1 s (default 120 s).
         auth_info.append(f"cred_expire={self.cred_expire}")
         lines = [
