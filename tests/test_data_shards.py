@@ -52,7 +52,7 @@ def test_manifest_counts_and_skip_reasons_are_exact(clean_build: tuple[Path, dic
     assert [s["file"] for s in manifest["shards"]] == [f"art-00000{i}.tar" for i in range(4)]
     assert [s["inputs"] for s in manifest["shards"]] == [[0, 8], [8, 16], [16, 24], [24, 30]]
     assert sum(s["samples"] for s in manifest["shards"]) == expected["samples"]
-    assert manifest["options"] == {"resize": RESIZE, "shard_size": 8, "quality": 95, "labels": True}
+    assert manifest["options"] == {"resize": RESIZE, "shard_size": 8, "quality": 95, "labels": True, "upscale": False}
     assert manifest["build"]["workers"] == 2 and manifest["build"]["images_per_s"] > 0
     assert json.loads((out / "art.json").read_text()) == manifest
 
@@ -118,11 +118,15 @@ def test_interrupted_build_resumes_to_byte_identical_shards(
 
 def test_changed_options_rebuild_everything_and_drop_stale_shards(folder: tuple[Path, dict], tmp_path: Path) -> None:
     build_shards(folder[0], tmp_path, "art", options=OPTIONS, workers=1, progress=False)
-    bigger = build_shards(folder[0], tmp_path, "art", options=BuildOptions(resize=RESIZE, shard_size=16),
+    bigger = build_shards(folder[0], tmp_path, "art", options=BuildOptions(resize=RESIZE, shard_size=16, upscale=True),
                           workers=1, progress=False)
-    assert bigger["build"]["resumed_shards"] == 0
+    assert bigger["build"]["resumed_shards"] == 0 and bigger["small"] == 1
     assert sorted(p.name for p in tmp_path.glob("art-*")) == ["art-000000.tar", "art-000001.tar"]
     assert verify_manifest(tmp_path / "art.json", progress=False) == []
+    samples = [s for shard in bigger["shards"] for s in read_shard_samples(tmp_path / shard["file"])]
+    for sample in samples:  # --upscale: the tiny image too now has the requested shorter side
+        with Image.open(io.BytesIO(sample["jpg"])) as img:
+            assert min(img.size) == RESIZE
 
 
 def test_existing_tar_shards_are_a_source(clean_build: tuple[Path, dict], tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("src", help="folder searched recursively, a .tar, or a brace pattern of .tar shards")
     build.add_argument("--out", required=True, help="output folder DIR (DIR/NAME-000000.tar ..., DIR/NAME.json)")
     build.add_argument("--name", required=True, help="shard name prefix, e.g. content or style")
-    build.add_argument("--resize", type=int, default=512, help="shorter side in pixels; smaller images are kept and counted")
+    build.add_argument("--resize", type=int, default=512, help="shorter side in pixels (images are never enlarged "
+                       "unless --upscale; smaller ones are counted as 'small' either way)")
+    build.add_argument("--upscale", action="store_true", help="enlarge images whose shorter side is below --resize")
     build.add_argument("--shard-size", type=int, default=1000, help="inputs per shard (skipped ones leave a shard short)")
     build.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode/resize/encode processes")
     build.add_argument("--quality", type=int, default=95, help="JPEG quality (1-100)")
@@ -53,7 +55,8 @@ def describe(manifest: dict) -> str:
     rate = f"{speed:.1f} images/s" if speed else "nothing to encode"
     return (f"{manifest['name']}: {manifest['samples']} samples in {len(manifest['shards'])} shards from "
             f"{manifest['inputs']} inputs; skipped: {reasons}; converted to RGB: {converted}; "
-            f"smaller than --resize (kept, not enlarged): {manifest['small']}; "
+            f"smaller than --resize ({'enlarged' if manifest['options']['upscale'] else 'kept as they are'}): "
+            f"{manifest['small']}; "
             f"{rate} "
             f"({manifest['build']['resumed_shards']} shards kept from an earlier run)")
 
@@ -63,7 +66,8 @@ def run_build(args: argparse.Namespace) -> int:
     from ..data.shards import BuildOptions, build_shards
 
     _check_build_args(args)
-    options = BuildOptions(resize=args.resize, shard_size=args.shard_size, quality=args.quality, labels=not args.no_labels)
+    options = BuildOptions(resize=args.resize, shard_size=args.shard_size, quality=args.quality,
+                           labels=not args.no_labels, upscale=args.upscale)
     try:
         manifest = build_shards(args.src, args.out, args.name, options=options, workers=args.workers,
                                 stop_after=args.stop_after)

@@ -1,7 +1,9 @@
 """One input image -> one shard sample (runs in the build's worker processes).
 
 Decode, convert to 8-bit RGB (grayscale, CMYK, palette, alpha and 16-bit inputs), shrink the shorter side
-to ``resize`` (never enlarge: smaller images are kept as they are and flagged ``small``), re-encode as JPEG.
+to ``resize``, re-encode as JPEG. Images whose shorter side is below ``resize`` are flagged ``small`` and
+kept at their own size, or enlarged only when ``upscale`` is asked for (COCO's 640x480 at the reference's
+512, say): never silently.
 Anything that cannot be decoded becomes a ``Skipped`` record with a short reason instead of an exception.
 """
 
@@ -26,6 +28,7 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as view
 class EncodeOptions:
     resize: int = 512
     quality: int = 95
+    upscale: bool = False
 
 
 @dataclass
@@ -100,17 +103,17 @@ def _detail(err: Exception) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(err).__name__}: {err}")
 
 
-def _decode_resized(data: bytes, resize: int) -> tuple[Image.Image, int, int, str, bool]:
+def _decode_resized(data: bytes, options: EncodeOptions) -> tuple[Image.Image, int, int, str, bool]:
     with Image.open(io.BytesIO(data)) as img:
         width, height = img.size
         mode = img.mode
-        small = min(width, height) < resize
-        size = (width, height) if small else target_size(width, height, resize)
+        small = min(width, height) < options.resize
+        size = (width, height) if small and not options.upscale else target_size(width, height, options.resize)
         img.draft(None, size)  # JPEG: let the decoder downscale by 1/2..1/8 while staying >= size (fast)
         img.load()
         rgb = to_rgb(img)
     if rgb.size != size:
-        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)  # box-reduce big non-JPEGs first
     return rgb, width, height, mode, small
 
 
@@ -120,7 +123,7 @@ def encode_item(index: int, item: SourceItem, options: EncodeOptions) -> Encoded
         data = item.read()
         if not data:
             return Skipped(index, item.rel, "empty file")
-        rgb, width, height, mode, small = _decode_resized(data, options.resize)
+        rgb, width, height, mode, small = _decode_resized(data, options)
         buffer = io.BytesIO()
         rgb.save(buffer, "JPEG", quality=options.quality)
     except Exception as err:  # noqa: BLE001 - one bad file must never end the build

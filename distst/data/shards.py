@@ -47,6 +47,7 @@ class BuildOptions:
     shard_size: int = 1000
     quality: int = 95
     labels: bool = True
+    upscale: bool = False
 
 
 def _journal_path(out: Path, name: str) -> Path:
@@ -194,7 +195,7 @@ def build_shards(
     ]
     pending = [k for k, entry in enumerate(entries) if entry is None]
     tasks = [(i, items[i]) for k in pending for i in plan[k]]
-    encode_options = EncodeOptions(resize=options.resize, quality=options.quality)
+    encode_options = EncodeOptions(resize=options.resize, quality=options.quality, upscale=options.upscale)
 
     started = time.perf_counter()
     journal = _journal_path(out, name)
