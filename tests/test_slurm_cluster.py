@@ -200,6 +200,36 @@ def _wait_for_output(job, text: str, timeout: float) -> None:
     raise AssertionError(f"{text!r} not in job {job.job_id}'s output after {timeout}s")
 
 
+def test_install_refreshes_package_lists_only_after_a_failed_install(monkeypatch) -> None:
+    calls: list[str] = []
+
+    def apt_install() -> subprocess.CompletedProcess[str]:  # fails until the package lists are fresh
+        calls.append("install")
+        installed = "apt-get update" in calls
+        return subprocess.CompletedProcess([], 0 if installed else 100, "", "E: Unable to locate package")
+
+    def missing_binaries() -> list[str]:
+        return [] if calls.count("install") == 2 else ["slurmctld"]
+
+    monkeypatch.setattr(cluster_module, "missing_binaries", missing_binaries)
+    monkeypatch.setattr(cluster_module, "_apt_install", apt_install)
+    monkeypatch.setattr(
+        cluster_module.subprocess, "run", lambda cmd, **kwargs: calls.append(" ".join(cmd[:2]))
+    )
+    monkeypatch.setattr(cluster_module.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(cluster_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+    cluster_module.ensure_slurm_installed()
+    assert calls == ["install", "apt-get update", "install"]
+
+
+def test_install_without_root_names_the_reason(monkeypatch) -> None:
+    monkeypatch.setattr(cluster_module, "missing_binaries", lambda: ["slurmctld"])
+    monkeypatch.setattr(cluster_module.os, "geteuid", lambda: 1000)
+    with pytest.raises(cluster_module.ClusterUnavailable, match="not running as root") as raised:
+        cluster_module.ensure_slurm_installed()
+    assert raised.value.not_root
+
+
 @pytest.mark.parametrize(
     ("ci", "not_root", "no_apt", "outcome"),
     [

@@ -97,7 +97,7 @@ def missing_binaries() -> list[str]:
 
 def _apt_install() -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *SLURM_PACKAGES]
+    cmd = ["apt-get", "install", "-y", "-q", *SLURM_PACKAGES]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -361,6 +361,7 @@ class SlurmCluster:
                 not_root=True,
                 no_apt=shutil.which("apt-get") is None,
             )
+        self._refuse_live_cluster_in_base_dir()
         ensure_slurm_installed()
         self._running = True  # from here on stop() has something to clean up
         if self.stop_at_exit:
@@ -382,7 +383,7 @@ class SlurmCluster:
 
         `remove=False` keeps the directory (logs, job outputs) for a post-mortem.
         """
-        if not self._running and not (self.base_dir / STATE_FILE).exists():
+        if not self._running:
             return
         if self._daemons.slurmctld and _pid_alive(self._daemons.slurmctld):
             self._cancel_all_jobs()
@@ -434,6 +435,13 @@ class SlurmCluster:
         cmdline = _cmdline(pid)
         return _pid_alive(pid) and name in cmdline and str(our_dir) in cmdline
 
+    def _refuse_live_cluster_in_base_dir(self) -> None:
+        """Starting over a running cluster's dir would wipe its state from under its daemons."""
+        if (self.base_dir / STATE_FILE).exists() and any(
+            SlurmCluster.attach(self.base_dir).daemon_status().values()
+        ):
+            raise ClusterError(f"a dev cluster is already running in {self.base_dir}; stop it first (`down`)")
+
     def _save_state(self) -> None:
         (self.base_dir / STATE_FILE).write_text(json.dumps(self._daemons.__dict__, indent=2))
 
@@ -483,7 +491,8 @@ class SlurmCluster:
             ],
             **as_munge,
         )
-        self._daemons.munged = _read_pid_file(Path(paths["munged.pid"]))
+        if result.returncode == 0:  # the foreground munged exits once the daemon is up
+            self._daemons.munged = self._wait_for(lambda: _read_pid_file(Path(paths["munged.pid"])), 10.0)
         self._save_state()
         if result.returncode != 0 or not self._munge_works(paths["munge.socket"]):
             raise ClusterError(
@@ -788,9 +797,6 @@ def _sets_output(script: Path, args: Sequence[str]) -> bool:
 
 
 def _cmd_up(base_dir: Path) -> int:
-    if (base_dir / STATE_FILE).exists() and any(SlurmCluster.attach(base_dir).daemon_status().values()):
-        print(f"a dev cluster is already running in {base_dir}; `down` it first", file=sys.stderr)
-        return 1
     started = time.monotonic()
     cluster = SlurmCluster(base_dir, stop_at_exit=False).start()
     print(
