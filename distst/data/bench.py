@@ -20,7 +20,7 @@ DEFAULT_SHARDS = "shards/sample/content-{000000..000001}.tar"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", default=DEFAULT_SHARDS, help=f"shard pattern to read (default {DEFAULT_SHARDS})")
-    p.add_argument("--batches", type=int, default=40, help="timed batches per loader")
+    p.add_argument("--batches", type=int, default=100, help="timed batches per loader")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop", type=int, default=128)
@@ -59,22 +59,22 @@ def export_jpegs(pattern: str, folder: Path) -> list[Path]:
 
 def folder_batches(files: list[Path], crop: int, batch_size: int, workers: int, flip: bool = False) -> Iterable:
     """The baseline: a map-style Dataset over JPEG files, random sampling with replacement, DataLoader."""
-    import torch
+    import numpy as np
     from torch.utils.data import DataLoader, Dataset, RandomSampler
 
     from .loader import _worker_init
-    from .transforms import train_view
+    from .transforms import to_tensor, train_view
 
     class JpegFiles(Dataset):
         def __len__(self) -> int:
             return len(files)
 
-        def __getitem__(self, index: int) -> torch.Tensor:
+        def __getitem__(self, index: int) -> np.ndarray:
             return train_view(files[index].read_bytes(), crop, random.Random(index), flip)[0]
 
     sampler = RandomSampler(range(len(files)), replacement=True, num_samples=1 << 31)
     return DataLoader(JpegFiles(), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      worker_init_fn=_worker_init, drop_last=True)
+                      worker_init_fn=_worker_init, drop_last=True, collate_fn=to_tensor)
 
 
 def compare_loaders(shards: str, batches: int, warmup: int, batch_size: int, crop: int, workers: int) -> dict[str, dict]:

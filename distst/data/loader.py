@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import webdataset as wds
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
-from .transforms import eval_view, sample_image, train_view
+from .transforms import eval_view, sample_image, to_tensor, train_view
 
 # Streams are infinite: after this many consecutive shard reads without a sample for this process, or
 # this many consecutive undecodable samples, give up with an error rather than spin forever.
@@ -135,8 +136,8 @@ class _Batch(NamedTuple):
     #             because wds.batched decodes one sample ahead of the batch it yields)
 
 
-def _collate(views: list[tuple[Tensor, str, bool]]) -> _Batch:
-    return _Batch(torch.stack([v[0] for v in views]), [v[1] for v in views], sum(v[2] for v in views))
+def _collate(views: list[tuple[np.ndarray, str, bool]]) -> _Batch:
+    return _Batch(to_tensor([v[0] for v in views]), [v[1] for v in views], sum(v[2] for v in views))
 
 
 def _no_worker_seed() -> int:
@@ -159,7 +160,7 @@ class _Stream:
         health = _Health(self.name, counts)
         crops = random.Random(derive_seed(self.seed, "augment"))
 
-        def view(sample: dict) -> tuple[Tensor, str, bool]:
+        def view(sample: dict) -> tuple[np.ndarray, str, bool]:
             image, small = train_view(sample_image(sample), self.cfg.crop, crops, self.cfg.flip)
             health.ok()
             return image, sample["__key__"], small
@@ -278,10 +279,10 @@ def first_images(pattern: str, count: int, size: int) -> Tensor:
     urls = expand_shards(pattern)
     dataset = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False,
                              handler=wds.warn_and_continue)
-    images = list(islice(dataset.map(lambda s: eval_view(sample_image(s), size), handler=wds.warn_and_continue), count))
-    if len(images) < count:
-        raise ValueError(f"{pattern} holds only {len(images)} usable images; {count} are needed (data.eval_pairs)")
-    return torch.stack(images)
+    views = list(islice(dataset.map(lambda s: eval_view(sample_image(s), size), handler=wds.warn_and_continue), count))
+    if len(views) < count:
+        raise ValueError(f"{pattern} holds only {len(views)} usable images; {count} are needed (data.eval_pairs)")
+    return to_tensor(views)
 
 
 def eval_pairs(cfg: DataConfig) -> tuple[Tensor, Tensor]:

@@ -1,5 +1,6 @@
 """Sample transforms shared by the streaming loader and the folder baseline of ``distst bench data``.
 
+Views are H x W x 3 uint8 arrays; ``to_tensor`` turns a batch of them into float32 in [0, 1].
 Training: random ``crop`` (images already resized at build time; ones smaller than the crop are first
 enlarged so their shorter side equals it, and reported as small), optional horizontal flip. Evaluation:
 the same enlargement, then a center crop. Randomness comes from an explicit ``random.Random`` so the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -42,32 +44,37 @@ def cover(img: Image.Image, size: int) -> tuple[Image.Image, bool]:
     return img.resize(target_size(*img.size, size), Image.Resampling.BICUBIC), True
 
 
-def to_tensor(img: Image.Image) -> Tensor:
-    """3 x H x W float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+def to_tensor(views: Sequence[np.ndarray]) -> Tensor:
+    """N x 3 x H x W float32 in [0, 1] from N H x W x 3 uint8 views.
+
+    One conversion per batch rather than per image: small torch ops are dominated by their overhead
+    (and by thread start-up when torch runs several threads, as in the trainer's process).
+    """
+    batch = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).contiguous()
+    return batch.float().div_(255)
 
 
-def random_crop(img: Image.Image, size: int, rng: random.Random, flip: bool) -> Tensor:
+def random_crop(img: Image.Image, size: int, rng: random.Random, flip: bool) -> np.ndarray:
     width, height = img.size
     left, top = rng.randint(0, width - size), rng.randint(0, height - size)
     img = img.crop((left, top, left + size, top + size))
     if flip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return to_tensor(img)
+    return np.asarray(img, dtype=np.uint8)
 
 
-def center_crop(img: Image.Image, size: int) -> Tensor:
+def center_crop(img: Image.Image, size: int) -> np.ndarray:
     width, height = img.size
     left, top = (width - size) // 2, (height - size) // 2
-    return to_tensor(img.crop((left, top, left + size, top + size)))
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
-def train_view(data: bytes, size: int, rng: random.Random, flip: bool) -> tuple[Tensor, bool]:
-    """Decoded, covered, randomly cropped (and maybe flipped) image, and whether it was small."""
+def train_view(data: bytes, size: int, rng: random.Random, flip: bool) -> tuple[np.ndarray, bool]:
+    """Decoded, covered, randomly cropped (and maybe flipped) size x size x 3 uint8 view; was it small?"""
     img, small = cover(decode_rgb(data), size)
     return random_crop(img, size, rng, flip), small
 
 
-def eval_view(data: bytes, size: int) -> Tensor:
+def eval_view(data: bytes, size: int) -> np.ndarray:
     img, _ = cover(decode_rgb(data), size)
     return center_crop(img, size)
