@@ -14,6 +14,7 @@ COMMANDS = (
     "distst.commands.convert",
     "distst.commands.shards",
     "distst.commands.bench",
+    "distst.commands.train",
 )
 
 

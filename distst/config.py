@@ -39,8 +39,9 @@ class ModelConfig(Section):
     vgg_weights: str | None = Field(None, description="local vgg_normalised.pth (or a converted torchvision VGG-19)")
     decoder_weights: str | None = Field(None, description="local decoder .pth in the reference layout")
     transform_weights: str | None = Field(None, description="local transform .pth (SANet's transformer_iter_*.pth)")
-    encoder: Literal["frozen", "trainable"] = Field(
-        "frozen", description="frozen = reference set-up; trainable = 'plus' set-up with a separate frozen loss VGG"
+    encoder: Literal["auto", "frozen", "trainable"] = Field(
+        "auto", description="frozen = reference set-up; trainable = 'plus' set-up with a separate frozen loss VGG; "
+                            "auto = trainable for IMP (as the lottery-ticket paper), else frozen"
     )
 
 
@@ -122,6 +123,8 @@ class Config(Section):
     def _resolve_model_defaults(self) -> Config:
         if self.train.style_weight is None:
             self.train.style_weight = REFERENCE_STYLE_WEIGHT[self.model.name]
+        if self.model.encoder == "auto":
+            self.model.encoder = "trainable" if self.prune.method == "imp" else "frozen"
         return self
 
     # --- derived values -------------------------------------------------------------------

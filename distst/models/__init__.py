@@ -41,11 +41,26 @@ def build(cfg: ModelConfig) -> StyleTransferModel:
     model = _REGISTRY[cfg.name](cfg.width)
     if cfg.vgg_weights:
         model.encoder.load_reference(cfg.vgg_weights)
+    else:
+        random_features_init(model.encoder)
     for path, part in ((cfg.decoder_weights, model.decoder), (cfg.transform_weights, model.transform)):
         if path:
             load_checked(part, read_state_dict(path), path)
     model.encoder.requires_grad_(cfg.encoder == "trainable")
     return model
+
+
+def random_features_init(encoder: nn.Module) -> None:
+    """He (fan-in, ReLU) init for an encoder without pretrained weights.
+
+    PyTorch's default conv init shrinks activations about 3x per layer, so a random VGG's relu4_1 features
+    vanish (content losses ~1e-9) and nothing useful is learnt; He init keeps their scale, and random VGG
+    features are a known workable basis for style statistics. Only used when no ``vgg_weights`` are given.
+    """
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:

@@ -1,0 +1,33 @@
+"""``distst train JOB.yaml [key=value ...]``: train a model (one process, or N with --nproc)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .launch import add_launch_arguments, relaunch_if_requested
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a job config (resumes its run directory)",
+                       description="Re-running the same command resumes from the run directory's last checkpoint. "
+                                   "SIGTERM/SIGUSR1 checkpoint at the next step and exit with code 75.")
+    p.add_argument("job", help="job YAML (see jobs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.width=0.25")
+    add_launch_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..train import EXIT_REQUEUE, train
+
+    cfg = load_config(args.job, args.overrides)  # validate before launching N processes
+    relaunched = relaunch_if_requested(args, "train")
+    if relaunched is not None:
+        return relaunched
+    if cfg.prune.method != "none":
+        from ..cli import UserError
+
+        raise UserError(f"prune.method={cfg.prune.method} runs through its own command (distst imp ...)")
+    result = train(cfg, cfg.run_dir())
+    return EXIT_REQUEUE if result.stopped else 0

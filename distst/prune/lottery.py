@@ -1,0 +1,219 @@
+"""Lottery tickets for style transfer: iterative magnitude pruning (IMP) with weight rewinding.
+
+Level 0 trains the dense model and keeps its weights at step ``prune.rewind_step``. Level k prunes
+``prune.rate`` of level k-1's remaining weights by magnitude (globally, or per layer), rewinds the survivors
+to the kept weights and retrains for ``train.steps``. A level is "matching" when its E is at most the dense
+E (times 1 + ``prune.matching_tolerance``); the extreme sparsity is the highest matching one.
+
+Run directory: ``level_<k>/`` (mask.pt, model.pt, metrics.json, samples.png, the level's checkpoints and
+metrics.jsonl) and ``summary.json``. Re-running resumes: finished levels are skipped, the current level
+resumes from its last checkpoint, and a level's mask, once written, is never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..config import GROUPS, Config, ConfigError
+from ..data import eval_pairs
+from ..images import save_image
+from ..models import StyleTransferModel, build
+from ..models.io import load_model
+from ..train import Method, MethodList, TrainContext, train
+from ..train.engine import setup_distributed
+from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, random_subset, sparsity_report
+
+REWIND_FILE = "rewind.pt"
+MASK_FILE = "mask.pt"
+LEVEL_METRICS = "metrics.json"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+class RewindSnapshot(Method):
+    """Keeps the dense run's weights at ``step``: the point every pruned level rewinds to."""
+
+    def __init__(self, path: Path, step: int) -> None:
+        self.path, self.step = path, step
+
+    def _save(self, ctx: TrainContext) -> None:
+        if ctx.dist.is_main and ctx.step == self.step and not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_torch_save({k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}, self.path)
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        self._save(ctx)
+
+    def after_optimizer_step(self, ctx: TrainContext) -> None:
+        self._save(ctx)
+
+
+@dataclass
+class ImpResult:
+    stopped: bool
+    summary: dict[str, Any]
+
+
+def planned_levels(cfg: Config) -> list[int]:
+    """Level numbers to train; the one-shot control trains only the dense level and one pruned level."""
+    if cfg.prune.control == "one_shot":
+        return [0, 1] if cfg.prune.rounds else [0]
+    return list(range(cfg.prune.rounds + 1))
+
+
+def pruning_depth(cfg: Config, level: int) -> int:
+    """How many rounds of ``prune.rate`` the masks of ``level`` amount to."""
+    return cfg.prune.rounds if cfg.prune.control == "one_shot" and level > 0 else level
+
+
+def validate(cfg: Config) -> None:
+    if cfg.prune.method != "imp":
+        raise ConfigError(f"distst imp needs prune.method=imp (got {cfg.prune.method})")
+    if cfg.prune.rewind_step > cfg.train.steps:
+        raise ConfigError(f"prune.rewind_step={cfg.prune.rewind_step} lies beyond train.steps={cfg.train.steps}")
+    if not cfg.prune.scope:
+        raise ConfigError(f"prune.scope is empty; choose from {', '.join(GROUPS)}")
+
+
+def _trained(level_dir: Path) -> StyleTransferModel:
+    model, _ = load_model(level_dir / "model.pt")
+    return model
+
+
+def _compute_masks(cfg: Config, run_dir: Path, level: int) -> Masks:
+    """Masks of ``level`` from level ``level-1``'s final weights (or the dense ones, for one-shot)."""
+    previous = 0 if cfg.prune.control == "one_shot" else level - 1
+    model = _trained(run_dir / f"level_{previous}")
+    prior = _load_masks(run_dir, previous) if previous else full_masks(model, cfg.prune.scope)
+    masks = prune_magnitude(model, prior, cfg.prune.rate, pruning_depth(cfg, level), cfg.prune.layerwise)
+    if cfg.prune.control == "random_prune":
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + level)
+        masks = {name: random_subset(prior[name], int(mask.sum()), generator) for name, mask in masks.items()}
+    return masks
+
+
+def _without_weight_files(cfg: Config) -> Any:
+    """The model config without pretrained files: for shapes and fresh initialisations."""
+    return cfg.model.model_copy(update={"vgg_weights": None, "decoder_weights": None, "transform_weights": None})
+
+
+def _load_masks(run_dir: Path, level: int) -> Masks:
+    return dict(torch.load(run_dir / f"level_{level}" / MASK_FILE, weights_only=True))
+
+
+def _level_masks(cfg: Config, run_dir: Path, level: int, is_main: bool) -> Masks:
+    """The level's masks: computed once by rank 0 and written, then read by every rank."""
+    path = run_dir / f"level_{level}" / MASK_FILE
+    if is_main and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if level == 0:
+            masks = full_masks(build(_without_weight_files(cfg)), cfg.prune.scope)
+        else:
+            masks = _compute_masks(cfg, run_dir, level)
+        _atomic_torch_save(masks, path)
+    dist.barrier()
+    return _load_masks(run_dir, level)
+
+
+def _initial_state(cfg: Config, run_dir: Path, level: int, masks: Masks) -> dict[str, torch.Tensor]:
+    """Rewound weights (or, for the random re-init control, a fresh initialisation) with the masks applied."""
+    state = torch.load(run_dir / "level_0" / REWIND_FILE, weights_only=True)
+    if cfg.prune.control == "random_reinit":
+        torch.manual_seed(cfg.train.seed + 7919 * level)  # a different init per level, reproducible
+        fresh = build(_without_weight_files(cfg)).state_dict()
+        state.update({f"{name}.weight": fresh[f"{name}.weight"] for name in masks})
+    for name, mask in masks.items():
+        state[f"{name}.weight"] = state[f"{name}.weight"] * mask
+    return state
+
+
+@torch.no_grad()
+def _samples_row(cfg: Config, level_dir: Path) -> None:
+    """``samples.png``: the level's stylisations of the held-out pairs, in one row (the report stacks rows)."""
+    model = _trained(level_dir).eval()
+    content, style = eval_pairs(cfg.data)
+    out = model(content, style)[..., : content.shape[-2], : content.shape[-1]]
+    save_image(torch.cat(list(out.clamp(0, 1)), dim=2), level_dir / "samples.png")
+    if not (level_dir.parent / "pairs.png").is_file():
+        save_image(torch.cat([torch.cat(list(content), dim=2), torch.cat(list(style), dim=2)], dim=1),
+                   level_dir.parent / "pairs.png")
+
+
+def _level_metrics(level: int, masks: Masks, summary: dict[str, Any]) -> dict[str, Any]:
+    report = sparsity_report(masks)
+    return {"level": level, "sparsity": report["sparsity"], "sparsity_groups": report["groups"],
+            "sparsity_layers": report["layers"], "prunable_weights": report["prunable_weights"],
+            "remaining_weights": report["remaining_weights"], **summary["final"], "steps": summary["steps"],
+            "wall_s": summary["wall_s"], "images_per_s": summary["images_per_s"]}
+
+
+def imp_summary(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """``summary.json`` from the finished levels' metrics: per-level verdicts and the extreme sparsity."""
+    levels = [json.loads((run_dir / f"level_{k}" / LEVEL_METRICS).read_text())
+              for k in planned_levels(cfg) if (run_dir / f"level_{k}" / LEVEL_METRICS).is_file()]
+    dense = levels[0]["total_error"] if levels else None
+    bound = dense * (1.0 + cfg.prune.matching_tolerance) if dense is not None else None
+    rows = []
+    for lv in levels:
+        row = {key: lv[key] for key in ("level", "sparsity", "content_error", "style_error", "total_error")}
+        if "identity_error" in lv:
+            row["identity_error"] = lv["identity_error"]
+        row["matching"] = bool(lv["total_error"] <= bound)
+        rows.append(row)
+    matching = [r["sparsity"] for r in rows if r["matching"]]
+    return {
+        "model": cfg.model.name, "method": "imp", "control": cfg.prune.control, "rate": cfg.prune.rate,
+        "rounds": cfg.prune.rounds, "scope": cfg.prune.scope, "layerwise": cfg.prune.layerwise,
+        "rewind_step": cfg.prune.rewind_step, "encoder": cfg.model.encoder,
+        "matching_tolerance": cfg.prune.matching_tolerance, "dense_total_error": dense,
+        "levels": rows, "extreme_sparsity": max(matching) if matching else None,
+        "complete": len(rows) == len(planned_levels(cfg)),
+    }
+
+
+def run_imp(cfg: Config, run_dir: Path) -> ImpResult:
+    """Run (or resume) every IMP level of ``cfg`` in ``run_dir``."""
+    validate(cfg)
+    info = setup_distributed()
+    job = cfg.run.name or run_dir.name
+    for level in planned_levels(cfg):
+        level_dir = run_dir / f"level_{level}"
+        if (level_dir / LEVEL_METRICS).is_file():
+            continue
+        masks = _level_masks(cfg, run_dir, level, info.is_main)
+        masked = MaskedTraining(masks)
+        if level == 0:
+            method: Method = MethodList([masked, RewindSnapshot(level_dir / REWIND_FILE, cfg.prune.rewind_step)])
+            init_state = None
+        else:
+            method, init_state = masked, _initial_state(cfg, run_dir, level, masks)
+        result = train(cfg, level_dir, method, init_state=init_state, run_name=f"{job}/level_{level}",
+                       run_group=f"{job}-{run_dir.name}")
+        if result.stopped:
+            return ImpResult(stopped=True, summary=imp_summary(cfg, run_dir))
+        if info.is_main:
+            _samples_row(cfg, level_dir)
+            _atomic_json(_level_metrics(level, masks, result.summary), level_dir / LEVEL_METRICS)
+        dist.barrier()
+    summary = imp_summary(cfg, run_dir)
+    if info.is_main:
+        _atomic_json(summary, run_dir / "summary.json")
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    dist.barrier()
+    return ImpResult(stopped=False, summary=summary)

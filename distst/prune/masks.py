@@ -1,0 +1,156 @@
+"""Unstructured weight masks over the named groups of a style-transfer model.
+
+Masks are chosen by ``torch.nn.utils.prune`` (global or per-layer L1 magnitude, or random), then kept as
+plain boolean tensors and applied in place. We do not leave ``prune``'s re-parametrisation on the model:
+it renames ``weight`` to ``weight_orig`` + ``weight_mask``, which would break the reference state-dict
+layout, DeepSpeed checkpoints and physical channel removal later. Instead, ``MaskedTraining`` masks
+gradients (so Adam's moments of pruned weights stay zero) and re-applies masks after every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+from ..models import StyleTransferModel
+from ..train.hooks import Method, TrainContext
+
+PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+Masks = dict[str, Tensor]
+
+
+def prunable_layers(model: StyleTransferModel, scope: Iterable[str]) -> dict[str, nn.Module]:
+    """Conv2d/ConvTranspose2d/Linear layers of the scoped groups, by qualified name (``decoder.1``)."""
+    groups = model.groups()
+    unknown = set(scope) - set(groups)
+    if unknown:
+        raise ValueError(f"unknown group(s) {sorted(unknown)} in prune.scope; the model has {', '.join(groups)}")
+    return {f"{group}.{name}": module for group in groups if group in scope
+            for name, module in groups[group].named_modules() if isinstance(module, PRUNABLE)}
+
+
+def full_masks(model: StyleTransferModel, scope: Iterable[str]) -> Masks:
+    return {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in prunable_layers(model, scope).items()}
+
+
+def remaining_target(total: int, rate: float, level: int) -> int:
+    """Weights kept after ``level`` rounds of pruning ``rate`` of the remainder: round(total * (1-rate)^level)."""
+    return int(round(total * (1.0 - rate) ** level))
+
+
+def _with_masks(layers: Mapping[str, nn.Module], masks: Masks, choose: Any) -> Masks:
+    """Attach ``masks`` through ``prune``, let ``choose()`` prune more, read the new masks, detach again."""
+    for name, module in layers.items():
+        prune.custom_from_mask(module, "weight", masks[name].to(module.weight.device))
+    try:
+        choose()
+        return {name: module.weight_mask.bool().cpu().clone() for name, module in layers.items()}
+    finally:
+        for module in layers.values():
+            prune.remove(module, "weight")  # back to a plain Parameter (same object), weight * mask baked in
+
+
+def prune_magnitude(model: StyleTransferModel, masks: Masks, rate: float, level: int, layerwise: bool) -> Masks:
+    """Masks for ``level``: L1-magnitude pruning of the unmasked weights down to ``(1-rate)^level`` kept.
+
+    Global (one ranking across every scoped layer, as the lottery-ticket papers) unless ``layerwise``.
+    The counts are computed from the level, so sparsity is exactly 1-(1-rate)^level up to rounding.
+    """
+    layers = {name: module for name, module in prunable_layers(model, _scope_of(masks)).items()}
+    if layerwise:
+        def choose() -> None:
+            for name, module in layers.items():
+                keep = remaining_target(masks[name].numel(), rate, level)
+                prune.l1_unstructured(module, "weight", amount=max(0, int(masks[name].sum()) - keep))
+    else:
+        total = sum(m.numel() for m in masks.values())
+        amount = max(0, sum(int(m.sum()) for m in masks.values()) - remaining_target(total, rate, level))
+
+        def choose() -> None:
+            prune.global_unstructured([(m, "weight") for m in layers.values()], prune.L1Unstructured, amount=amount)
+    return _with_masks(layers, masks, choose)
+
+
+def random_subset(prior: Tensor, keep: int, generator: torch.Generator) -> Tensor:
+    """The random-pruning control: ``keep`` positions chosen at random among those ``prior`` kept."""
+    kept = prior.flatten().nonzero().squeeze(1)
+    flat = torch.zeros(prior.numel(), dtype=torch.bool)
+    flat[kept[torch.randperm(len(kept), generator=generator)[:keep]]] = True
+    return flat.view_as(prior)
+
+
+def _scope_of(masks: Masks) -> set[str]:
+    return {name.split(".", 1)[0] for name in masks}
+
+
+@torch.no_grad()
+def apply_masks(model: StyleTransferModel, masks: Masks) -> None:
+    for name, module in prunable_layers(model, _scope_of(masks)).items():
+        module.weight.mul_(masks[name].to(module.weight.device, module.weight.dtype))
+
+
+def sparsity_report(masks: Masks) -> dict[str, Any]:
+    """Fraction of pruned weights overall, per group and per layer (of the prunable weights)."""
+    def frac(items: list[Tensor]) -> float:
+        total = sum(m.numel() for m in items)
+        return 1.0 - sum(int(m.sum()) for m in items) / total if total else 0.0
+
+    groups: dict[str, list[Tensor]] = {}
+    for name, mask in masks.items():
+        groups.setdefault(name.split(".", 1)[0], []).append(mask)
+    return {
+        "sparsity": frac(list(masks.values())),
+        "prunable_weights": sum(m.numel() for m in masks.values()),
+        "remaining_weights": sum(int(m.sum()) for m in masks.values()),
+        "groups": {g: frac(items) for g, items in groups.items()},
+        "layers": {name: frac([mask]) for name, mask in masks.items()},
+    }
+
+
+def expected_sparsity(rate: float, level: int) -> float:
+    return 1.0 - (1.0 - rate) ** level
+
+
+def rounds_for(target_sparsity: float, rate: float) -> int:
+    """Rounds of pruning ``rate`` needed to reach ``target_sparsity``."""
+    return math.ceil(math.log(1.0 - target_sparsity) / math.log(1.0 - rate))
+
+
+class MaskedTraining(Method):
+    """Keeps masked weights exactly zero: gradients masked in backward, masks re-applied after each step."""
+
+    needs_full_parameters = True
+
+    def __init__(self, masks: Masks) -> None:
+        self.masks = masks
+        self._hooks: list[Any] = []
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        layers = prunable_layers(ctx.model, _scope_of(self.masks))
+        device = next(ctx.model.parameters()).device
+        self.masks = {name: mask.to(device) for name, mask in self.masks.items()}
+        apply_masks(ctx.model, self.masks)
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = [layers[name].weight.register_hook(lambda grad, m=mask: grad * m)
+                       for name, mask in self.masks.items() if layers[name].weight.requires_grad]
+
+    def after_optimizer_step(self, ctx: TrainContext) -> None:
+        apply_masks(ctx.model, self.masks)
+
+    def on_evaluate(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
+        report = sparsity_report(self.masks)
+        metrics["sparsity"] = report["sparsity"]
+        metrics.update({f"sparsity/{g}": v for g, v in report["groups"].items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": {name: mask.cpu() for name, mask in self.masks.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "masks" in state:
+            self.masks = dict(state["masks"])

@@ -1,0 +1,162 @@
+"""DeepSpeed set-up: process group from the usual launcher variables, the engine, safe checkpoint loading.
+
+Ranks come from torchrun / the ``deepspeed`` launcher (RANK, LOCAL_RANK, WORLD_SIZE) or from Slurm's srun
+(SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS); a plain ``python`` process is a world of one. NCCL on GPUs,
+gloo on CPUs (DeepSpeed's accelerator chooses). A torch optimizer is passed in, so no C++/CUDA op has to be
+compiled for the optimizer on a CPU machine.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..config import Config, ConfigError
+
+_SLURM_TO_TORCH = {"RANK": "SLURM_PROCID", "LOCAL_RANK": "SLURM_LOCALID", "WORLD_SIZE": "SLURM_NTASKS"}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fill_launcher_env() -> None:
+    """Map Slurm's task variables to torch's, or make a world of one, so DeepSpeed needs no MPI discovery."""
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
+        for torch_name, slurm_name in _SLURM_TO_TORCH.items():
+            os.environ[torch_name] = os.environ[slurm_name]
+        if "MASTER_ADDR" not in os.environ:
+            raise RuntimeError("running under srun without MASTER_ADDR/MASTER_PORT: the batch script must export "
+                               "them (see slurm/imp_adain.sh)")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def setup_distributed() -> DistInfo:
+    """Initialise (once) the process group DeepSpeed uses and return this process's place in it."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    _fill_launcher_env()
+    deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-init INFO lines drown distst's own progress
+    accelerator = get_accelerator()
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False,
+                                   verbose=False)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if accelerator.device_name() != "cpu":
+        accelerator.set_device(local_rank)
+        device = torch.device(accelerator.device_name(local_rank))
+    else:
+        device = torch.device("cpu")
+    return DistInfo(torch.distributed.get_rank(), local_rank, torch.distributed.get_world_size(), device)
+
+
+def _top_level_deepspeed_keys() -> set[str]:
+    """Top-level keys DeepSpeed understands: the string constants its config modules define."""
+    from deepspeed.runtime import constants
+
+    keys = {v for k, v in vars(constants).items() if k.isupper() and isinstance(v, str)}
+    return keys | {"zero_optimization", "bf16", "fp16", "amp", "activation_checkpointing", "flops_profiler",
+                   "tensorboard", "wandb", "csv_monitor", "comms_logger", "compression_training", "aio",
+                   "autotuning", "data_efficiency", "checkpoint", "monitor_config", "elasticity", "nebula",
+                   "pipeline", "curriculum_learning", "compile", "timers", "torch_autocast"}
+
+
+# Set through typed keys of the `deepspeed` section, never through `deepspeed.extra`.
+_MANAGED = {"train_micro_batch_size_per_gpu": "data.batch_size",
+            "gradient_accumulation_steps": "deepspeed.gradient_accumulation_steps",
+            "gradient_clipping": "deepspeed.gradient_clipping", "bf16": "deepspeed.precision",
+            "fp16": "deepspeed.precision", "optimizer": "train.lr (distst passes a torch Adam)",
+            "scheduler": "train.lr_decay", "train_batch_size": "data.batch_size"}
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> str:
+    precision = cfg.deepspeed.precision
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and device.type == "cpu":
+        raise ConfigError(f"deepspeed.precision={precision} needs a GPU; on the CPU use fp32 (or auto)")
+    return precision
+
+
+def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
+    """The DeepSpeed config dict for a job; unknown or managed keys in ``deepspeed.extra`` are refused."""
+    known = _top_level_deepspeed_keys()
+    for key in cfg.deepspeed.extra:
+        if key in _MANAGED:
+            raise ConfigError(f"deepspeed.extra.{key}: set it through {_MANAGED[key]} instead")
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=3)
+            raise ConfigError(f"deepspeed.extra.{key}: not a DeepSpeed config key"
+                              + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    precision = resolve_precision(cfg, device)
+    extra = dict(cfg.deepspeed.extra)
+    zero = {**extra.pop("zero_optimization", {}), "stage": cfg.deepspeed.zero_stage}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.deepspeed.gradient_accumulation_steps,
+        "gradient_clipping": cfg.deepspeed.gradient_clipping,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
+        "steps_per_print": 10**12,  # distst logs progress itself
+        "wall_clock_breakdown": False,
+        **extra,
+    }
+
+
+def _safe_checkpoint_engine(config_params: Any) -> Any:
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` and DeepSpeed's own state types."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+    class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location: Any = None) -> Any:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return SafeTorchCheckpointEngine(config_params)
+
+
+def initialize(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device) -> Any:
+    """Wrap ``model`` in a DeepSpeed engine with the job's config; errors name the config section."""
+    import deepspeed
+
+    ds_config = deepspeed_config(cfg, device)
+    try:
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=ds_config)
+    except (ValueError, AssertionError, TypeError) as err:  # DeepSpeed's own config checks
+        raise ConfigError(f"DeepSpeed rejected the config built from the `deepspeed` section: {err}") from None
+    engine.checkpoint_engine = _safe_checkpoint_engine(engine._config)
+    return engine

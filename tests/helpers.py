@@ -1,0 +1,58 @@
+"""Tiny, fast job settings for tests, and running distst in a subprocess as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from distst.config import Config, build_config
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "shards" / "sample"
+
+
+def tiny_overrides(out_dir: Path, **extra: object) -> list[str]:
+    """A 1/8-width model on 32 px crops of the bundled sample shards, a few steps, no tracking."""
+    settings: dict[str, object] = {
+        "model.width": 0.125,
+        "data.content": f"{SAMPLE}/content-{{000000..000001}}.tar",
+        "data.style": f"{SAMPLE}/style-{{000000..000001}}.tar",
+        "data.crop": 32, "data.batch_size": 2, "data.workers": 0, "data.shuffle_buffer": 16, "data.eval_pairs": 2,
+        "train.steps": 4, "train.checkpoint_every": 2, "train.eval_every": 2, "train.log_every": 1,
+        "train.lr": 1e-3, "tracking.backend": "none", "tracking.image_every": 1000, "run.out_dir": str(out_dir),
+    }
+    settings.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def tiny_config(out_dir: Path, **extra: object) -> Config:
+    return build_config({"run": {"name": "test"}}, tiny_overrides(out_dir, **extra))
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(DS_ACCELERATOR="cpu", WANDB_MODE="offline", WANDB_SILENT="true", TQDM_DISABLE="1",
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # the pytest process's own world of one must not leak into children
+    return env
+
+
+def distst_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "distst", *args]
+
+
+def run_distst(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(distst_command(*args), cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"distst {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return proc
+
+
+def write_job(path: Path, model: str = "adain") -> Path:
+    path.write_text(f"model:\n  name: {model}\n")
+    return path
