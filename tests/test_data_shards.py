@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -163,3 +164,14 @@ def test_image_members_of_a_foreign_tar_are_read_by_offset(tmp_path: Path) -> No
             tar.addfile(info, io.BytesIO(data))
     (item,) = find_sources(tar_path)
     assert item.rel == "in.tar/a.jpg" and item.read() == jpg
+
+
+def test_a_replaced_input_rebuilds_only_its_shard(folder: tuple[Path, dict], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(folder[0], src)
+    first = build_shards(src, tmp_path / "out", "art", options=OPTIONS, workers=1, progress=False)
+    Image.new("RGB", (60, 50), (0, 128, 255)).save(src / "rgba.png")  # same name, new content (input 27: shard 3)
+    second = build_shards(src, tmp_path / "out", "art", options=OPTIONS, workers=1, progress=False)
+    assert second["build"]["resumed_shards"] == 3 and second["build"]["encoded"] == 6
+    changed = [a["file"] for a, b in zip(first["shards"], second["shards"], strict=True) if a["sha256"] != b["sha256"]]
+    assert changed == ["art-000003.tar"] and "RGBA" not in second["converted"]

@@ -34,9 +34,9 @@ class BundledImage:
 
 PHOTOS = (
     BundledImage("astronaut", "astronaut Eileen Collins", "public domain (NASA)", "NASA Great Images, https://flic.kr/p/r9qvLn"),
-    BundledImage("camera", "man with a camera (grayscale)", "CC0, photographer Lav Varshney", "scikit-image"),
+    BundledImage("camera", "the gray-level \"camera\" image (a photographer)", "CC0, photographer Lav Varshney", "scikit-image"),
     BundledImage("chelsea", "Chelsea the cat", "CC0, photographer Stefan van der Walt", "scikit-image"),
-    BundledImage("coffee", "a cup of coffee", "CC0, photographer Rachel Michetti", "scikit-image"),
+    BundledImage("coffee", "coffee cup (courtesy of Pikolo Espresso Bar)", "CC0, photographer Rachel Michetti", "scikit-image"),
     BundledImage("hubble_deep_field", "Hubble eXtreme Deep Field", "public domain (NASA)",
                  "HubbleSite, http://hubblesite.org/newscenter/archive/releases/2012/37/image/a/"),
     BundledImage("rocket", "DSCOVR launch on Falcon 9", "public domain (SpaceX)",

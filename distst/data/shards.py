@@ -55,7 +55,7 @@ def _journal_path(out: Path, name: str) -> Path:
 
 
 def _inputs_digest(items: Iterable[SourceItem]) -> str:
-    return hashlib.sha256("\n".join(item.rel for item in items).encode()).hexdigest()
+    return hashlib.sha256("\n".join(f"{item.rel}\t{item.stamp}" for item in items).encode()).hexdigest()
 
 
 def _previous_entries(out: Path, name: str, options: BuildOptions) -> dict[str, dict]:

@@ -28,6 +28,7 @@ class SourceItem:
     offset: int = -1
     size: int = -1
     label: str | None = None
+    stamp: str = ""  # size and mtime: a resumed build redoes shards whose inputs were replaced
 
     def read(self) -> bytes:
         with open(self.path, "rb") as f:
@@ -42,14 +43,20 @@ def _folder_label(rel: PurePosixPath) -> str | None:
     return rel.parts[0] if len(rel.parts) > 1 else None
 
 
+def _stamp(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def _tar_members(tar_path: Path, rel_prefix: str) -> list[SourceItem]:
     """Image members of an (uncompressed) WebDataset/img2dataset tar, in archive order."""
     items = []
+    stamp = _stamp(tar_path)
     with tarfile.open(tar_path, "r:") as archive:
         for member in archive:
             if member.isreg() and PurePosixPath(member.name).suffix.lower() in IMAGE_SUFFIXES:
                 items.append(SourceItem(rel=f"{rel_prefix}/{member.name}", path=str(tar_path),
-                                        offset=member.offset_data, size=member.size))
+                                        offset=member.offset_data, size=member.size, stamp=stamp))
     return items
 
 
@@ -60,7 +67,8 @@ def _from_files(files: list[Path], root: Path, labels: bool) -> list[SourceItem]
         if path.suffix.lower() == TAR_SUFFIX:
             items.extend(_tar_members(path, str(rel)))
         else:
-            items.append(SourceItem(rel=str(rel), path=str(path), label=_folder_label(rel) if labels else None))
+            items.append(SourceItem(rel=str(rel), path=str(path), label=_folder_label(rel) if labels else None,
+                                    stamp=_stamp(path)))
     return items
 
 
