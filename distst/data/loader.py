@@ -160,6 +160,8 @@ class _Stream:
         health = _Health(self.name, counts)
         crops = random.Random(derive_seed(self.seed, "augment"))
 
+        # Decoded here, not with wds.decode("pil"): one step decodes only the image member, converts odd
+        # modes to RGB as the builder does, and flags small images for the counters.
         def view(sample: dict) -> tuple[np.ndarray, str, bool]:
             image, small = train_view(sample_image(sample), self.cfg.crop, crops, self.cfg.flip)
             health.ok()
