@@ -12,7 +12,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import braceexpand
+import webdataset as wds
 
 from ..images import IMAGE_SUFFIXES
 
@@ -87,7 +87,7 @@ def find_sources(src: str | Path, labels: bool = True) -> list[SourceItem]:
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) or .tar shards below {root}")
         return _from_files(files, root, labels)
-    paths = [Path(p) for p in braceexpand.braceexpand(text)]
+    paths = [Path(p) for p in wds.shardlists.expand_urls(text)]  # the same brace notation as the loader's
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"source {missing[0]} does not exist" if len(paths) > 1 else f"{text} does not exist")
