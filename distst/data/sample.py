@@ -71,12 +71,16 @@ def content_variants(img: Image.Image) -> dict[str, Image.Image]:
 
 
 def _write_sources(folder: Path, seed: int) -> tuple[Path, Path]:
-    """Lossless PNG inputs: content/<photo>-<variant>.png, style/<kind>/<name>.png (kind = style label)."""
+    """Lossless PNG inputs: content/<n>-<variant>-<photo>.png, style/<kind>/<name>.png (kind = style label).
+
+    Content names start with the variant's number so that, sorted, the six distinct originals come first:
+    the held-out evaluation pairs are the first samples of a shard, and should not be one photo four times.
+    """
     content, style = folder / "content", folder / "style"
     content.mkdir()
     for photo in PHOTOS:
-        for variant, img in content_variants(_bundled(photo.name)).items():
-            img.save(content / f"{photo.name}-{variant}.png")
+        for number, (variant, img) in enumerate(content_variants(_bundled(photo.name)).items(), start=1):
+            img.save(content / f"{number}-{variant}-{photo.name}.png")
     (style / "texture").mkdir(parents=True)
     for texture in TEXTURES:
         _bundled(texture.name).save(style / "texture" / f"{texture.name}.png")
@@ -140,7 +144,8 @@ Six photos bundled with scikit-image (the licences are those stated in the docst
 `skimage.data.<name>`; scikit-image's own `data/README.txt` does not list them). To reach 24 samples each
 photo appears in four variants: as is (`full`), mirrored (`mirror`), and two overlapping crops
 (`crop-a`, `crop-b`: 3/4 of the longer side, or 4/5 of both sides for square images). The `json` member's
-`source` names the variant, e.g. `astronaut-mirror.png`.
+`source` names the variant, e.g. `2-mirror-astronaut.png` (originals are numbered first, so the first
+samples of a shard, the held-out evaluation pairs, are six different photos).
 
 {photos}
 
