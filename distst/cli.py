@@ -15,6 +15,8 @@ COMMANDS = (
     "distst.commands.shards",
     "distst.commands.bench",
     "distst.commands.train",
+    "distst.commands.imp",
+    "distst.commands.report",
 )
 
 

@@ -62,9 +62,9 @@ class Tracker:
 
     def __init__(self, cfg: TrackingConfig, run_dir: Path, *, config: Mapping[str, Any], name: str,
                  enabled: bool, resume_step: int | None = None, group: str | None = None,
-                 job_type: str = "train") -> None:
+                 job_type: str = "train", metrics_file: str | None = "metrics.jsonl") -> None:
         self.enabled = enabled
-        self.metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step) if enabled else None
+        self.metrics = MetricsLog(run_dir / metrics_file, resume_step) if enabled and metrics_file else None
         self.run = None
         self.mode = wandb_mode(cfg)
         if not enabled or self.mode == "disabled":
@@ -73,7 +73,7 @@ class Tracker:
             import wandb
 
             # One W&B run per run directory: a resumed job continues its own W&B run.
-            run_id = hashlib.sha1(run_dir.resolve().as_posix().encode()).hexdigest()[:16]
+            run_id = hashlib.sha1(f"{run_dir.resolve()}|{job_type}".encode()).hexdigest()[:16]
             self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=name, group=group or cfg.group,
                                   job_type=job_type, dir=str(run_dir), config=dict(config), mode=self.mode,
                                   id=run_id, resume="allow", reinit="create_new",
@@ -89,14 +89,15 @@ class Tracker:
     def log(self, row: Mapping[str, Any], step: int) -> None:
         if not self.enabled:
             return
-        self.metrics.write({"step": step, **row})
+        if self.metrics is not None:
+            self.metrics.write({"step": step, **row})
         if self.run is not None:
             try:
                 self.run.log(dict(row), step=step)
             except Exception as err:  # noqa: BLE001
                 self._warn("log", err)
 
-    def log_image(self, key: str, path: Path, step: int, caption: str = "") -> None:
+    def log_image(self, key: str, path: Path, step: int | None, caption: str = "") -> None:
         if self.run is not None:
             try:
                 import wandb

@@ -25,6 +25,8 @@ from ..data import eval_pairs
 from ..images import save_image
 from ..models import StyleTransferModel, build
 from ..models.io import load_model
+from ..report import write_report
+from ..track import Tracker
 from ..train import Method, MethodList, TrainContext, train
 from ..train.engine import setup_distributed
 from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, random_subset, sparsity_report
@@ -215,5 +217,20 @@ def run_imp(cfg: Config, run_dir: Path) -> ImpResult:
     if info.is_main:
         _atomic_json(summary, run_dir / "summary.json")
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        publish(cfg, run_dir, summary, group=f"{job}-{run_dir.name}")
     dist.barrier()
     return ImpResult(stopped=False, summary=summary)
+
+
+def publish(cfg: Config, run_dir: Path, summary: dict[str, Any], group: str) -> Path:
+    """Write the report and send its table, plots and grid to W&B (one summary run in the IMP group)."""
+    report = write_report(run_dir)
+    tracker = Tracker(cfg.tracking, run_dir, config=cfg.model_dump(mode="json"), name=f"{group}/summary",
+                      group=group, enabled=True, job_type="imp-summary", resume_step=None, metrics_file=None)
+    columns = ["level", "sparsity", "content_error", "style_error", "total_error", "matching"]
+    tracker.log_table("imp/levels", columns, [[row[c] for c in columns] for row in summary["levels"]])
+    for image in sorted(report.parent.glob("*.png")):
+        tracker.log_image(f"imp/{image.stem}", image, step=None)
+    tracker.summary({"extreme_sparsity": summary["extreme_sparsity"], "levels": len(summary["levels"])})
+    tracker.finish()
+    return report

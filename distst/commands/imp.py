@@ -1,0 +1,41 @@
+"""``distst imp JOB.yaml [key=value ...]``: lottery tickets by iterative magnitude pruning, all levels."""
+
+from __future__ import annotations
+
+import argparse
+
+from .launch import add_launch_arguments, relaunch_if_requested
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("imp", help="find lottery tickets: iterative magnitude pruning with rewinding",
+                       description="Runs level 0 (dense) and prune.rounds pruned levels in the run directory; "
+                                   "re-running resumes at the level and step where it stopped. Writes "
+                                   "summary.json and report/report.md. Exits 75 after a SIGTERM/SIGUSR1 checkpoint.")
+    p.add_argument("job", help="job YAML (see jobs/imp_*.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prune.rounds=5 prune.rate=0.2")
+    add_launch_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..prune import run_imp
+    from ..train import EXIT_REQUEUE
+
+    args.overrides = ["prune.method=imp", *args.overrides]  # a later prune.method=... still wins, and is refused
+    cfg = load_config(args.job, args.overrides)
+    relaunched = relaunch_if_requested(args, "imp")
+    if relaunched is not None:
+        return relaunched
+    run_dir = cfg.run_dir()
+    result = run_imp(cfg, run_dir)
+    if result.stopped:
+        return EXIT_REQUEUE
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        extreme = result.summary["extreme_sparsity"]
+        print(f"IMP finished: {run_dir}\n  extreme sparsity: "
+              f"{'none matching' if extreme is None else f'{extreme:.2%}'}\n  report: {run_dir / 'report' / 'report.md'}")
+    return 0

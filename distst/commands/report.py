@@ -1,0 +1,27 @@
+"""``distst report RUN_DIR``: Markdown + PNG report of an IMP run."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write RUN_DIR/report/report.md with plots and an image grid")
+    p.add_argument("run_dir")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from ..report import ReportError, load_run, markdown_table, write_report
+
+    try:
+        path = write_report(args.run_dir)
+    except ReportError as err:
+        raise UserError(str(err)) from None
+    from pathlib import Path
+
+    summary, levels = load_run(Path(args.run_dir))
+    print(markdown_table(summary, levels))
+    print(f"\nreport: {path}")
+    return 0

@@ -1,0 +1,146 @@
+"""Reports of IMP runs: a Markdown table, plots against sparsity, per-group sparsity bars, an image grid.
+
+Reads only the run directory (``summary.json``, ``level_<k>/metrics.json``, ``level_<k>/samples.png``,
+``pairs.png``), so a report can be made anywhere the directory is, without the data or a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+ERRORS = (("total_error", "E (total)"), ("content_error", "content error"), ("style_error", "style error"))
+
+
+class ReportError(ValueError):
+    """The directory is not a finished (or partly finished) IMP run."""
+
+
+def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's summary and each finished level's metrics (level order)."""
+    summary_path = run_dir / "summary.json"
+    level_files = sorted(run_dir.glob("level_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not level_files:
+        raise ReportError(f"{run_dir} has no finished level (no level_*/metrics.json): is it an IMP run directory?")
+    levels = [json.loads(p.read_text()) for p in level_files]
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return summary, levels
+
+
+def _verdicts(summary: dict[str, Any]) -> dict[int, bool]:
+    return {row["level"]: row["matching"] for row in summary.get("levels", [])}
+
+
+def markdown_table(summary: dict[str, Any], levels: list[dict[str, Any]]) -> str:
+    verdicts = _verdicts(summary)
+    groups = sorted({g for lv in levels for g in lv.get("sparsity_groups", {})})
+    head = ["level", "sparsity", *(f"{g} sparsity" for g in groups), "content error", "style error", "E",
+            "matching", "steps", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for lv in levels:
+        match = verdicts.get(lv["level"])
+        cells = [str(lv["level"]), f"{lv['sparsity']:.2%}", *(f"{lv['sparsity_groups'].get(g, 0):.2%}" for g in groups),
+                 f"{lv['content_error']:.4g}", f"{lv['style_error']:.4g}", f"{lv['total_error']:.4g}",
+                 {True: "yes", False: "no", None: "?"}[match], str(lv["steps"]), f"{lv['wall_s']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_errors(levels: list[dict[str, Any]], path: Path) -> Path:
+    """E, content and style error against sparsity, each with the dense model's value as a line."""
+    fig, axes = plt.subplots(1, len(ERRORS), figsize=(4.2 * len(ERRORS), 3.4), constrained_layout=True)
+    sparsity = [100 * lv["sparsity"] for lv in levels]
+    for ax, (key, label) in zip(axes, ERRORS, strict=True):
+        ax.plot(sparsity, [lv[key] for lv in levels], "o-", color="tab:blue", label="IMP levels")
+        ax.axhline(levels[0][key], color="tab:red", linestyle="--", label="dense")
+        ax.set_xlabel("sparsity (% of prunable weights)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_group_sparsity(levels: list[dict[str, Any]], path: Path) -> Path:
+    groups = sorted({g for lv in levels for g in lv.get("sparsity_groups", {})})
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(levels) + 2), 3.4), constrained_layout=True)
+    width = 0.8 / max(1, len(groups))
+    for i, group in enumerate(groups):
+        ax.bar([lv["level"] + (i - (len(groups) - 1) / 2) * width for lv in levels],
+               [100 * lv["sparsity_groups"].get(group, 0.0) for lv in levels], width, label=group)
+    ax.set_xlabel("level")
+    ax.set_ylabel("sparsity (%)")
+    ax.set_xticks([lv["level"] for lv in levels])
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_grid(run_dir: Path, levels: list[dict[str, Any]], path: Path) -> Path | None:
+    """Held-out content and style on top, then one row per level (columns = held-out pairs)."""
+    rows: list[tuple[str, Image.Image]] = []
+    if (run_dir / "pairs.png").is_file():
+        rows.append(("content / style", Image.open(run_dir / "pairs.png").convert("RGB")))
+    for lv in levels:
+        sample = run_dir / f"level_{lv['level']}" / "samples.png"
+        if sample.is_file():
+            rows.append((f"level {lv['level']}: {lv['sparsity']:.1%}", Image.open(sample).convert("RGB")))
+    if not rows:
+        return None
+    label_w = 150
+    width = label_w + max(img.width for _, img in rows)
+    canvas = Image.new("RGB", (width, sum(img.height + 4 for _, img in rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for label, img in rows:
+        canvas.paste(img, (label_w, y))
+        draw.text((6, y + img.height // 2 - 6), label, fill="black")
+        y += img.height + 4
+    canvas.save(path)
+    return path
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """``RUN_DIR/report/report.md`` with its PNGs; returns the Markdown file."""
+    run_dir = Path(run_dir)
+    summary, levels = load_run(run_dir)
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    errors_png = plot_errors(levels, out / "errors_vs_sparsity.png")
+    groups_png = plot_group_sparsity(levels, out / "group_sparsity.png")
+    grid_png = image_grid(run_dir, levels, out / "samples.png")
+    extreme = summary.get("extreme_sparsity")
+    lines = [
+        f"# IMP report: {run_dir}",
+        "",
+        f"Model **{summary.get('model', '?')}**, encoder {summary.get('encoder', '?')}, scope "
+        f"{', '.join(summary.get('scope', []))}, rate {summary.get('rate', '?')} per round"
+        f"{' (layerwise)' if summary.get('layerwise') else ' (global)'}, rewind to step {summary.get('rewind_step', '?')}, "
+        f"control: {summary.get('control', 'none')}.",
+        "",
+        f"Extreme sparsity (highest level still matching the dense E"
+        f"{' within ' + format(summary['matching_tolerance'], '.0%') if summary.get('matching_tolerance') else ''}): "
+        f"**{extreme:.2%}**" if extreme is not None else "No pruned level matches the dense model yet.",
+        "" if summary.get("complete") else "\n_The run is not finished: levels still to come are missing._",
+        "",
+        markdown_table(summary, levels),
+        "",
+        f"![errors against sparsity]({errors_png.name})",
+        "",
+        f"![sparsity per group]({groups_png.name})",
+    ]
+    if grid_png:
+        lines += ["", "Held-out pairs (top), then each level's stylisations:", "", f"![samples]({grid_png.name})"]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
