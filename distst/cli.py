@@ -17,6 +17,7 @@ COMMANDS = (
     "distst.commands.train",
     "distst.commands.imp",
     "distst.commands.report",
+    "distst.commands.check",
 )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from .. import stop
 from ..config import Config, ConfigError
 from ..data import TrainStream, eval_pairs
 from ..evaluate import evaluate, stylized_grid
@@ -37,7 +37,6 @@ from .hooks import Method, TrainContext
 
 #: Exit code after a SIGTERM/SIGUSR1 checkpoint: "stopped cleanly, run me again" (EX_TEMPFAIL).
 EXIT_REQUEUE = 75
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 @dataclass
@@ -48,26 +47,17 @@ class TrainResult:
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGUSR1; acted on at the next step boundary, agreed across ranks."""
-
-    def __init__(self) -> None:
-        self.raised: int | None = None
-        self._previous = {}
+    """Stop requests (see ``distst.stop``) acted on at step boundaries, agreed across ranks."""
 
     def __enter__(self) -> _StopFlag:
-        for sig in STOP_SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = stop.install()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.raised = signum
+        stop.restore(self._previous)
 
     def agreed(self, device: torch.device) -> bool:
-        flag = torch.tensor([1.0 if self.raised else 0.0], device=device)
+        flag = torch.tensor([1.0 if stop.requested() else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -158,7 +148,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
         return metrics
 
     batches = _batches(cfg, info, step)
-    with _StopFlag() as stop:
+    with _StopFlag() as stop_flag:
         while step < cfg.train.steps:
             tick = time.perf_counter()
             terms_sum: dict[str, float] = {}
@@ -196,13 +186,15 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
             if info.is_main and (step % cfg.tracking.image_every == 0 or step == cfg.train.steps):
                 grid = stylized_grid(engine.module, eval_content, eval_style, workdir / "samples" / f"step_{step:08d}.png")
                 tracker.log_image("samples", grid, step, caption="content | style | stylized")
-            stopped = stop.agreed(info.device)
+            stopped = stop_flag.agreed(info.device)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopped:
                 save_checkpoint()
             bar.update(1)
             if stopped:
                 break
     bar.close()
+    if stopped:
+        stop.acted_on()
 
     if not stopped and not last_eval:  # resumed after the last step had been checkpointed
         last_eval = run_evaluation()
