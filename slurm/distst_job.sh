@@ -50,6 +50,9 @@ distst_run() {
         distst_requeue  # stopped before any work started: nothing to checkpoint
     fi
 
+    # Ranks come from srun (SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS); values inherited from the submitting
+    # shell (say, one inside torchrun) would make every task think it is rank 0 of a world of one.
+    unset RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE GROUP_RANK TORCHELASTIC_RUN_ID
     MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
     MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
     export MASTER_ADDR MASTER_PORT

@@ -24,11 +24,6 @@
 set -euo pipefail
 DISTST_JOB=${DISTST_JOB:-jobs/imp_sanet.yaml}
 DISTST_HOME=${DISTST_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}
-if [[ ! -f "$DISTST_HOME/slurm/distst_job.sh" ]]; then
-    echo "error: $DISTST_HOME is not a distst checkout (no slurm/distst_job.sh); submit from the repository" \
-         "or set DISTST_HOME" >&2
-    exit 2
-fi
 # shellcheck source=slurm/distst_job.sh
-source "$DISTST_HOME/slurm/distst_job.sh"
+source "$DISTST_HOME/slurm/distst_job.sh" || { echo "error: no distst checkout at $DISTST_HOME" >&2; exit 2; }
 distst_run imp

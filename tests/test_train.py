@@ -168,3 +168,18 @@ def test_two_gloo_processes_agree_on_weights_and_see_different_data(tmp_path: Pa
     assert ranks[0]["steps"] == 5 and len(ranks[0]["losses"]) == 2  # resumed at step 3, not restarted
     assert {p.name for p in (out / "checkpoints" / "step_00000005").glob("*optim_states.pt")} == {
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+
+
+def test_mid_interval_resume_with_gradient_accumulation_is_bitwise(tmp_path: Path) -> None:
+    settings = {"deepspeed__gradient_accumulation_steps": 2, "train__checkpoint_every": 2,
+                "train__deterministic": "true"}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_config(straight, train__steps=5, **settings), straight)
+    train(tiny_config(resumed, train__steps=3, **settings), resumed)  # last checkpoint at 3: mid-interval
+    result = train(tiny_config(resumed, train__steps=5, **settings), resumed)
+    assert result.steps == 5
+    a = torch.load(straight / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(resumed / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[r["loss"] for r in read_metrics(d / "metrics.jsonl") if "loss" in r] for d in (straight, resumed)]
+    assert losses[0] == losses[1]

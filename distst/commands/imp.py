@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .launch import add_launch_arguments, relaunch_if_requested
+from .launch import add_job_arguments, relaunch_if_requested
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,9 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Runs level 0 (dense) and prune.rounds pruned levels in the run directory; "
                                    "re-running resumes at the level and step where it stopped. Writes "
                                    "summary.json and report/report.md. Exits 75 after a SIGTERM/SIGUSR1 checkpoint.")
-    p.add_argument("job", help="job YAML (see jobs/imp_*.yaml)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prune.rounds=5 prune.rate=0.2")
-    add_launch_arguments(p)
+    add_job_arguments(p, "prune.rounds=5 prune.rate=0.2")
     p.set_defaults(func=run)
 
 

@@ -1,4 +1,5 @@
-"""``--nproc N``: a thin convenience that re-runs the same command under torchrun (the standard launcher)."""
+"""Arguments of the training commands, and ``--nproc N``: a thin convenience that re-runs the same command
+under torchrun (the standard launcher)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import subprocess
 import sys
 
 
-def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+def add_job_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """A job YAML, dotted overrides and ``--nproc``: what every training command takes."""
+    parser.add_argument("job", help="job YAML (see jobs/)")
+    parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes on this machine (runs under torchrun); under torchrun/srun leave at 1")
 

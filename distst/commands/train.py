@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .launch import add_launch_arguments, relaunch_if_requested
+from .launch import add_job_arguments, relaunch_if_requested
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a job config (resumes its run directory)",
                        description="Re-running the same command resumes from the run directory's last checkpoint. "
                                    "SIGTERM/SIGUSR1 checkpoint at the next step and exit with code 75.")
-    p.add_argument("job", help="job YAML (see jobs/)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 model.width=0.25")
-    add_launch_arguments(p)
+    add_job_arguments(p, "train.lr=3e-4 model.width=0.25")
     p.set_defaults(func=run)
 
 

@@ -62,18 +62,21 @@ class _StopFlag:
         return bool(flag.item())
 
 
-def _batches(cfg: Config, info: DistInfo, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The batches from ``step`` on: stream epoch ``step // checkpoint_every``, fast-forwarded inside it."""
-    every = cfg.train.checkpoint_every
+def _batches(cfg: Config, info: DistInfo, step: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], dict]]:
+    """Micro-batches from optimizer step ``step`` on: stream epoch ``step // checkpoint_every``, fast-forwarded.
+
+    Each epoch (one checkpoint interval) holds ``checkpoint_every * gradient_accumulation_steps`` micro-batches.
+    """
+    per_epoch = cfg.train.checkpoint_every * cfg.deepspeed.gradient_accumulation_steps
+    epoch, offset = divmod(step * cfg.deepspeed.gradient_accumulation_steps, per_epoch)
     while True:
-        epoch, offset = divmod(step, every)
         stream = TrainStream(cfg.data, rank=info.rank, world_size=info.world_size, epoch=epoch)
         batches = iter(stream)
-        for _ in range(offset):  # only right after a mid-segment resume
+        for _ in range(offset):  # only right after a mid-interval resume
             next(batches)
-        for batch in itertools.islice(batches, every - offset):
+        for batch in itertools.islice(batches, per_epoch - offset):
             yield batch, stream.counters
-            step += 1
+        epoch, offset = epoch + 1, 0
 
 
 def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
