@@ -41,13 +41,15 @@ def _verdicts(summary: dict[str, Any]) -> dict[int, bool]:
 def markdown_table(summary: dict[str, Any], levels: list[dict[str, Any]]) -> str:
     verdicts = _verdicts(summary)
     groups = sorted({g for lv in levels for g in lv.get("sparsity_groups", {})})
-    head = ["level", "sparsity", *(f"{g} sparsity" for g in groups), "content error", "style error", "E",
-            "matching", "steps", "wall s"]
+    identity = any("identity_error" in lv for lv in levels)  # SANet's E includes its identity losses
+    head = ["level", "sparsity", *(f"{g} sparsity" for g in groups), "content error", "style error",
+            *(["identity error"] if identity else []), "E", "matching", "steps", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lv in levels:
         match = verdicts.get(lv["level"])
         cells = [str(lv["level"]), f"{lv['sparsity']:.2%}", *(f"{lv['sparsity_groups'].get(g, 0):.2%}" for g in groups),
-                 f"{lv['content_error']:.4g}", f"{lv['style_error']:.4g}", f"{lv['total_error']:.4g}",
+                 f"{lv['content_error']:.4g}", f"{lv['style_error']:.4g}",
+                 *([f"{lv.get('identity_error', float('nan')):.4g}"] if identity else []), f"{lv['total_error']:.4g}",
                  {True: "yes", False: "no", None: "?"}[match], str(lv["steps"]), f"{lv['wall_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -198,3 +198,12 @@ def test_sigkill_in_level_1_then_resume_gives_the_same_masks(tmp_path: Path) -> 
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     assert json.loads((killed / "summary.json").read_text())["levels"] == \
         json.loads((clean / "summary.json").read_text())["levels"]
+
+
+def test_report_table_shows_sanet_identity_error() -> None:
+    from distst.report import markdown_table
+
+    level = {"level": 0, "sparsity": 0.0, "sparsity_groups": {"encoder": 0.0}, "content_error": 1.0,
+             "style_error": 2.0, "identity_error": 3.0, "total_error": 6.0, "steps": 4, "wall_s": 1.0}
+    table = markdown_table({"levels": [{"level": 0, "matching": True}]}, [level]).splitlines()
+    assert "identity error" in table[0] and "| 3 | 6 | yes |" in table[2]
