@@ -34,13 +34,18 @@ def evaluate(model: StyleTransferModel, loss_net: VGGEncoder, content: Tensor, s
 
 
 @torch.no_grad()
-def stylized_grid(model: StyleTransferModel, content: Tensor, style: Tensor, path: Path,
-                  batch_size: int = 8) -> Path:
-    """A PNG with one row per pair: content | style | stylized."""
+def stylize_pairs(model: StyleTransferModel, content: Tensor, style: Tensor, batch_size: int = 8) -> Tensor:
+    """Each pair's stylisation in [0, 1], cropped to the content's size (decoders may round sizes up)."""
     was_training = model.training
     model.eval()
     outputs = torch.cat([model(content[i:i + batch_size], style[i:i + batch_size])
                          for i in range(0, len(content), batch_size)])
     model.train(was_training)
-    tiles = torch.stack([content, style, outputs[..., : content.shape[-2], : content.shape[-1]]], dim=1)
+    return outputs[..., : content.shape[-2], : content.shape[-1]].clamp(0, 1)
+
+
+def stylized_grid(model: StyleTransferModel, content: Tensor, style: Tensor, path: Path,
+                  batch_size: int = 8) -> Path:
+    """A PNG with one row per pair: content | style | stylized."""
+    tiles = torch.stack([content, style, stylize_pairs(model, content, style, batch_size)], dim=1)
     return save_image(make_grid(tiles.flatten(0, 1).clamp(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0), path)

@@ -7,6 +7,7 @@ from pathlib import Path
 import webdataset as wds
 
 from .config import Config
+from .models import model_class
 
 
 def problems(cfg: Config) -> list[str]:
@@ -26,8 +27,9 @@ def problems(cfg: Config) -> list[str]:
         path = getattr(cfg.model, key)
         if path and not Path(path).is_file():
             found.append(f"model.{key}: {path} does not exist (distst never downloads weights; see README)")
-    multiple = 16 if cfg.model.name == "sanet" else 1
+    model = model_class(cfg.model.name)
     for key, size in (("data.crop", data.crop), ("data.eval_size", data.eval_size or data.crop)):
-        if size % multiple:
-            found.append(f"{key}={size}: {cfg.model.name} needs multiples of {multiple}")
+        if size % model.input_multiple or size < model.min_size:
+            found.append(f"{key}={size}: {cfg.model.name} needs sizes of at least {model.min_size} that are "
+                         f"multiples of {model.input_multiple}")
     return found

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 from tqdm import tqdm
+
+from .. import atomic
 
 MANIFEST_FORMAT = "distst-shards/1"
 JPEG_MAGIC = b"\xff\xd8"
@@ -41,10 +42,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers never see half a manifest: write a temp file, then rename over the old one."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    """Readers never see half a manifest."""
+    atomic.write_json(path, data, indent=1)
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
 from ..config import ModelConfig
@@ -13,14 +11,21 @@ from .sanet import SANet
 from .vgg import VGGEncoder, frozen_copy
 from .weights import WeightsError, load_checked, read_state_dict
 
-_REGISTRY: dict[str, Callable[[float], StyleTransferModel]] = {}
+_REGISTRY: dict[str, type[StyleTransferModel]] = {}
 
 
-def register(name: str, factory: Callable[[float], StyleTransferModel]) -> None:
-    """Make a model buildable by name (``model.name`` in configs); the factory takes the width."""
+def register(name: str, model: type[StyleTransferModel]) -> None:
+    """Make a model buildable by name (``model.name`` in configs); it is constructed with the width."""
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered already")
-    _REGISTRY[name] = factory
+    _REGISTRY[name] = model
+
+
+def model_class(name: str) -> type[StyleTransferModel]:
+    """The registered class: its ``input_multiple`` and ``min_size`` are known without building it."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(available())}")
+    return _REGISTRY[name]
 
 
 def available() -> list[str]:
@@ -36,9 +41,7 @@ def build(cfg: ModelConfig) -> StyleTransferModel:
 
     ``cfg.encoder == 'frozen'`` (the reference set-up) leaves the encoder without gradients.
     """
-    if cfg.name not in _REGISTRY:
-        raise ValueError(f"unknown model {cfg.name!r}; registered: {', '.join(available())}")
-    model = _REGISTRY[cfg.name](cfg.width)
+    model = model_class(cfg.name)(cfg.width)
     if cfg.vgg_weights:
         model.encoder.load_reference(cfg.vgg_weights)
     else:
@@ -73,5 +76,5 @@ def param_counts(model: nn.Module) -> dict[str, int]:
 
 __all__ = [
     "AdaIN", "SANet", "StyleTransferModel", "VGGEncoder", "WeightsError", "available", "build", "frozen_copy",
-    "param_counts", "register",
+    "model_class", "param_counts", "register",
 ]

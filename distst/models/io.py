@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .. import atomic
 from ..config import ModelConfig
 from .base import StyleTransferModel
 from .weights import WeightsError, load_checked
@@ -15,14 +16,9 @@ FORMAT = "distst-model/1"
 
 def save_model(model: StyleTransferModel, cfg: ModelConfig, path: str | Path) -> Path:
     """Write ``path`` atomically: ``{'format', 'model': config (no weight paths), 'state_dict'}``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = cfg.model_dump(mode="json", exclude={"vgg_weights", "decoder_weights", "transform_weights"})
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "model": record, "state_dict": state}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic.torch_save({"format": FORMAT, "model": record, "state_dict": state}, path)
 
 
 def load_model(path: str | Path) -> tuple[StyleTransferModel, ModelConfig]:

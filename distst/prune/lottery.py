@@ -20,8 +20,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .. import atomic
 from ..config import GROUPS, Config, ConfigError
 from ..data import eval_pairs
+from ..evaluate import stylize_pairs
 from ..images import save_image
 from ..models import StyleTransferModel, build
 from ..models.io import load_model
@@ -36,18 +38,6 @@ MASK_FILE = "mask.pt"
 LEVEL_METRICS = "metrics.json"
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
 class RewindSnapshot(Method):
     """Keeps the dense run's weights at ``step``: the point every pruned level rewinds to."""
 
@@ -56,8 +46,7 @@ class RewindSnapshot(Method):
 
     def _save(self, ctx: TrainContext) -> None:
         if ctx.dist.is_main and ctx.step == self.step and not self.path.is_file():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_torch_save({k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}, self.path)
+            atomic.torch_save({k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}, self.path)
 
     def on_train_start(self, ctx: TrainContext) -> None:
         self._save(ctx)
@@ -123,12 +112,11 @@ def _level_masks(cfg: Config, run_dir: Path, level: int, is_main: bool) -> Masks
     """The level's masks: computed once by rank 0 and written, then read by every rank."""
     path = run_dir / f"level_{level}" / MASK_FILE
     if is_main and not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         if level == 0:
             masks = full_masks(build(_without_weight_files(cfg)), cfg.prune.scope)
         else:
             masks = _compute_masks(cfg, run_dir, level)
-        _atomic_torch_save(masks, path)
+        atomic.torch_save(masks, path)
     dist.barrier()
     return _load_masks(run_dir, level)
 
@@ -145,13 +133,11 @@ def _initial_state(cfg: Config, run_dir: Path, level: int, masks: Masks) -> dict
     return state
 
 
-@torch.no_grad()
 def _samples_row(cfg: Config, level_dir: Path) -> None:
     """``samples.png``: the level's stylisations of the held-out pairs, in one row (the report stacks rows)."""
-    model = _trained(level_dir).eval()
     content, style = eval_pairs(cfg.data)
-    out = model(content, style)[..., : content.shape[-2], : content.shape[-1]]
-    save_image(torch.cat(list(out.clamp(0, 1)), dim=2), level_dir / "samples.png")
+    out = stylize_pairs(_trained(level_dir), content, style)
+    save_image(torch.cat(list(out), dim=2), level_dir / "samples.png")
     if not (level_dir.parent / "pairs.png").is_file():
         save_image(torch.cat([torch.cat(list(content), dim=2), torch.cat(list(style), dim=2)], dim=1),
                    level_dir.parent / "pairs.png")
@@ -211,11 +197,11 @@ def run_imp(cfg: Config, run_dir: Path) -> ImpResult:
             return ImpResult(stopped=True, summary=imp_summary(cfg, run_dir))
         if info.is_main:
             _samples_row(cfg, level_dir)
-            _atomic_json(_level_metrics(level, masks, result.summary), level_dir / LEVEL_METRICS)
+            atomic.write_json(level_dir / LEVEL_METRICS, _level_metrics(level, masks, result.summary))
         dist.barrier()
     summary = imp_summary(cfg, run_dir)
     if info.is_main:
-        _atomic_json(summary, run_dir / "summary.json")
+        atomic.write_json(run_dir / "summary.json", summary)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
         publish(cfg, run_dir, summary, group=f"{job}-{run_dir.name}")
     dist.barrier()

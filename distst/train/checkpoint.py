@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .. import atomic
 from .engine import DistInfo
 
 LATEST = "latest"
@@ -42,12 +43,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def save(engine: Any, root: Path, step: int, state: dict[str, Any], info: DistInfo, keep: int) -> Path:
     """Write checkpoint ``step`` from every rank (collective); returns its directory."""
     final = root / tag_for(step)
@@ -65,8 +60,7 @@ def save(engine: Any, root: Path, step: int, state: dict[str, Any], info: DistIn
     if info.is_main:
         shutil.rmtree(final, ignore_errors=True)
         (root / staging_tag).rename(final)
-        (root / (LATEST + ".tmp")).write_text(final.name)
-        (root / (LATEST + ".tmp")).replace(root / LATEST)
+        atomic.write_text(root / LATEST, final.name)
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()

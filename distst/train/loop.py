@@ -12,7 +12,6 @@ uninterrupted one does; model, optimizer, scheduler, RNG of every rank and metho
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .. import stop
+from .. import atomic, stop
 from ..config import Config, ConfigError
 from ..data import TrainStream, eval_pairs
 from ..evaluate import evaluate, stylized_grid
@@ -145,6 +144,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
         checkpoint.save(engine, ckpt_root, step, saved, info, cfg.train.keep_checkpoints)
 
     def run_evaluation() -> dict[str, float]:
+        # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
         metrics = evaluate(engine.module, loss_net, eval_content, eval_style)
         method.on_evaluate(ctx, metrics)
         tracker.log(metrics, step)
@@ -230,8 +230,6 @@ def _finish(cfg: Config, workdir: Path, model: torch.nn.Module, info: DistInfo, 
     }
     if info.is_main:
         save_model(model, cfg.model, workdir / "model.pt")
-        tmp = workdir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(workdir / "summary.json")
+        atomic.write_json(workdir / "summary.json", summary)
     dist.barrier()
     return summary

@@ -12,7 +12,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import tiny_config  # noqa: E402
 
-from distst.train import Method, TrainContext, train  # noqa: E402
+from distst.models import build  # noqa: E402
+from distst.prune.masks import MaskedTraining, full_masks, prunable_layers, prune_magnitude  # noqa: E402
+from distst.train import Method, MethodList, TrainContext, train  # noqa: E402
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -39,8 +41,6 @@ class Probe(Method):
         self.digest = weights_digest(ctx.model)
         if self.masks is None:
             return
-        from distst.prune.masks import prunable_layers
-
         layers = prunable_layers(ctx.model, ctx.cfg.prune.scope)
         state = getattr(ctx.engine.optimizer, "state", {})
         for name, mask in self.masks.items():
@@ -55,21 +55,14 @@ def main() -> None:
     settings = dict(o.split("=", 1) for o in overrides)
     mask_rate = float(settings.pop("mask_rate", 0))  # > 0: train with magnitude masks of this sparsity
     cfg = tiny_config(out_dir, **settings)
-    method, probe = Probe(), None
+    probe, method = Probe(), None
     if mask_rate:
-        from distst.models import build
-        from distst.prune.masks import MaskedTraining, full_masks, prune_magnitude
-
         torch.manual_seed(cfg.train.seed)  # the trainer's own initial weights, identical on every rank
         model = build(cfg.model)
         masks = prune_magnitude(model, full_masks(model, cfg.prune.scope), mask_rate, 1, layerwise=False)
-        method = Probe(masks)
-        probe = method
-        from distst.train import MethodList
-
+        probe = Probe(masks)
         method = MethodList([MaskedTraining(masks), probe])
-    probe = probe or method
-    result = train(cfg, out_dir, method)
+    result = train(cfg, out_dir, method or probe)
     rank = torch.distributed.get_rank()
     report = {"rank": rank, "world": torch.distributed.get_world_size(), "losses": probe.losses,
               "steps": result.steps, "digest": probe.digest, "masked_nonzero": probe.masked_nonzero,

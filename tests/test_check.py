@@ -1,0 +1,30 @@
+"""``distst check``: a job's files and sizes are checked before anything starts, one readable line each."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import REPO
+
+from distst.cli import main
+
+
+def test_the_local_jobs_pass(capsys: pytest.CaptureFixture) -> None:
+    for job in ("adain", "sanet", "imp_adain", "imp_sanet"):
+        assert main(["check", str(REPO / "jobs" / "local" / f"{job}.yaml")]) == 0
+    assert capsys.readouterr().out.count(": ok (") == 4
+
+
+def test_missing_shards_and_weights_are_each_named(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["check", str(REPO / "jobs" / "local" / "adain.yaml"),
+                 f"data.content={tmp_path}/c-{{000000..000002}}.tar", f"model.vgg_weights={tmp_path}/vgg.pth"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"data.content: shard {tmp_path}/c-000000.tar does not exist (and 2 more)" in err
+    assert f"model.vgg_weights: {tmp_path}/vgg.pth does not exist" in err
+    assert "data.style" not in err  # the bundled style shards exist
+
+
+def test_sizes_follow_the_models_own_rules(capsys: pytest.CaptureFixture) -> None:
+    assert main(["check", str(REPO / "jobs" / "local" / "sanet.yaml"), "data.crop=40"]) == 2
+    assert "data.crop=40: sanet needs sizes of at least 32 that are multiples of 16" in capsys.readouterr().err
+    assert main(["check", str(REPO / "jobs" / "local" / "adain.yaml"), "data.crop=40"]) == 0
