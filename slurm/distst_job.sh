@@ -71,7 +71,10 @@ distst_run() {
     done
     trap - USR1 TERM
 
-    if [[ $status -eq $DISTST_EXIT_REQUEUE ]]; then
+    # 75: the tasks checkpointed and ask to run again. After a stop signal, any failure also means "requeue":
+    # srun --kill-on-bad-exit counts the first task's 75 as a failure and may kill a task still exiting
+    # (143), but the checkpoint was collective and is written atomically, so the last good one is intact.
+    if [[ $status -eq $DISTST_EXIT_REQUEUE || ( $stop_requested -eq 1 && $status -ne 0 ) ]]; then
         distst_requeue
     fi
     echo "distst: finished with exit code $status ($(date -Is))"
