@@ -71,7 +71,7 @@ def test_short_run_lowers_the_loss_and_writes_the_run_directory(tmp_path: Path) 
     assert summary["params"]["decoder"] == sum(p.numel() for p in build(cfg.model).decoder.parameters())
     assert summary["wall_s"] > 0 and summary["images_per_s"] > 0
     assert (out / "config.yaml").is_file() and (out / "model.pt").is_file()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_00000015", "step_00000030"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000015", "step_00000030"]
     # the learning rate follows lr / (1 + lr_decay * step)
     lr = [r["lr"] for r in rows if "lr" in r]
     assert lr[9] == pytest.approx(1e-3 / (1 + 5e-5 * 10))
@@ -159,7 +159,7 @@ def test_two_gloo_processes_agree_on_weights_and_see_different_data(tmp_path: Pa
         assert ranks[0]["digest"] == ranks[1]["digest"], "ranks ended with different weights"
         assert ranks[0]["losses"] != ranks[1]["losses"], "ranks saw the same batches"
     assert ranks[0]["steps"] == 5 and len(ranks[0]["losses"]) == 2  # resumed at step 3, not restarted
-    assert {p.name for p in (out / "checkpoints" / "step_00000005").glob("*optim_states.pt")} == {
+    assert {p.name for p in (out / "checkpoints" / "step_00000005" / "main").glob("*optim_states.pt")} == {
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
 
 

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import stop
 
-    stop.install()  # before the slow imports: a batch script's USR1 must never kill a starting task
+    stop.install_signal_handlers()  # before the slow imports: a batch script's USR1 must never kill a starting task
     from ..config import load_config
     from ..prune import run_imp
     from ..train import EXIT_REQUEUE

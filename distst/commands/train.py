@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import stop
 
-    stop.install()  # before the slow imports: a batch script's USR1 must never kill a starting task
+    stop.install_signal_handlers()  # before the slow imports: a batch script's USR1 must never kill a starting task
     from ..config import load_config
     from ..train import EXIT_REQUEUE, train
 

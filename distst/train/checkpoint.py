@@ -1,15 +1,17 @@
 """Atomic, resumable checkpoints of a DeepSpeed engine plus everything else a bitwise resume needs.
 
-A checkpoint is a directory ``checkpoints/step_00000100``: DeepSpeed's own files (model, optimizer,
-scheduler; ZeRO partitions per rank), ``rng_rank<r>.pt`` for every rank, and ``state.pt`` (step, method
-state). It is written as ``step_00000100.tmp`` and renamed only when every rank has finished, so a kill
-at any moment leaves the last good checkpoint intact; a ``latest`` file names the newest one.
+A checkpoint is a directory ``checkpoints/step_00000100``: one folder per optimizer stage of the model
+(``main/`` for style transfer; ``generator/``, ``discriminator/`` for a GAN) with DeepSpeed's own files
+(module, optimizer, scheduler; ZeRO partitions per rank), ``rng_rank<r>.pt`` for every rank, and ``state.pt``
+(step, method state). It is written as ``step_00000100.tmp`` and renamed only when every rank has finished,
+so a kill at any moment leaves the last good checkpoint intact.
 """
 
 from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import atomic
 from .engine import DistInfo
-
-LATEST = "latest"
-
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
@@ -43,15 +41,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(engine: Any, root: Path, step: int, state: dict[str, Any], info: DistInfo, keep: int) -> Path:
-    """Write checkpoint ``step`` from every rank (collective); returns its directory."""
+def save(engines: Mapping[str, Any], root: Path, step: int, state: dict[str, Any], info: DistInfo,
+         keep: int) -> Path:
+    """Write checkpoint ``step`` of every stage's engine from every rank (collective); returns its directory."""
     final = root / tag_for(step)
     staging_tag = tag_for(step) + ".tmp"
     if info.is_main:
         shutil.rmtree(root / staging_tag, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=staging_tag, save_latest=False)
+    for stage, engine in engines.items():
+        engine.save_checkpoint(str(root / staging_tag), tag=stage, save_latest=False)
     (root / staging_tag).mkdir(parents=True, exist_ok=True)  # DeepSpeed creates it on writing ranks only
     torch.save(rng_state(), root / staging_tag / f"rng_rank{info.rank}.pt")
     if info.is_main:
@@ -60,7 +60,6 @@ def save(engine: Any, root: Path, step: int, state: dict[str, Any], info: DistIn
     if info.is_main:
         shutil.rmtree(final, ignore_errors=True)
         (root / staging_tag).rename(final)
-        atomic.write_text(root / LATEST, final.name)
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -80,12 +79,13 @@ def latest(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load(engine: Any, path: Path, info: DistInfo) -> dict[str, Any]:
-    """Restore engine, optimizer, scheduler and this rank's RNG; returns the saved loop/method state."""
-    load_path, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_optimizer_states=True,
-                                          load_lr_scheduler_states=True)
-    if load_path is None:
-        raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
+def load(engines: Mapping[str, Any], path: Path, info: DistInfo) -> dict[str, Any]:
+    """Restore every stage's engine (module, optimizer, scheduler) and this rank's RNG; returns the loop state."""
+    for stage, engine in engines.items():
+        load_path, _ = engine.load_checkpoint(str(path), tag=stage, load_optimizer_states=True,
+                                              load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load stage {stage!r} of the checkpoint in {path}")
     rng_file = path / f"rng_rank{info.rank}.pt"
     if not rng_file.is_file():
         raise RuntimeError(f"{rng_file} is missing: was the checkpoint written by a run with a different "

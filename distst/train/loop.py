@@ -45,20 +45,11 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-class _StopFlag:
-    """Stop requests (see ``distst.stop``) acted on at step boundaries, agreed across ranks."""
-
-    def __enter__(self) -> _StopFlag:
-        self._previous = stop.install()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        stop.restore(self._previous)
-
-    def agreed(self, device: torch.device) -> bool:
-        flag = torch.tensor([1.0 if stop.requested() else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+def _stop_agreed(request: stop.StopRequest, device: torch.device) -> bool:
+    """Whether any rank was asked to stop: every rank then checkpoints the same step and returns."""
+    flag = torch.tensor([1.0 if request.is_set() else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _batches(cfg: Config, info: DistInfo, step: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], dict]]:
@@ -86,7 +77,8 @@ def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[s
 
 
 def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_state: dict[str, torch.Tensor] | None = None,
-          run_name: str | None = None, run_group: str | None = None) -> TrainResult:
+          run_name: str | None = None, run_group: str | None = None,
+          stop_request: stop.StopRequest | None = None) -> TrainResult:
     """Train ``cfg`` in ``workdir`` (resuming from its last checkpoint); returns when done or stopped."""
     method = method or Method()
     info = setup_distributed()
@@ -114,7 +106,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     resume_from = checkpoint.latest(ckpt_root)
     state: dict[str, Any] = {"step": 0, "train_s": 0.0, "images": 0, "wall_s": 0.0}
     if resume_from is not None:
-        state = checkpoint.load(engine, resume_from, info)
+        state = checkpoint.load({"main": engine}, resume_from, info)
         method.load_state_dict(state.get("method", {}))
     step = int(state["step"])
     ctx = TrainContext(cfg=cfg, model=engine.module, workdir=workdir, dist=info, step=step, engine=engine,
@@ -141,7 +133,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     def save_checkpoint() -> None:
         saved = {**state, "step": step, "wall_s": earlier_wall_s + time.perf_counter() - started,
                  "method": method.state_dict()}
-        checkpoint.save(engine, ckpt_root, step, saved, info, cfg.train.keep_checkpoints)
+        checkpoint.save({"main": engine}, ckpt_root, step, saved, info, cfg.train.keep_checkpoints)
 
     def run_evaluation() -> dict[str, float]:
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
@@ -151,7 +143,8 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
         return metrics
 
     batches = _batches(cfg, info, step)
-    with _StopFlag() as stop_flag:
+    request = stop_request or stop.PROCESS
+    if True:
         while step < cfg.train.steps:
             tick = time.perf_counter()
             terms_sum: dict[str, float] = {}
@@ -189,7 +182,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
             if info.is_main and (step % cfg.tracking.image_every == 0 or step == cfg.train.steps):
                 grid = stylized_grid(engine.module, eval_content, eval_style, workdir / "samples" / f"step_{step:08d}.png")
                 tracker.log_image("samples", grid, step, caption="content | style | stylized")
-            stopped = stop_flag.agreed(info.device)
+            stopped = _stop_agreed(request, info.device)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopped:
                 save_checkpoint()
             bar.update(1)
@@ -197,7 +190,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
                 break
     bar.close()
     if stopped:
-        stop.acted_on()
+        request.clear()
 
     if not stopped and not last_eval:  # resumed after the last step had been checkpointed
         last_eval = run_evaluation()
