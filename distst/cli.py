@@ -1,11 +1,22 @@
-"""``distst``: one command, thin sub-commands that parse arguments and call the library."""
+"""``distst``: one command, thin sub-commands that parse arguments and call the library.
+
+Start-up order matters: the stop-signal handler goes in first (Slurm's pre-time-limit SIGUSR1 or a
+SIGTERM can arrive while a task is still importing torch), and building the parser imports nothing heavy,
+so ``distst --help`` is instant. Sub-command modules import torch, webdataset, DeepSpeed and the pydantic
+config inside their ``run`` functions only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
+
+from . import stop
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 COMMANDS = (
@@ -19,6 +30,12 @@ COMMANDS = (
     "distst.commands.report",
     "distst.commands.check",
 )
+
+# Commands whose work polls ``stop.PROCESS`` (checkpoint, exit 75). Every other command gets the default
+# signal behaviour back after parsing, so that SIGTERM still ends a `distst stylize` at once.
+STOPPABLE_COMMANDS = frozenset({"train", "imp"})
+
+DEBUG_ENV = "DISTST_DEBUG"  # DISTST_DEBUG=1: print the traceback of user errors too
 
 
 class UserError(Exception):
@@ -35,15 +52,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; dotted overrides placed after options (``job.yaml --nproc 2 train.lr=1``) still count."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(_is_override(a) for a in extra):
+        args.overrides = [*args.overrides, *extra]  # in command-line order: a later override still wins
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` means "bad input" (one line, exit code 2) rather than a bug (traceback)."""
+    return isinstance(err, user_error_types())
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    # Imported only once something failed: light commands never pay for torch or pydantic.
     from .config import ConfigError
+    from .data.errors import DataError
     from .models.weights import WeightsError
 
+    return UserError, ConfigError, DataError, WeightsError, FileNotFoundError
+
+
+def _give_back_signals(previous: dict) -> None:
+    """Default signal behaviour for commands that never poll stop requests; a signal already caught is re-sent."""
+    stop.restore(previous)
+    if stop.PROCESS.reason in signal.Signals.__members__:
+        signal.raise_signal(signal.Signals[stop.PROCESS.reason])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    previous = stop.install_signal_handlers()  # first thing: see the module docstring
+    args = parse(build_parser(), argv)
+    if args.command not in STOPPABLE_COMMANDS:
+        _give_back_signals(previous)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, WeightsError, FileNotFoundError) as err:
-        print(f"distst {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if not is_user_error(err):
+            raise
+        if os.environ.get(DEBUG_ENV) == "1":
+            traceback.print_exc()
+        message = str(err) or type(err).__name__
+        print(f"distst {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

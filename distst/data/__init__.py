@@ -2,8 +2,20 @@
 
 ``distst.data.shards`` builds shards (``distst shards build``), ``distst.data.manifest`` verifies them,
 ``distst.data.sample`` makes the bundled ``shards/sample`` set, and ``distst.data.loader`` streams them.
+The loader (torch, webdataset) is imported on first use, so that the CLI and the light submodules
+(``errors``, ``bench``'s arguments) start fast.
 """
 
-from .loader import TrainStream, eval_pairs, image_batches
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["TrainStream", "eval_pairs", "image_batches"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
