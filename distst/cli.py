@@ -71,13 +71,16 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(err, user_error_types())
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    # Imported only once something failed: light commands never pay for torch or pydantic.
-    from .config import ConfigError
-    from .data.errors import DataError
-    from .models.weights import WeightsError
+# Bad-input exception types of modules imported on demand: (module, class name).
+LIBRARY_USER_ERRORS = (("distst.config", "ConfigError"), ("distst.data.errors", "DataError"),
+                       ("distst.models.weights", "WeightsError"))
 
-    return UserError, ConfigError, DataError, WeightsError, FileNotFoundError
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    # Only modules already imported can have raised their errors: looking them up in sys.modules keeps a
+    # light command light, and an error path that never imports torch or pydantic.
+    found = [getattr(sys.modules[module], name) for module, name in LIBRARY_USER_ERRORS if module in sys.modules]
+    return UserError, FileNotFoundError, *found
 
 
 def _give_back_signals(previous: dict) -> None:

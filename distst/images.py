@@ -1,17 +1,84 @@
-"""Image files <-> tensors in [0, 1], resized as the reference test scripts do."""
+"""Image files <-> tensors in [0, 1], resized as the reference test scripts do.
+
+``to_rgb`` is the one conversion of odd modes (16-bit, float, alpha, palette, CMYK) to 8-bit RGB: the
+shard builder, the streaming loader and ``distst stylize`` all go through it, so a 16-bit PNG looks the same
+everywhere (a plain ``convert("RGB")`` clips 16-bit values and whitewashes the image).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from .data.errors import DataError
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# What ``save_image`` writes, by the output's suffix.
+SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".webp": "WEBP",
+                ".tif": "TIFF", ".tiff": "TIFF"}
+JPEG_QUALITY = 95
+# Largest side a loaded image may have after resizing: a 8192 px side already needs gigabytes of VGG
+# activations, and a typo such as --content-size 100000 must fail before anything is allocated.
+MAX_SIDE = 8192
+
+ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as viewers do
+
+
+class ImageError(DataError):
+    """An image file that cannot be used; ``reason`` is a short label for skip counts ("truncated", ...)."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+        self.path = Path(path)
+        self.reason = reason
+
+
+# --- decoding -----------------------------------------------------------------------------------------
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode in SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
+        values = values / 257.0  # 65535 -> 255
+    elif img.mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB; alpha is composited over white, 16-bit/float gray is rescaled rather than clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in SIXTEEN_BIT_MODES | {"I", "F"}:
+        img = _to_8bit_gray(img)
+    if img.mode in ALPHA_MODES:
+        canvas = Image.new("RGBA", img.size, (*BACKGROUND, 255))
+        canvas.alpha_composite(img.convert("RGBA"))
+        img = canvas
+    return img.convert("RGB")
+
+
+def unreadable_reason(err: Exception) -> str:
+    """A short label for why PIL could not decode a file."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image"
+    if isinstance(err, Image.DecompressionBombError):
+        return "too large"
+    if isinstance(err, OSError) and "truncated" in str(err):
+        return "truncated"
+    return "unreadable"
+
+
+# --- files --------------------------------------------------------------------------------------------
 
 def list_images(path: str | Path) -> list[Path]:
     """The image at ``path``, or every image below a directory (sorted)."""
@@ -26,24 +93,66 @@ def list_images(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path} does not exist")
 
 
-def load_image(path: str | Path, size: int = 0, multiple: int = 1) -> Tensor:
-    """3 x H x W in [0, 1]: shorter side resized to ``size`` (0 keeps it), then center-cropped to a multiple."""
-    with Image.open(path) as img:
-        tensor = TF.to_tensor(img.convert("RGB"))
+def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
+    """(h, w) after ``TF.resize(t, size)``: shorter side ``size``, longer side truncated (0 keeps the size)."""
+    if not size:
+        return height, width
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def cropped_shape(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(h, w) after the center crop of ``load_image`` to multiples of ``multiple``."""
+    if multiple <= 1:
+        return height, width
+    return max(multiple, height // multiple * multiple), max(multiple, width // multiple * multiple)
+
+
+def _check_planned_shape(path: Path, width: int, height: int, size: int, multiple: int, min_size: int) -> None:
+    """Refuse sizes a model cannot take, from the header alone (before decoding or allocating)."""
+    h, w = cropped_shape(*resized_shape(width, height, size), multiple)
+    if max(h, w) > MAX_SIDE:
+        raise ImageError(path, "too large", f"{w}x{h} after resizing; the limit is {MAX_SIDE} px a side")
+    if min(h, w) < min_size:
+        raise ImageError(path, "too small", f"{w}x{h}; the model needs at least {min_size}x{min_size}: "
+                                            "resize it, e.g. with --content-size/--style-size")
+
+
+def load_image(path: str | Path, size: int = 0, multiple: int = 1, min_size: int = 1) -> Tensor:
+    """3 x H x W in [0, 1]: shorter side resized to ``size`` (0 keeps it), then center-cropped to a multiple.
+
+    Raises ``ImageError`` for files that are not images, truncated, or whose size after resizing is below
+    ``min_size`` or above ``MAX_SIDE`` (checked from the header, before decoding).
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ImageError(path, "empty file")
+    try:
+        with Image.open(path) as img:
+            _check_planned_shape(path, *img.size, size, multiple, min_size)
+            img.load()
+            tensor = TF.to_tensor(to_rgb(img))
+    except ImageError:
+        raise
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:  # PIL's decode failures
+        raise ImageError(path, unreadable_reason(err), str(err)) from err
     if size:
         tensor = TF.resize(tensor, size, antialias=True)
     h, w = tensor.shape[-2:]
     if multiple > 1 and (h % multiple or w % multiple):
-        tensor = TF.center_crop(tensor, [max(multiple, h // multiple * multiple), max(multiple, w // multiple * multiple)])
+        tensor = TF.center_crop(tensor, list(cropped_shape(h, w, multiple)))
     return tensor.clamp(0, 1)
 
 
 def save_image(tensor: Tensor, path: str | Path) -> Path:
-    """Write a 3 x H x W tensor in [0, 1] as an 8-bit PNG."""
+    """Write a 3 x H x W tensor in [0, 1] as an 8-bit image, in the format of the suffix (PNG by default)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = (tensor.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array).save(path)
+    image_format = SAVE_FORMATS.get(path.suffix.lower(), "PNG")
+    options = {"quality": JPEG_QUALITY} if image_format in ("JPEG", "WEBP") else {}
+    Image.fromarray(array).save(path, image_format, **options)
     return path
 
 

@@ -1,7 +1,7 @@
 """One input image -> one shard sample (runs in the build's worker processes).
 
-Decode, convert to 8-bit RGB (grayscale, CMYK, palette, alpha and 16-bit inputs), shrink the shorter side
-to ``resize``, re-encode as JPEG. Images whose shorter side is below ``resize`` are flagged ``small`` and
+Decode, convert to 8-bit RGB (``distst.images.to_rgb``, shared with ``distst stylize``: grayscale, CMYK,
+palette, alpha and 16-bit inputs), shrink the shorter side to ``resize``, re-encode as JPEG. Images whose shorter side is below ``resize`` are flagged ``small`` and
 kept at their own size, or enlarged only when ``upscale`` is asked for (COCO's 640x480 at the reference's
 512, say): never silently.
 Anything that cannot be decoded becomes a ``Skipped`` record with a short reason instead of an exception.
@@ -14,14 +14,10 @@ import json
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ..images import to_rgb, unreadable_reason
 from .sources import SourceItem
-
-ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
-SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white, as viewers do
 
 
 @dataclass(frozen=True)
@@ -57,45 +53,11 @@ def sample_key(index: int) -> str:
     return f"{index:09d}"
 
 
-def _to_8bit_gray(img: Image.Image) -> Image.Image:
-    values = np.asarray(img, dtype=np.float64)
-    if img.mode in SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
-        values = values / 257.0  # 65535 -> 255
-    elif img.mode == "F" and values.max(initial=0) <= 1.0:
-        values = values * 255.0
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB; alpha is composited over white, 16-bit/float gray is rescaled rather than clipped."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in SIXTEEN_BIT_MODES | {"I", "F"}:
-        img = _to_8bit_gray(img)
-    if img.mode in ALPHA_MODES:
-        canvas = Image.new("RGBA", img.size, (*BACKGROUND, 255))
-        canvas.alpha_composite(img.convert("RGBA"))
-        img = canvas
-    return img.convert("RGB")
-
-
 def target_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     """(w, h) with the shorter side ``shorter`` and the aspect ratio kept."""
     if width <= height:
         return shorter, max(1, round(height * shorter / width))
     return max(1, round(width * shorter / height)), shorter
-
-
-def _skip_reason(err: Exception) -> str:
-    if isinstance(err, UnidentifiedImageError):
-        return "not an image"
-    if isinstance(err, Image.DecompressionBombError):
-        return "too large"
-    if isinstance(err, OSError) and "truncated" in str(err):
-        return "truncated"
-    return "unreadable"
 
 
 def _detail(err: Exception) -> str:
@@ -127,7 +89,7 @@ def encode_item(index: int, item: SourceItem, options: EncodeOptions) -> Encoded
         buffer = io.BytesIO()
         rgb.save(buffer, "JPEG", quality=options.quality)
     except Exception as err:  # noqa: BLE001 - one bad file must never end the build
-        return Skipped(index, item.rel, _skip_reason(err), _detail(err))
+        return Skipped(index, item.rel, unreadable_reason(err), _detail(err))
     meta = {"source": item.rel, "width": width, "height": height}
     if item.label is not None:
         meta["style"] = item.label

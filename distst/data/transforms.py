@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .encode import target_size, to_rgb
+from ..images import to_rgb
+from .encode import target_size
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")  # WebDataset member extensions we read images from
 
