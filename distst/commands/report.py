@@ -12,15 +12,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..cli import UserError
+
+    if not Path(args.run_dir).is_dir():
+        raise UserError(f"run directory {args.run_dir} does not exist")
     from ..report import ReportError, load_run, markdown_table, write_report
 
     try:
         path = write_report(args.run_dir)
     except ReportError as err:
         raise UserError(str(err)) from None
-    from pathlib import Path
-
     summary, levels = load_run(Path(args.run_dir))
     print(markdown_table(summary, levels))
     print(f"\nreport: {path}")

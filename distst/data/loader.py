@@ -31,6 +31,8 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
+from .errors import DataError
+from .sources import expand_pattern
 from .transforms import eval_view, sample_image, to_tensor, train_view
 
 # Streams are infinite: after this many consecutive shard reads without a sample for this process, or
@@ -42,15 +44,26 @@ GIVE_UP_SAMPLES = 20_000
 # --- shards -------------------------------------------------------------------------------------------
 
 def expand_shards(pattern: str) -> list[str]:
-    """Brace-expanded shard URLs; local files must exist (``pipe:``/remote URLs are checked when opened)."""
-    urls = wds.shardlists.expand_urls(pattern)
+    """Brace-expanded shard URLs; local files must exist and hold a sample (remote ones are checked when opened)."""
+    urls = expand_pattern(pattern)
     if not urls:
-        raise FileNotFoundError(f"shard pattern {pattern!r} names no shards")
+        raise DataError(f"shard pattern {pattern!r} names no shards")
     for url in urls:
         path = url.removeprefix("file:")
-        if "://" not in path and not path.startswith("pipe:") and not os.path.isfile(path):
+        if "://" in path or path.startswith("pipe:"):
+            continue
+        if not os.path.isfile(path):
             raise FileNotFoundError(f"shard {path} does not exist (from {pattern!r})")
+        if _empty_tar(path):
+            raise DataError(f"shard {path} holds no samples (from {pattern!r}); rebuild it with `distst shards build`")
     return urls
+
+
+def _empty_tar(path: str) -> bool:
+    """A tar without members: no bytes, or an end-of-archive (zero) block first. Reads one 512-byte block."""
+    with open(path, "rb") as f:
+        first = f.read(512)
+    return not first.strip(b"\0")
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ def _shard_samples(shards: Iterator[dict], handler: Callable[[Exception], bool],
                 yield sample
         barren = 0 if kept else barren + 1
         if barren >= GIVE_UP_SHARDS:
-            raise RuntimeError(f"{barren} shard reads in a row gave this process no sample (last {shard['url']}, "
+            raise DataError(f"{barren} shard reads in a row gave this process no sample (last {shard['url']}, "
                                f"share {share.index} of {share.parts}): shards unreadable, or too few samples "
                                "for the ranks x workers; build more shards or use fewer ranks/workers")
 
@@ -283,7 +296,7 @@ def first_images(pattern: str, count: int, size: int) -> Tensor:
                              handler=wds.warn_and_continue)
     views = list(islice(dataset.map(lambda s: eval_view(sample_image(s), size), handler=wds.warn_and_continue), count))
     if len(views) < count:
-        raise ValueError(f"{pattern} holds only {len(views)} usable images; {count} are needed (data.eval_pairs)")
+        raise DataError(f"{pattern} holds only {len(views)} usable images; {count} are needed (data.eval_pairs)")
     return to_tensor(views)
 
 

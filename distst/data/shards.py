@@ -34,6 +34,7 @@ from .manifest import (
     shard_file,
     write_json_atomic,
 )
+from .errors import DataError
 from .sources import SourceItem, find_sources
 
 TAR_MTIME = 0  # fixed member times and owners (TarWriter's defaults) make byte-identical shards possible
@@ -162,6 +163,20 @@ def _summary(name: str, source: str, options: BuildOptions, entries: list[dict],
     }
 
 
+def _discard_build(out: Path, name: str) -> None:
+    """Remove every shard, the journal and any manifest of ``name``: a set of empty shards only misleads."""
+    _remove_stale_shards(out, name, 0)
+    _journal_path(out, name).unlink(missing_ok=True)
+    manifest_path(out, name).unlink(missing_ok=True)
+
+
+def _nothing_usable(src: str | Path, manifest: dict, shown: int = 5) -> str:
+    reasons = ", ".join(f"{n} {reason}" for reason, n in manifest["skipped_by_reason"].items())
+    examples = "; ".join(f"{s['source']}: {s['reason']}" for s in manifest["skipped"][:shown])
+    more = f"; and {len(manifest['skipped']) - shown} more" if len(manifest["skipped"]) > shown else ""
+    return f"no usable image among the {manifest['inputs']} inputs of {src} ({reasons}): {examples}{more}; no shards written"
+
+
 def build_shards(
     src: str | Path,
     out: str | Path,
@@ -217,6 +232,9 @@ def build_shards(
     seconds = time.perf_counter() - started
 
     manifest = _summary(name, source_label or str(src), options, [e for e in entries if e is not None], len(items))
+    if manifest["samples"] == 0:
+        _discard_build(out, name)
+        raise DataError(_nothing_usable(src, manifest))
     manifest["build"] = {
         "workers": workers, "seconds": round(seconds, 3),
         "images_per_s": round(len(tasks) / seconds, 1) if tasks and seconds > 0 else None,

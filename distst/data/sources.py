@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import webdataset as wds
 
 from ..images import IMAGE_SUFFIXES
+from .errors import DataError
 
 TAR_SUFFIX = ".tar"
 
@@ -36,6 +37,14 @@ class SourceItem:
                 return f.read()
             f.seek(self.offset)
             return f.read(self.size)
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """Brace-expanded shard URLs (``x-{000000..000009}.tar``), as the loader and the builder read them."""
+    try:
+        return wds.shardlists.expand_urls(pattern)
+    except ValueError as err:  # braceexpand.UnbalancedBracesError
+        raise DataError(f"shard pattern {pattern!r}: {err}; write ranges as name-{{000000..000009}}.tar") from None
 
 
 def _folder_label(rel: PurePosixPath) -> str | None:
@@ -87,7 +96,7 @@ def find_sources(src: str | Path, labels: bool = True) -> list[SourceItem]:
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) or .tar shards below {root}")
         return _from_files(files, root, labels)
-    paths = [Path(p) for p in wds.shardlists.expand_urls(text)]  # the same brace notation as the loader's
+    paths = [Path(p) for p in expand_pattern(text)]  # the same brace notation as the loader's
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"source {missing[0]} does not exist" if len(paths) > 1 else f"{text} does not exist")

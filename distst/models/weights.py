@@ -18,10 +18,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weight file {path} does not exist (distst never downloads weights: give a local path)")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weight file {path} is empty (0 bytes): an interrupted copy or download?")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise WeightsError(f"{path} is not a loadable weights file: {err}") from None
+        reason = str(err) or type(err).__name__  # EOFError of a cut-off file has no message
+        raise WeightsError(f"{path} is not a loadable weights file: {reason}") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
