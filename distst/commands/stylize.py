@@ -77,7 +77,7 @@ def _parts_without_weights(model: Any, args: argparse.Namespace) -> list[str]:
     """Model parts that have parameters but were given no weight file."""
     given = {"encoder": args.vgg, "transform": args.transform, "decoder": args.decoder}
     return [part for part, module in model.groups().items()
-            if not given[part] and any(True for _ in module.parameters())]
+            if not given.get(part) and any(True for _ in module.parameters())]
 
 
 def reference_model(args: argparse.Namespace) -> Any:
@@ -87,12 +87,11 @@ def reference_model(args: argparse.Namespace) -> Any:
 
     if args.model not in available():
         raise UserError(f"unknown --model {args.model!r}; registered models: {', '.join(available())}")
-    cfg = model_section(name=args.model, width=args.width, vgg_weights=args.vgg,
-                      decoder_weights=args.decoder, transform_weights=args.transform)
-    model = build(cfg)
+    model = build(model_section(name=args.model, width=args.width, vgg_weights=args.vgg,
+                                decoder_weights=args.decoder, transform_weights=args.transform))
     missing = _parts_without_weights(model, args)
     if missing and not args.allow_random:
-        flags = " and ".join(WEIGHT_FLAGS[part] for part in missing)
+        flags = " and ".join(WEIGHT_FLAGS.get(part, f"weights for {part}") for part in missing)
         raise UserError(f"need {flags} (local reference .pth files) or --checkpoint (a distst model file): "
                         f"{args.model}'s {' and '.join(missing)} would have random weights "
                         "(--allow-random if that is what you want)")
