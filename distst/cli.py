@@ -29,6 +29,7 @@ COMMANDS = (
     "distst.commands.imp",
     "distst.commands.report",
     "distst.commands.check",
+    "distst.commands.tune",
 )
 
 # Commands whose work polls ``stop.PROCESS`` (checkpoint, exit 75). Every other command gets the default

@@ -22,7 +22,7 @@ from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_overr
 
 HEAVY_MODULES = ("torch", "torchvision", "webdataset", "deepspeed", "pydantic", "wandb")
 EVERY_HELP = ("", "stylize", "models", "convert-vgg", "shards", "shards build", "shards verify", "bench",
-              "bench data", "train", "imp", "report", "check")
+              "bench data", "train", "imp", "report", "check", "tune")
 
 
 def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
