@@ -4,25 +4,26 @@ A job is a YAML file in ``jobs/`` plus dotted ``key=value`` overrides (``train.l
 Validation is pydantic's (Literal choices, numeric coercion, ``extra="forbid"``); this module only
 turns its errors into messages that name the key and the valid choices, and derives run directories.
 The dotted keys are a public contract: Ray Tune search spaces and users' scripts name them.
+
+The ``model`` and ``prune`` sections are open: each model and each compression method registers its own
+section class (``distst.registry``), and ``model.name`` / ``prune.method`` choose which one validates the
+rest of the section, so ``prune.rate`` is valid for IMP and a slimming method brings its own keys.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, model_validator
 
-GroupName = Literal["encoder", "transform", "decoder"]
-GROUPS: tuple[str, ...] = ("encoder", "transform", "decoder")
-
-# The reference style weight differs per model (AdaIN 10, SANet 3); None in a job means "the reference".
-REFERENCE_STYLE_WEIGHT = {"adain": 10.0, "sanet": 3.0}
+from . import registry
 
 
 class ConfigError(ValueError):
@@ -33,16 +34,50 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(Section):
-    name: Literal["adain", "sanet"] = "adain"
-    width: float = Field(1.0, gt=0, le=4, description="channel multiplier for every hidden width; 1.0 = reference")
-    vgg_weights: str | None = Field(None, description="local vgg_normalised.pth (or a converted torchvision VGG-19)")
-    decoder_weights: str | None = Field(None, description="local decoder .pth in the reference layout")
-    transform_weights: str | None = Field(None, description="local transform .pth (SANet's transformer_iter_*.pth)")
-    encoder: Literal["auto", "frozen", "trainable"] = Field(
-        "auto", description="frozen = reference set-up; trainable = 'plus' set-up with a separate frozen loss VGG; "
-                            "auto = trainable for IMP (as the lottery-ticket paper), else frozen"
-    )
+class ModelSection(Section):
+    """What every model's config section has. Each model registers a subclass with its own keys (loss weights,
+    weight files...), chosen by ``model.name``; see ``distst.registry``."""
+
+    #: Named parameter groups of the model (pruning scopes, counts).
+    groups: ClassVar[tuple[str, ...]] = ()
+    #: Groups pruned by default (``prune.scope`` when not given).
+    default_prune_scope: ClassVar[tuple[str, ...]] = ()
+    #: The model class, set when the model registers: it checks plans (``resolve_plan``).
+    model_class: ClassVar[Any] = None
+
+    name: str
+    width: float = Field(1.0, gt=0, le=4, description="channel multiplier of the default plan; 1.0 = reference")
+    plan: dict[str, dict[str, int]] | None = Field(
+        None, description="output channels per layer by group (a physically slimmed model's); partial plans "
+                          "override the default plan's layers")
+    init_from: str | None = Field(None, description="a distst model file to start from: its plan and weights")
+
+    @model_validator(mode="after")
+    def _check_plan(self) -> ModelSection:
+        if self.plan is not None and self.model_class is not None:
+            self.model_class.resolve_plan(self)  # raises PlanError (a ValueError) naming the layer
+        return self
+
+    def resolve(self, cfg: Config) -> None:
+        """Resolve values that depend on other sections (e.g. on the pruning method)."""
+
+
+class MethodSection(Section):
+    """What every compression method's section has; each method registers a subclass chosen by ``prune.method``."""
+
+    #: The lottery-ticket setting: prune and train the whole network (a model may then train its encoder).
+    trains_whole_network: ClassVar[bool] = False
+
+    method: str
+
+    def resolve(self, cfg: Config) -> None:
+        """Resolve and check values against the model (e.g. a scope against its groups)."""
+
+
+class NoMethod(MethodSection):
+    """Plain training, no compression."""
+
+    method: Literal["none"] = "none"
 
 
 class DataConfig(Section):
@@ -64,10 +99,6 @@ class TrainConfig(Section):
     steps: int = Field(160_000, ge=0)
     lr: float = Field(1e-4, gt=0)
     lr_decay: float = Field(5e-5, ge=0, description="lr / (1 + lr_decay * step), as the references")
-    content_weight: float = Field(1.0, ge=0)
-    style_weight: float | None = Field(None, ge=0, description="None: the model's reference (AdaIN 10, SANet 3)")
-    identity1_weight: float = Field(50.0, ge=0, description="SANet identity loss on images")
-    identity2_weight: float = Field(1.0, ge=0, description="SANet identity loss on features")
     seed: int = 0
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -82,17 +113,6 @@ class DeepSpeedConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_clipping: float = Field(0.0, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict, description="further DeepSpeed config keys, passed through")
-
-
-class PruneConfig(Section):
-    method: Literal["none", "imp"] = "none"
-    rate: float = Field(0.2, gt=0, lt=1, description="fraction of the remaining weights pruned per round")
-    rounds: int = Field(0, ge=0, description="pruning levels after the dense level 0")
-    rewind_step: int = Field(0, ge=0, description="step of the dense run whose weights are rewound to")
-    scope: list[GroupName] = Field(default_factory=lambda: list(GROUPS))
-    layerwise: bool = Field(False, description="prune the same rate in every layer instead of globally")
-    control: Literal["none", "random_prune", "random_reinit", "one_shot"] = "none"
-    matching_tolerance: float = Field(0.0, ge=0, description="relative slack on the dense E for 'matching'")
 
 
 class TrackingConfig(Section):
@@ -111,20 +131,24 @@ class RunConfig(Section):
 
 
 class Config(Section):
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The whole job. ``model`` and ``prune`` are the sections registered for ``model.name`` and
+    ``prune.method``: ``build_config`` validates with a class made for that pair (see ``config_class``)."""
+
+    model: ModelSection
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
-    prune: PruneConfig = Field(default_factory=PruneConfig)
+    prune: MethodSection = Field(default_factory=NoMethod)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
+    # The tree it was built from, before defaults were resolved: ``with_overrides`` re-resolves from it.
+    _source: dict[str, Any] | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
-    def _resolve_model_defaults(self) -> Config:
-        if self.train.style_weight is None:
-            self.train.style_weight = REFERENCE_STYLE_WEIGHT[self.model.name]
-        if self.model.encoder == "auto":
-            self.model.encoder = "trainable" if self.prune.method == "imp" else "frozen"
+    def _resolve_across_sections(self) -> Config:
+        self.model.resolve(self)
+        self.prune.resolve(self)
         return self
 
     # --- derived values -------------------------------------------------------------------
@@ -151,9 +175,34 @@ def _valid_keys(section: type[BaseModel]) -> list[str]:
     return list(section.model_fields)
 
 
-def _section_at(path: tuple[str, ...]) -> type[BaseModel] | None:
+# The keys that choose a section's class: applied before any other override.
+_CHOOSERS = ("model.name", "prune.method")
+
+
+@functools.cache
+def config_class(model: str, method: str) -> type[Config]:
+    """``Config`` with the sections registered for ``model`` and ``method`` (unknown names: a ConfigError)."""
+    registry.load_builtins()
+    model_section = _registered(registry.MODEL_SECTIONS, model, "model.name", "model")
+    method_section = _registered(registry.METHOD_SECTIONS, method, "prune.method", "method")
+    return create_model(  # type: ignore[call-overload]
+        f"Config_{model}_{method}", __base__=Config,
+        model=(model_section, Field(default_factory=model_section)),
+        prune=(method_section, Field(default_factory=method_section)),
+    )
+
+
+def _registered(table: Mapping[str, type[Section]], name: Any, key: str, kind: str) -> type[Section]:
+    if not isinstance(name, str) or name not in table:
+        near = difflib.get_close_matches(str(name), list(table), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"{key}: unknown {kind} {name!r}{hint}; registered: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def _section_at(path: tuple[str, ...], root: type[BaseModel]) -> type[BaseModel] | None:
     """The pydantic class that holds the key at ``path`` (None if the path leaves the tree)."""
-    section: type[BaseModel] = Config
+    section: type[BaseModel] = root
     for part in path:
         field = section.model_fields.get(part)
         annotation = field.annotation if field else None
@@ -163,8 +212,8 @@ def _section_at(path: tuple[str, ...]) -> type[BaseModel] | None:
     return section
 
 
-def _unknown_key_message(path: tuple[str, ...]) -> str:
-    parent = _section_at(path[:-1])
+def _unknown_key_message(path: tuple[str, ...], root: type[BaseModel]) -> str:
+    parent = _section_at(path[:-1], root)
     key = ".".join(path)
     if parent is None:
         return f"{key}: unknown key"
@@ -172,18 +221,36 @@ def _unknown_key_message(path: tuple[str, ...]) -> str:
     near = difflib.get_close_matches(path[-1], valid, n=1)
     hint = f" (did you mean '{'.'.join((*path[:-1], near[0]))}'?)" if near else ""
     where = ".".join(path[:-1]) or "the top level"
-    return f"{key}: unknown key{hint}; valid keys in {where}: {', '.join(valid)}"
+    chosen = _chosen_by(path[:-1], root)
+    return f"{key}: unknown key{hint}; valid keys in {where}{chosen}: {', '.join(valid)}"
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def _chosen_by(path: tuple[str, ...], root: type[BaseModel]) -> str:
+    """' (model.name=<name>)' when the section at ``path`` is the one chosen by a name."""
+    section = _section_at(path, root)
+    for key in _CHOOSERS:
+        if path == tuple(key.split(".")[:1]) and section is not None:
+            field = section.model_fields.get(key.split(".")[1])
+            if field is not None and field.default is not None:
+                return f" ({key}={field.default})"
+    return ""
+
+
+def _format_validation_error(err: ValidationError, root: type[BaseModel]) -> str:
     lines = []
     for item in err.errors():
         path = tuple(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
-            lines.append(_unknown_key_message(path))
+            lines.append(_unknown_key_message(path, root))
+            continue
+        if not path:  # a check across sections
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
             continue
         got = item.get("input")
         shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+        if item["type"] == "value_error":  # our own checks: their message names the key already
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
         lines.append(f"{'.'.join(path)}: {item['msg']}{shown}")
     return "invalid config:\n  " + "\n  ".join(lines)
 
@@ -200,15 +267,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, root: type[BaseModel]) -> None:
     """Set ``a.b.c`` in a nested dict, checking each part against the schema (free-form dicts excepted)."""
     parts = key.split(".")
-    section: type[BaseModel] | None = Config
+    section: type[BaseModel] | None = root
     node = tree
     for depth, part in enumerate(parts):
         if section is not None:
             if part not in section.model_fields:
-                raise ConfigError(_unknown_key_message(tuple(parts[: depth + 1])))
+                raise ConfigError(_unknown_key_message(tuple(parts[: depth + 1]), root))
             annotation = section.model_fields[part].annotation
             is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
             is_free_dict = getattr(annotation, "__origin__", None) is dict
@@ -224,16 +291,40 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
             node = child
 
 
+def _chosen_names(tree: Mapping[str, Any]) -> tuple[Any, Any]:
+    model, prune = tree.get("model") or {}, tree.get("prune") or {}
+    if not isinstance(model, Mapping) or not isinstance(prune, Mapping):
+        raise ConfigError("the model and prune sections must be mappings of keys")
+    registry.load_builtins()
+    return model.get("name", registry.DEFAULTS["model.name"]), prune.get("method", registry.DEFAULTS["prune.method"])
+
+
 def build_config(tree: Mapping[str, Any], overrides: Mapping[str, Any] | Iterable[str] = ()) -> Config:
-    """Validate a nested mapping plus dotted overrides (a mapping, or ``key=value`` strings)."""
+    """Validate a nested mapping plus dotted overrides (a mapping, or ``key=value`` strings).
+
+    ``model.name`` and ``prune.method`` are applied first: they choose the sections the other keys are
+    checked against.
+    """
     merged: dict[str, Any] = json.loads(json.dumps(dict(tree)))  # deep copy of plain data
-    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    items = list(overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides))
     for key, value in items:
-        _set_dotted(merged, key, value)
+        if key in _CHOOSERS:
+            section, field = key.split(".")
+            node = merged.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{section} is a section, not a value")
+            node[field] = value
+    root = config_class(*_chosen_names(merged))
+    for key, value in items:
+        if key not in _CHOOSERS:
+            _set_dotted(merged, key, value, root)
+    source = json.loads(json.dumps(merged))
     try:
-        return Config.model_validate(merged)
+        config = root.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
+        raise ConfigError(_format_validation_error(err, root)) from None
+    config._source = source
+    return config
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Config:
@@ -251,9 +342,38 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] =
     return build_config(tree, overrides)
 
 
+def model_section(**values: Any) -> ModelSection:
+    """The section registered for ``values['name']`` (default: the registry's default model), validated."""
+    registry.load_builtins()
+    cls = _registered(registry.MODEL_SECTIONS, values.get("name", registry.DEFAULTS["model.name"]), "model.name",
+                      "model")
+    try:
+        return cls.model_validate(values)  # type: ignore[return-value]
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, cls).replace("invalid config", "invalid model settings")) \
+            from None
+
+
 def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
-    """A copy of ``config`` with dotted overrides (what a Ray Tune trial applies)."""
-    tree = config.model_dump(mode="json")
-    if "train.style_weight" not in overrides and "model.name" in overrides:
-        tree["train"]["style_weight"] = None  # re-resolve the reference weight for the new model
-    return build_config(tree, overrides)
+    """A copy of ``config`` with dotted overrides (what a Ray Tune trial applies).
+
+    Built from the tree ``config`` came from, so derived values (a model's reference loss weights,
+    ``model.encoder=auto``, the default pruning scope) are resolved again for the new model or method; keys
+    of the old model's or method's section that the new one lacks are dropped.
+    """
+    source = config._source if config._source is not None else config.model_dump(mode="json")
+    tree = json.loads(json.dumps(source))
+    old = _chosen_names(tree)
+    for key, value in overrides.items():
+        if key in _CHOOSERS:
+            section, field = key.split(".")
+            tree.setdefault(section, {})[field] = value
+    new = config_class(*_chosen_names(tree))
+    if _chosen_names(tree) != old:
+        for section in ("model", "prune"):
+            fields = new.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+            tree[section] = {k: v for k, v in (tree.get(section) or {}).items() if k in fields}
+    return build_config(tree, {k: v for k, v in overrides.items() if k not in _CHOOSERS})
+
+
+registry.register_method_section("none", NoMethod)

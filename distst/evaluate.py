@@ -1,7 +1,7 @@
 """Evaluation on fixed held-out pairs: the lottery-ticket paper's content and style errors, and image grids.
 
 Errors are L2 norms (not MSE) computed with the frozen loss VGG, averaged over pairs; ``total_error`` (E)
-is their sum (for SANet also its identity error). See ``StyleTransferModel.errors`` for each model's terms.
+is their sum (for SANet also its identity error). See ``DiststModel.errors`` for each model's terms.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from .images import save_image
-from .models import StyleTransferModel, VGGEncoder
+from .models import DiststModel, VGGEncoder
 
 
 @torch.no_grad()
-def evaluate(model: StyleTransferModel, loss_net: VGGEncoder, content: Tensor, style: Tensor,
+def evaluate(model: DiststModel, loss_net: VGGEncoder, content: Tensor, style: Tensor,
              batch_size: int = 8) -> dict[str, float]:
     """Mean of each per-pair error over the held-out pairs, plus ``total_error``."""
     was_training = model.training
@@ -34,7 +34,7 @@ def evaluate(model: StyleTransferModel, loss_net: VGGEncoder, content: Tensor, s
 
 
 @torch.no_grad()
-def stylize_pairs(model: StyleTransferModel, content: Tensor, style: Tensor, batch_size: int = 8) -> Tensor:
+def stylize_pairs(model: DiststModel, content: Tensor, style: Tensor, batch_size: int = 8) -> Tensor:
     """Each pair's stylisation in [0, 1], cropped to the content's size (decoders may round sizes up)."""
     was_training = model.training
     model.eval()
@@ -44,7 +44,7 @@ def stylize_pairs(model: StyleTransferModel, content: Tensor, style: Tensor, bat
     return outputs[..., : content.shape[-2], : content.shape[-1]].clamp(0, 1)
 
 
-def stylized_grid(model: StyleTransferModel, content: Tensor, style: Tensor, path: Path,
+def stylized_grid(model: DiststModel, content: Tensor, style: Tensor, path: Path,
                   batch_size: int = 8) -> Path:
     """A PNG with one row per pair: content | style | stylized."""
     tiles = torch.stack([content, style, stylize_pairs(model, content, style, batch_size)], dim=1)

@@ -19,3 +19,11 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _process_env() -> None:
+    """What the CLI does first: launcher variables for a world of one (DeepSpeed reads them)."""
+    from distst.train.engine import prepare_process_env
+
+    prepare_process_env()

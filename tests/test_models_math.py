@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distst.config import ModelConfig
+from distst.config import model_section
 from distst.models import build, frozen_copy
 from distst.models.stats import adain, blend, calc_mean_std, mean_variance_norm, style_error
 
@@ -57,7 +57,7 @@ def test_blend_alpha_zero_gives_content_back() -> None:
 
 
 def test_adain_model_alpha_zero_decodes_content_features() -> None:
-    model = build(ModelConfig(name="adain", width=0.125)).eval()
+    model = build(model_section(name="adain", width=0.125)).eval()
     content, style = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         features = model.stylize_features(model.encoder(content), model.encoder(style), alpha=0.0)
@@ -74,12 +74,11 @@ def test_style_error_is_zero_for_identical_features_and_l2_otherwise() -> None:
 
 @pytest.mark.parametrize("name", ["adain", "sanet"])
 def test_loss_terms_and_errors_are_finite(name: str) -> None:
-    model = build(ModelConfig(name=name, width=0.125))
+    model = build(model_section(name=name, width=0.125))
     loss_net = frozen_copy(model.encoder)
     content, style = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     terms = model.loss_terms(content, style, loss_net)
-    assert set(terms) == set(model.loss_weights(type("T", (), {"content_weight": 1, "style_weight": 1,
-                                                                 "identity1_weight": 1, "identity2_weight": 1})))
+    assert set(terms) == set(model.loss_weights())
     assert all(t.dim() == 0 and torch.isfinite(t) for t in terms.values())
     errors = model.errors(content, style, loss_net)
     assert all(e.shape == (2,) and torch.all(e >= 0) for e in errors.values())
@@ -88,7 +87,7 @@ def test_loss_terms_and_errors_are_finite(name: str) -> None:
 def test_frozen_encoder_gets_no_gradient_but_trainable_does() -> None:
     content, style = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     for setting, expect_grad in (("frozen", False), ("trainable", True)):
-        model = build(ModelConfig(name="adain", width=0.125, encoder=setting))
+        model = build(model_section(name="adain", width=0.125, encoder=setting))
         loss_net = frozen_copy(model.encoder)
         sum(model.loss_terms(content, style, loss_net).values()).backward()
         assert (model.encoder[2].weight.grad is not None) == expect_grad

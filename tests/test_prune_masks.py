@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distst.config import ModelConfig
+from distst.config import model_section
 from distst.models import build
 from distst.prune.masks import (
     MaskedTraining,
@@ -22,7 +22,7 @@ from distst.prune.masks import (
 @pytest.fixture()
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return build(ModelConfig(name="sanet", width=0.125, encoder="trainable"))
+    return build(model_section(name="sanet", width=0.125, encoder="trainable"))
 
 
 def test_prunable_layers_are_the_scoped_convs(model: torch.nn.Module) -> None:

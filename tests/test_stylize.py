@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from distst.cli import main
-from distst.config import ModelConfig
+from distst.config import model_section
 from distst.models import build
 from distst.models.io import save_model
 from distst.models.vgg import vgg_normalised_layers
@@ -33,7 +33,7 @@ def images(tmp_path: Path) -> dict[str, Path]:
 
 def test_stylize_with_reference_files(tmp_path: Path, images: dict[str, Path]) -> None:
     torch.save(torch.nn.Sequential(*vgg_normalised_layers(0.125)).state_dict(), tmp_path / "vgg.pth")
-    torch.save(build(ModelConfig(name="adain", width=0.125)).decoder.state_dict(), tmp_path / "dec.pth")
+    torch.save(build(model_section(name="adain", width=0.125)).decoder.state_dict(), tmp_path / "dec.pth")
     out = tmp_path / "out.png"
     code = main(["stylize", "--content", str(images["one"]), "--style", str(images["style"]), "--width", "0.125",
                  "--vgg", str(tmp_path / "vgg.pth"), "--decoder", str(tmp_path / "dec.pth"),
@@ -45,8 +45,8 @@ def test_stylize_with_reference_files(tmp_path: Path, images: dict[str, Path]) -
 
 
 def test_stylize_directory_with_checkpoint_and_sanet_multiples(tmp_path: Path, images: dict[str, Path]) -> None:
-    cfg = ModelConfig(name="sanet", width=0.125)
-    save_model(build(cfg), cfg, tmp_path / "run" / "model.pt")
+    cfg = model_section(name="sanet", width=0.125)
+    save_model(build(cfg), tmp_path / "run" / "model.pt")
     out_dir = tmp_path / "styled"
     code = main(["stylize", "--content", str(images["dir"]), "--style", str(images["style"]),
                  "--checkpoint", str(tmp_path / "run"), "--content-size", "0", "--style-size", "32",

@@ -49,7 +49,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save(adain.decoder.state_dict(), folder / "adain_decoder.pth")
     torch.save(sanet.decoder.state_dict(), folder / "sanet_decoder.pth")
     torch.save(sanet.transform.state_dict(), folder / "sanet_transform.pth")
-    save_model(adain, model_section(name="adain", width=0.125), folder / "model.pt")
+    save_model(adain, folder / "model.pt")
     return {"vgg": folder / "vgg.pth", "adain_decoder": folder / "adain_decoder.pth",
             "sanet_decoder": folder / "sanet_decoder.pth", "sanet_transform": folder / "sanet_transform.pth",
             "model": folder / "model.pt"}

@@ -29,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
     relaunched = relaunch_if_requested(args, "imp")
     if relaunched is not None:
         return relaunched
+    from ..train.engine import prepare_process_env
+
+    prepare_process_env()
     run_dir = cfg.run_dir()
     result = run_imp(cfg, run_dir)
     if result.stopped:

@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
     relaunched = relaunch_if_requested(args, "train")
     if relaunched is not None:
         return relaunched
+    from ..train.engine import prepare_process_env
+
+    prepare_process_env()
     if cfg.prune.method != "none":
         from ..cli import UserError
 

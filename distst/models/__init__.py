@@ -1,28 +1,34 @@
-"""The model registry: one constructor for every style-transfer model, each encoder / transform / decoder."""
+"""The model registry: one constructor for every model, each with its config section, groups and plan."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
-from ..config import ModelConfig
-from .adain import AdaIN
-from .base import StyleTransferModel
-from .sanet import SANet
+from .. import registry
+from ..config import ModelSection
+from .adain import AdaIN, AdaINSection
+from .base import DiststModel, FeatureRecorder, Stage, StyleTransferModel, StyleTransferSection
+from .plan import Plan, PlanError
+from .sanet import SANet, SANetSection
 from .vgg import VGGEncoder, frozen_copy
 from .weights import WeightsError, load_checked, read_state_dict
 
-_REGISTRY: dict[str, type[StyleTransferModel]] = {}
+_REGISTRY: dict[str, type[DiststModel]] = {}
 
 
-def register(name: str, model: type[StyleTransferModel]) -> None:
-    """Make a model buildable by name (``model.name`` in configs); it is constructed with the width."""
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is registered already")
-    _REGISTRY[name] = model
+def register(model: type[DiststModel]) -> None:
+    """Make a model buildable by name (``model.name`` in configs) and its section known to the config tree."""
+    if _REGISTRY.get(model.name, model) is not model:
+        raise ValueError(f"model {model.name!r} is registered already")
+    _REGISTRY[model.name] = model
+    model.section.model_class = model
+    registry.register_model_section(model.name, model.section)
 
 
-def model_class(name: str) -> type[StyleTransferModel]:
-    """The registered class: its ``input_multiple`` and ``min_size`` are known without building it."""
+def model_class(name: str) -> type[DiststModel]:
+    """The registered class: its ``input_multiple``, ``min_size`` and plans are known without building it."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(available())}")
     return _REGISTRY[name]
@@ -32,25 +38,34 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-register("adain", AdaIN)
-register("sanet", SANet)
+register(AdaIN)
+register(SANet)
+registry.DEFAULTS.setdefault("model.name", AdaIN.name)
 
 
-def build(cfg: ModelConfig) -> StyleTransferModel:
-    """The model named by ``cfg.name`` at ``cfg.width``, with any local weight files loaded strictly.
+def build(cfg: ModelSection) -> DiststModel:
+    """The model ``cfg`` names, built from its channel plan, with any local weight files loaded strictly.
 
-    ``cfg.encoder == 'frozen'`` (the reference set-up) leaves the encoder without gradients.
+    A style-transfer model with ``encoder == 'frozen'`` (the reference set-up) leaves its encoder without
+    gradients. ``cfg.init_from`` is not read here: ``train()`` loads it (``models.io``).
     """
-    model = model_class(cfg.name)(cfg.width)
-    if cfg.vgg_weights:
-        model.encoder.load_reference(cfg.vgg_weights)
-    else:
-        random_features_init(model.encoder)
-    for path, part in ((cfg.decoder_weights, model.decoder), (cfg.transform_weights, model.transform)):
-        if path:
-            load_checked(part, read_state_dict(path), path)
-    model.encoder.requires_grad_(cfg.encoder == "trainable")
+    model = model_class(cfg.name)(cfg)
+    if isinstance(model, StyleTransferModel):
+        assert isinstance(cfg, StyleTransferSection)
+        init_encoder(model.encoder, cfg.vgg_weights)
+        for path, part in ((cfg.decoder_weights, model.decoder), (cfg.transform_weights, model.transform)):
+            if path:
+                load_checked(part, read_state_dict(path), path)
+        model.encoder.requires_grad_(cfg.encoder == "trainable")
     return model
+
+
+def init_encoder(encoder: VGGEncoder, vgg_weights: str | Path | None) -> None:
+    """Pretrained weights from a local ``vgg_normalised.pth``, else a He initialisation."""
+    if vgg_weights:
+        encoder.load_reference(vgg_weights)
+    else:
+        random_features_init(encoder)
 
 
 def random_features_init(encoder: nn.Module) -> None:
@@ -67,14 +82,15 @@ def random_features_init(encoder: nn.Module) -> None:
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:
-    """Parameters per group of a style-transfer model (all parameters, trainable or not), plus 'total'."""
-    groups = model.groups() if isinstance(model, StyleTransferModel) else {"model": model}
+    """Parameters per group (all parameters, trainable or not), plus 'total'."""
+    groups = model.groups() if isinstance(model, DiststModel) else {"model": model}
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in groups.items()}
     counts["total"] = sum(counts.values())
     return counts
 
 
 __all__ = [
-    "AdaIN", "SANet", "StyleTransferModel", "VGGEncoder", "WeightsError", "available", "build", "frozen_copy",
-    "model_class", "param_counts", "register",
+    "AdaIN", "AdaINSection", "DiststModel", "FeatureRecorder", "Plan", "PlanError", "SANet", "SANetSection",
+    "Stage", "StyleTransferModel", "StyleTransferSection", "VGGEncoder", "WeightsError", "available", "build",
+    "frozen_copy", "init_encoder", "model_class", "param_counts", "register",
 ]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-from .base import StyleTransferModel
+from .base import StyleTransferModel, StyleTransferSection
+from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .decoder import Decoder
+from .plan import Plan
 from .stats import adain, blend, per_sample_l2, style_error, style_loss
-from .vgg import VGGEncoder
+from .vgg import VGGEncoder, reference_plan
 
 
 class AdaINTransform(nn.Module):
@@ -18,12 +22,25 @@ class AdaINTransform(nn.Module):
         return adain(content_feat, style_feat)
 
 
+class AdaINSection(StyleTransferSection):
+    """``model.*`` for AdaIN: the reference loss weights (content 1, style 10)."""
+
+    name: Literal["adain"] = "adain"
+
+
 class AdaIN(StyleTransferModel):
     name = "adain"
+    section = AdaINSection
     encoder_depth = "relu4_1"
 
-    def __init__(self, width: float = 1.0) -> None:
-        super().__init__(VGGEncoder(self.encoder_depth, width), AdaINTransform(), Decoder(width))
+    def __init__(self, cfg: AdaINSection | None = None) -> None:
+        cfg = cfg or AdaINSection()
+        plan = self.resolve_plan(cfg)
+        super().__init__(cfg, AdaINTransform(), Decoder(plan["encoder"]["conv4_1"], plan["decoder"]))
+
+    @classmethod
+    def reference_plan(cls) -> Plan:
+        return {"encoder": reference_plan(cls.encoder_depth), "decoder": dict(DECODER_WIDTHS)}
 
     def stylize_features(self, content_feats: list[Tensor], style_feats: list[Tensor], alpha: float) -> Tensor:
         return blend(self.transform(content_feats[-1], style_feats[-1]), content_feats[-1], alpha)

@@ -1,37 +1,147 @@
-"""The one interface every style-transfer model implements: encoder / transform / decoder.
+"""The one interface every distst model implements, and the style-transfer family built on it.
 
-Pruning methods address the groups by name (``model.groups()``); the trainer only calls ``loss_terms``
-and ``errors``; nothing outside a model's own module special-cases it.
+A model declares, and the trainer only asks:
+- its named parameter **groups** (pruning scopes, counts, freezing): encoder / transform / decoder for style
+  transfer, generator / discriminator for a GAN;
+- its **channel plan** (output widths per resizable layer, ``plan.py``), which it is built from;
+- its optimizer **stages** in step order (one for style transfer; a GAN alternates two), each stage's loss
+  terms and their weights, and its **loss network** (a frozen VGG, or none);
+- per-pair evaluation **errors**, and named intermediate **features** it records on request so that a
+  method's regulariser sees them without a second forward pass.
 """
 
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from typing import ClassVar
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
+import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from .decoder import Decoder
-from .vgg import VGGEncoder
+from ..config import Config, ModelSection, TrainConfig
+from .plan import Plan, merge_plan, scale_plan
+from .vgg import VGGEncoder, frozen_copy
 
 
-class StyleTransferModel(nn.Module, metaclass=ABCMeta):
+@dataclass
+class Stage:
+    """One optimizer and the groups it steps, in the model's declared step order."""
+
+    name: str
+    groups: tuple[str, ...]
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    #: Multiplier of ``lr`` at an optimizer step (LambdaLR).
+    lr_lambda: Callable[[int], float] = field(default=lambda step: 1.0)
+
+    def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.lr, betas=self.betas)
+
+
+def inverse_decay(decay: float) -> Callable[[int], float]:
+    """lr / (1 + decay * step), the AdaIN/SANet references' schedule."""
+    return lambda step: 1.0 / (1.0 + decay * step)
+
+
+class FeatureRecorder:
+    """Named intermediate tensors of the current forward pass, kept only when a method asked for them.
+
+    Models call ``record`` at their semantic points (``content/relu4_1``, ``transform``, ``output``...);
+    ``module:<qualified name>`` requests capture a submodule's outputs through a forward hook.
+    """
+
+    def __init__(self) -> None:
+        self.wanted: set[str] = set()
+        self.store: dict[str, list[Tensor]] = {}
+        self._hooks: list[Any] = []
+
+    def want(self, names: Iterable[str], model: nn.Module) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self.wanted, self._hooks = set(names), []
+        modules = dict(model.named_modules())
+        for name in self.wanted:
+            if name.startswith("module:"):
+                path = name.removeprefix("module:")
+                if path not in modules:
+                    raise ValueError(f"feature {name!r}: {type(model).__name__} has no submodule {path!r}")
+                self._hooks.append(modules[path].register_forward_hook(
+                    lambda _m, _i, out, key=name: self.store.setdefault(key, []).append(out)))
+
+    def record(self, name: str, value: Tensor) -> None:
+        if name in self.wanted:
+            self.store.setdefault(name, []).append(value)
+
+    def take(self) -> dict[str, list[Tensor]]:
+        """What was recorded since the last ``take`` (and forget it)."""
+        out, self.store = self.store, {}
+        return out
+
+
+class DiststModel(nn.Module, metaclass=ABCMeta):
+    """Base of every model: groups, plan, stages, losses, errors, features."""
+
     name: ClassVar[str]
-    encoder_depth: ClassVar[str]
-    # Height and width of inputs must be multiples of this (1: any size).
+    section: ClassVar[type[ModelSection]]
+    # Height and width of inputs must be multiples of this (1: any size), and at least min_size.
     input_multiple: ClassVar[int] = 1
-    # Smallest height/width: the deepest reflection pad needs at least 2 pixels.
     min_size: ClassVar[int] = 16
+    #: Names this model can ``record`` (module outputs are always available as ``module:<name>``).
+    feature_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, encoder: VGGEncoder, transform: nn.Module, decoder: Decoder) -> None:
+    def __init__(self, cfg: ModelSection) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.transform = transform
-        self.decoder = decoder
+        self.cfg = cfg
+        self.plan: Plan = self.resolve_plan(cfg)
+        self.features = FeatureRecorder()
 
+    # --- channel plans -------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def reference_plan(cls) -> Plan:
+        """The reference widths of every resizable layer, by group."""
+
+    @classmethod
+    def default_plan(cls, width: float) -> Plan:
+        return scale_plan(cls.reference_plan(), width)
+
+    @classmethod
+    def check_plan(cls, plan: Plan) -> None:
+        """Refuse plans the architecture cannot take (layers whose outputs are added or blended)."""
+
+    @classmethod
+    def resolve_plan(cls, cfg: ModelSection) -> Plan:
+        plan = merge_plan(cls.default_plan(cfg.width), cfg.plan, cls.name)
+        cls.check_plan(plan)
+        return plan
+
+    # --- what the trainer asks -----------------------------------------------------------------
+    @abstractmethod
     def groups(self) -> dict[str, nn.Module]:
         """The named parts that pruning, counting and freezing address."""
-        return {"encoder": self.encoder, "transform": self.transform, "decoder": self.decoder}
+
+    @abstractmethod
+    def stages(self, train: TrainConfig) -> list[Stage]:
+        """Optimizer stages in step order."""
+
+    def loss_network(self) -> nn.Module | None:
+        """A frozen network the losses are computed with (never trained, saved or pruned), or None."""
+        return None
+
+    @abstractmethod
+    def stage_losses(self, stage: str, batch: tuple[Tensor, ...], loss_net: nn.Module | None) -> dict[str, Tensor]:
+        """Unweighted loss terms (scalars) of ``stage`` for one micro-batch."""
+
+    @abstractmethod
+    def loss_weights(self) -> dict[str, float]:
+        """Weight of every loss term, from the model's config section."""
+
+    @abstractmethod
+    def errors(self, content: Tensor, style: Tensor, loss_net: nn.Module | None) -> dict[str, Tensor]:
+        """Per-pair evaluation errors (shape N); their means are logged and summed into E."""
 
     def check_input(self, *images: Tensor) -> None:
         for image in images:
@@ -47,22 +157,89 @@ class StyleTransferModel(nn.Module, metaclass=ABCMeta):
                     f"resize or crop to e.g. {max(m, h // m * m)}x{max(m, w // m * m)}"
                 )
 
+
+# --- style transfer: encoder / transform / decoder ----------------------------------------------
+
+class StyleTransferSection(ModelSection):
+    """Keys every style-transfer model has (``model.*``)."""
+
+    groups: ClassVar[tuple[str, ...]] = ("encoder", "transform", "decoder")
+    default_prune_scope: ClassVar[tuple[str, ...]] = ("encoder", "transform", "decoder")
+
+    vgg_weights: str | None = Field(None, description="local vgg_normalised.pth (or a converted torchvision VGG-19)")
+    decoder_weights: str | None = Field(None, description="local decoder .pth in the reference layout")
+    transform_weights: str | None = Field(None, description="local transform .pth (SANet's transformer_iter_*.pth)")
+    encoder: Literal["auto", "frozen", "trainable"] = Field(
+        "auto", description="frozen = reference set-up; trainable = 'plus' set-up with a separate frozen loss VGG; "
+                            "auto = trainable when the method trains the whole network (IMP), else frozen")
+    content_weight: float = Field(1.0, ge=0)
+    style_weight: float = Field(10.0, ge=0)
+
+    def resolve(self, cfg: Config) -> None:
+        if self.encoder == "auto":
+            self.encoder = "trainable" if cfg.prune.trains_whole_network else "frozen"
+
+
+class StyleTransferModel(DiststModel):
+    """A VGG encoder, a feature transform and a decoder; trained with one Adam against a frozen loss VGG."""
+
+    encoder_depth: ClassVar[str]
+    feature_names = ("content/relu1_1", "content/relu2_1", "content/relu3_1", "content/relu4_1", "content/relu5_1",
+                     "style/relu1_1", "style/relu2_1", "style/relu3_1", "style/relu4_1", "style/relu5_1",
+                     "transform", "output")
+
+    def __init__(self, cfg: StyleTransferSection, transform: nn.Module, decoder: nn.Module) -> None:
+        super().__init__(cfg)
+        self.encoder = VGGEncoder(self.encoder_depth, cfg.width, self.plan["encoder"])
+        self.transform = transform
+        self.decoder = decoder
+        self._reference_encoder = self.plan == self.default_plan(cfg.width)
+
+    def groups(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "transform": self.transform, "decoder": self.decoder}
+
+    def stages(self, train: TrainConfig) -> list[Stage]:
+        return [Stage("main", ("encoder", "transform", "decoder"), lr=train.lr, lr_lambda=inverse_decay(train.lr_decay))]
+
+    def loss_network(self) -> VGGEncoder:
+        """The frozen loss VGG: a copy of the encoder as built (pretrained or He-initialised), before training.
+
+        A model built from a narrower plan (a slimmed one) still measures its losses with the reference-width
+        VGG: one is built for it, from ``model.vgg_weights`` when given.
+        """
+        if self._reference_encoder:
+            return frozen_copy(self.encoder)
+        from . import init_encoder  # the registry's initialisation; imported late (it imports this module)
+
+        vgg = VGGEncoder(self.encoder_depth, self.cfg.width)
+        init_encoder(vgg, self.cfg.vgg_weights)  # type: ignore[attr-defined]
+        return frozen_copy(vgg)
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"content": self.cfg.content_weight, "style": self.cfg.style_weight}  # type: ignore[attr-defined]
+
     @abstractmethod
     def stylize_features(self, content_feats: list[Tensor], style_feats: list[Tensor], alpha: float) -> Tensor:
         """The decoder's input from the encoder's features of content and style."""
 
+    def encode(self, images: Tensor, role: str) -> list[Tensor]:
+        feats = self.encoder(images)
+        for tap, feat in zip(self.encoder.tap_names, feats, strict=True):
+            self.features.record(f"{role}/{tap}", feat)
+        return feats
+
     def forward(self, content: Tensor, style: Tensor, alpha: float = 1.0) -> Tensor:
         self.check_input(content, style)
-        return self.decoder(self.stylize_features(self.encoder(content), self.encoder(style), alpha))
+        transformed = self.stylize_features(self.encode(content, "content"), self.encode(style, "style"), alpha)
+        self.features.record("transform", transformed)
+        output = self.decoder(transformed)
+        self.features.record("output", output)
+        return output
+
+    def stage_losses(self, stage: str, batch: tuple[Tensor, ...], loss_net: nn.Module | None) -> dict[str, Tensor]:
+        content, style = batch
+        return self.loss_terms(content, style, loss_net)  # type: ignore[arg-type]
 
     @abstractmethod
     def loss_terms(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
         """Unweighted training loss terms (scalars), computed with the frozen ``loss_net``."""
-
-    def loss_weights(self, train: object) -> dict[str, float]:
-        """Weights of ``loss_terms`` from the ``train`` config section."""
-        return {"content": train.content_weight, "style": train.style_weight}  # type: ignore[attr-defined]
-
-    @abstractmethod
-    def errors(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
-        """Per-pair evaluation errors (L2 norms, shape N) of the lottery-ticket paper, with ``loss_net``."""

@@ -11,10 +11,10 @@ import copy
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .base import StyleTransferModel
+from .base import DiststModel
 
 
-def macs(model: StyleTransferModel, size: int) -> dict[str, int]:
+def macs(model: DiststModel, size: int) -> dict[str, int]:
     """MACs of one stylisation (content and style both ``size`` x ``size``), per group and 'total'."""
     # Counted on the meta device: shapes only, no arithmetic, so even 512x512 SANet takes milliseconds.
     shadow = copy.deepcopy(model).to("meta").eval()

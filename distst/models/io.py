@@ -1,40 +1,64 @@
-"""distst model files: the model's config and its state dict in one ``weights_only``-loadable file."""
+"""distst model files: the model's config section, channel plan and state dict in one ``weights_only`` file.
+
+Format 2 adds the plan, so a physically slimmed model loads, stylises and trains further with no extra
+flags; format 1 files (uniform width, no plan) still load.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .. import atomic
-from ..config import ModelConfig
-from .base import StyleTransferModel
+from ..config import ConfigError, ModelSection, model_section
+from .base import DiststModel
 from .weights import WeightsError, load_checked
 
-FORMAT = "distst-model/1"
+FORMAT = "distst-model/2"
+READABLE = ("distst-model/1", FORMAT)
+# Where weights came from is not part of a model file: the file is the weights.
+_NOT_SAVED = {"vgg_weights", "decoder_weights", "transform_weights", "init_from"}
 
 
-def save_model(model: StyleTransferModel, cfg: ModelConfig, path: str | Path) -> Path:
-    """Write ``path`` atomically: ``{'format', 'model': config (no weight paths), 'state_dict'}``."""
-    record = cfg.model_dump(mode="json", exclude={"vgg_weights", "decoder_weights", "transform_weights"})
+def save_model(model: DiststModel, path: str | Path) -> Path:
+    """Write ``path`` atomically: ``{'format', 'model': section (with the full plan), 'state_dict'}``."""
+    record = model.cfg.model_dump(mode="json", exclude=_NOT_SAVED)
+    record["plan"] = model.plan
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return atomic.torch_save({"format": FORMAT, "model": record, "state_dict": state}, path)
 
 
-def load_model(path: str | Path) -> tuple[StyleTransferModel, ModelConfig]:
-    """A model and its config from a distst model file (or a run directory holding ``model.pt``)."""
-    from . import build  # the registry imports this module's siblings; import late to avoid a cycle
-
+def read_model_file(path: str | Path) -> tuple[ModelSection, dict[str, torch.Tensor]]:
+    """The section (with its plan) and state dict of a distst model file or a run directory's ``model.pt``."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
     if not path.is_file():
         raise WeightsError(f"model file {path} does not exist")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    try:
+        blob: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for truncated or foreign files
+        raise WeightsError(f"{path} is not a readable distst model file ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
+    if not isinstance(blob, dict) or blob.get("format") not in READABLE:
         raise WeightsError(f"{path} is not a distst model file (expected format {FORMAT!r}); "
                            "for reference .pth files use --vgg/--decoder/--transform")
-    cfg = ModelConfig(**blob["model"])
-    model = build(cfg)
-    load_checked(model, blob["state_dict"], str(path))
-    return model, cfg
+    try:
+        section = model_section(**blob["model"])
+    except ConfigError as err:
+        raise WeightsError(f"{path}: {err}") from None
+    return section, blob["state_dict"]
+
+
+def load_model(path: str | Path, **overrides: Any) -> tuple[DiststModel, ModelSection]:
+    """A model and its section from a distst model file (or a run directory holding ``model.pt``)."""
+    from . import model_class  # the registry imports this module's siblings; import late to avoid a cycle
+
+    section, state = read_model_file(path)
+    if overrides:
+        section = section.model_copy(update=overrides)
+    model = model_class(section.name)(section)
+    load_checked(model, state, str(path))
+    return model, section

@@ -2,17 +2,20 @@
 
 The reference file is a 53-module ``nn.Sequential``: a leading 1x1 conv 3->3 (it maps RGB in [0, 1] to the
 Caffe input space), reflection padding before every 3x3 conv, ceil-mode max pooling. Models slice it at
-relu4_1 (AdaIN) or relu5_1 (SANet); ``width`` scales every hidden width (1.0 = reference).
+relu4_1 (AdaIN) or relu5_1 (SANet). Conv widths come from a channel plan keyed by VGG layer name
+(``conv1_1`` ... ``conv5_4``); the reference plan is VGG-19's.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .plan import scale_plan
 from .weights import WeightsError, load_checked, read_state_dict
 
 # Conv widths of VGG-19; "M" is a max pool.
@@ -27,20 +30,45 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def scaled(channels: int, width: float) -> int:
-    """A hidden width scaled by the model's channel multiplier (at least 1)."""
-    return max(1, int(round(channels * width)))
+def _conv_names() -> list[str]:
+    """``conv1_1``, ``conv1_2``, ``conv2_1`` ... in order: block number, then position in the block."""
+    names, block, position = [], 1, 0
+    for item in VGG19_PLAN:
+        if item == "M":
+            block, position = block + 1, 0
+            continue
+        position += 1
+        names.append(f"conv{block}_{position}")
+    return names
 
 
-def vgg_normalised_layers(width: float = 1.0) -> list[nn.Module]:
-    """The 53 modules of the reference ``vgg_normalised`` network, hidden widths scaled by ``width``."""
+CONV_NAMES: tuple[str, ...] = tuple(_conv_names())
+REFERENCE_WIDTHS: dict[str, int] = dict(zip(CONV_NAMES, (c for c in VGG19_PLAN if c != "M"), strict=True))
+# The last conv of each slice (its output is the tap).
+LAST_CONV = {"relu1_1": "conv1_1", "relu2_1": "conv2_1", "relu3_1": "conv3_1", "relu4_1": "conv4_1",
+             "relu5_1": "conv5_1"}
+
+
+def convs_up_to(depth: str) -> tuple[str, ...]:
+    """The conv layers of the encoder sliced at ``depth`` (``relu4_1``: conv1_1 ... conv4_1)."""
+    return CONV_NAMES[: CONV_NAMES.index(LAST_CONV[depth]) + 1]
+
+
+def reference_plan(depth: str) -> dict[str, int]:
+    return {name: REFERENCE_WIDTHS[name] for name in convs_up_to(depth)}
+
+
+def vgg_normalised_layers(width: float = 1.0, widths: Mapping[str, int] | None = None) -> list[nn.Module]:
+    """The 53 modules of the reference ``vgg_normalised`` network; conv widths from ``widths`` (by layer name)
+    where given, else the reference widths scaled by ``width``."""
+    plan = {**scale_plan({"vgg": REFERENCE_WIDTHS}, width)["vgg"], **(widths or {})}
     layers: list[nn.Module] = [nn.Conv2d(3, 3, (1, 1))]
-    in_ch = 3
+    in_ch, names = 3, iter(CONV_NAMES)
     for item in VGG19_PLAN:
         if item == "M":
             layers.append(nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True))
             continue
-        out_ch = scaled(int(item), width)
+        out_ch = plan[next(names)]
         layers += [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(in_ch, out_ch, (3, 3)), nn.ReLU()]
         in_ch = out_ch
     assert len(layers) == FULL_LENGTH
@@ -63,13 +91,15 @@ class VGGEncoder(nn.Sequential):
     A ``nn.Sequential`` so that its state-dict keys are the reference file's (``'0.weight'``, ``'2.weight'``...).
     """
 
-    def __init__(self, depth: str = "relu4_1", width: float = 1.0) -> None:
+    def __init__(self, depth: str = "relu4_1", width: float = 1.0, widths: Mapping[str, int] | None = None) -> None:
         if depth not in TAPS:
             raise ValueError(f"depth must be one of {', '.join(TAPS)}, got {depth!r}")
-        super().__init__(*vgg_normalised_layers(width)[: TAPS[depth] + 1])
+        super().__init__(*vgg_normalised_layers(width, widths)[: TAPS[depth] + 1])
         self.depth = depth
         self.width = width
+        self.widths = {name: self[i].out_channels for name, i in zip(convs_up_to(depth), conv_indices(), strict=False)}
         self.taps = [index for index in TAPS.values() if index <= TAPS[depth]]
+        self.tap_names = [name for name, index in TAPS.items() if index <= TAPS[depth]]
 
     def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
         feats = []
@@ -81,12 +111,16 @@ class VGGEncoder(nn.Sequential):
 
     @property
     def out_channels(self) -> int:
-        return scaled(512, self.width)
+        return self.widths[LAST_CONV[self.depth]]
+
+    def conv_layers(self) -> dict[str, nn.Conv2d]:
+        """This slice's 3x3 convs by VGG layer name."""
+        return {name: self[i] for name, i in zip(convs_up_to(self.depth), conv_indices(), strict=False)}
 
     def load_reference(self, path: str | Path) -> None:
         """Load a full 53-module ``vgg_normalised.pth`` (strictly checked), keeping this slice's layers."""
         state = read_state_dict(path)
-        full = nn.Sequential(*vgg_normalised_layers(self.width))
+        full = nn.Sequential(*vgg_normalised_layers(self.width, self.widths))
         load_checked(full, state, str(path))
         self.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) < len(self)}, strict=True)
 

@@ -13,21 +13,24 @@ resumes from its last checkpoint, and a level's mask, once written, is never rec
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
+from pydantic import Field
 
-from .. import atomic
-from ..config import GROUPS, Config, ConfigError
+from .. import atomic, registry
+from ..config import Config, ConfigError, MethodSection
 from ..data import eval_pairs
 from ..evaluate import stylize_pairs
 from ..images import save_image
-from ..models import StyleTransferModel, build
+from ..models import DiststModel, build
 from ..models.io import load_model
 from ..report import write_report
+from ..stop import StopRequest
 from ..track import Tracker
 from ..train import Method, MethodList, TrainContext, train
 from ..train.engine import setup_distributed
@@ -36,6 +39,36 @@ from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, random_su
 REWIND_FILE = "rewind.pt"
 MASK_FILE = "mask.pt"
 LEVEL_METRICS = "metrics.json"
+
+
+class ImpSection(MethodSection):
+    """``prune.*`` for lottery tickets by iterative magnitude pruning."""
+
+    trains_whole_network: ClassVar[bool] = True
+
+    method: Literal["imp"] = "imp"
+    rate: float = Field(0.2, gt=0, lt=1, description="fraction of the remaining weights pruned per round")
+    rounds: int = Field(0, ge=0, description="pruning levels after the dense level 0")
+    rewind_step: int = Field(0, ge=0, description="step of the dense run whose weights are rewound to")
+    scope: list[str] | None = Field(None, description="groups to prune; default: the model's (style transfer: "
+                                                      "encoder, transform, decoder)")
+    layerwise: bool = Field(False, description="prune the same rate in every layer instead of globally")
+    control: Literal["none", "random_prune", "random_reinit", "one_shot"] = "none"
+    matching_tolerance: float = Field(0.0, ge=0, description="relative slack on the dense E for 'matching'")
+
+    def resolve(self, cfg: Config) -> None:
+        groups = type(cfg.model).groups
+        if self.scope is None:
+            self.scope = list(type(cfg.model).default_prune_scope)
+        unknown = [g for g in self.scope if g not in groups]
+        if unknown:
+            raise ValueError(f"prune.scope: {cfg.model.name} has no group(s) {', '.join(map(repr, unknown))}; "
+                             f"its groups: {', '.join(groups)}")
+        if not self.scope:
+            raise ValueError(f"prune.scope is empty; choose from {', '.join(groups)}")
+
+
+registry.register_method_section("imp", ImpSection)
 
 
 class RewindSnapshot(Method):
@@ -78,11 +111,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"distst imp needs prune.method=imp (got {cfg.prune.method})")
     if cfg.prune.rewind_step > cfg.train.steps:
         raise ConfigError(f"prune.rewind_step={cfg.prune.rewind_step} lies beyond train.steps={cfg.train.steps}")
-    if not cfg.prune.scope:
-        raise ConfigError(f"prune.scope is empty; choose from {', '.join(GROUPS)}")
 
 
-def _trained(level_dir: Path) -> StyleTransferModel:
+def _trained(level_dir: Path) -> DiststModel:
     model, _ = load_model(level_dir / "model.pt")
     return model
 
@@ -101,7 +132,8 @@ def _compute_masks(cfg: Config, run_dir: Path, level: int) -> Masks:
 
 def _without_weight_files(cfg: Config) -> Any:
     """The model config without pretrained files: for shapes and fresh initialisations."""
-    return cfg.model.model_copy(update={"vgg_weights": None, "decoder_weights": None, "transform_weights": None})
+    weight_files = {"vgg_weights", "decoder_weights", "transform_weights"} & set(type(cfg.model).model_fields)
+    return cfg.model.model_copy(update={key: None for key in weight_files})
 
 
 def _load_masks(run_dir: Path, level: int) -> Masks:
@@ -175,14 +207,21 @@ def imp_summary(cfg: Config, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_imp(cfg: Config, run_dir: Path) -> ImpResult:
-    """Run (or resume) every IMP level of ``cfg`` in ``run_dir``."""
+def run_imp(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
+            on_level: Callable[[dict[str, Any]], None] | None = None) -> ImpResult:
+    """Run (or resume) every IMP level of ``cfg`` in ``run_dir``.
+
+    ``stop`` is passed to each level's training (checkpoint and return); ``on_level`` is called on rank 0
+    after each level finishes (also for levels finished before a resume) with that level's row of the summary
+    and ``extreme_sparsity_so_far``: what a Tune trial reports.
+    """
     validate(cfg)
     info = setup_distributed()
     job = cfg.run.name or run_dir.name
     for level in planned_levels(cfg):
         level_dir = run_dir / f"level_{level}"
         if (level_dir / LEVEL_METRICS).is_file():
+            _report_level(cfg, run_dir, level, info.is_main, on_level)
             continue
         masks = _level_masks(cfg, run_dir, level, info.is_main)
         masked = MaskedTraining(masks)
@@ -192,13 +231,14 @@ def run_imp(cfg: Config, run_dir: Path) -> ImpResult:
         else:
             method, init_state = masked, _initial_state(cfg, run_dir, level, masks)
         result = train(cfg, level_dir, method, init_state=init_state, run_name=f"{job}/level_{level}",
-                       run_group=f"{job}-{run_dir.name}")
+                       run_group=f"{job}-{run_dir.name}", stop=stop)
         if result.stopped:
             return ImpResult(stopped=True, summary=imp_summary(cfg, run_dir))
         if info.is_main:
             _samples_row(cfg, level_dir)
             atomic.write_json(level_dir / LEVEL_METRICS, _level_metrics(level, masks, result.summary))
         dist.barrier()
+        _report_level(cfg, run_dir, level, info.is_main, on_level)
     summary = imp_summary(cfg, run_dir)
     if info.is_main:
         atomic.write_json(run_dir / "summary.json", summary)
@@ -206,6 +246,15 @@ def run_imp(cfg: Config, run_dir: Path) -> ImpResult:
         publish(cfg, run_dir, summary, group=f"{job}-{run_dir.name}")
     dist.barrier()
     return ImpResult(stopped=False, summary=summary)
+
+
+def _report_level(cfg: Config, run_dir: Path, level: int, is_main: bool,
+                  on_level: Callable[[dict[str, Any]], None] | None) -> None:
+    if on_level is None or not is_main:
+        return
+    summary = imp_summary(cfg, run_dir)
+    row = next(r for r in summary["levels"] if r["level"] == level)
+    on_level({**row, "extreme_sparsity_so_far": summary["extreme_sparsity"]})
 
 
 def publish(cfg: Config, run_dir: Path, summary: dict[str, Any], group: str) -> Path:

@@ -17,14 +17,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from ..models import StyleTransferModel
+from ..models import DiststModel
 from ..train.hooks import Method, TrainContext
 
 PRUNABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 Masks = dict[str, Tensor]
 
 
-def prunable_layers(model: StyleTransferModel, scope: Iterable[str]) -> dict[str, nn.Module]:
+def prunable_layers(model: DiststModel, scope: Iterable[str]) -> dict[str, nn.Module]:
     """Conv2d/ConvTranspose2d/Linear layers of the scoped groups, by qualified name (``decoder.1``)."""
     groups = model.groups()
     unknown = set(scope) - set(groups)
@@ -34,7 +34,7 @@ def prunable_layers(model: StyleTransferModel, scope: Iterable[str]) -> dict[str
             for name, module in groups[group].named_modules() if isinstance(module, PRUNABLE)}
 
 
-def full_masks(model: StyleTransferModel, scope: Iterable[str]) -> Masks:
+def full_masks(model: DiststModel, scope: Iterable[str]) -> Masks:
     return {name: torch.ones_like(m.weight, dtype=torch.bool) for name, m in prunable_layers(model, scope).items()}
 
 
@@ -55,7 +55,7 @@ def _with_masks(layers: Mapping[str, nn.Module], masks: Masks, choose: Any) -> M
             prune.remove(module, "weight")  # back to a plain Parameter (same object), weight * mask baked in
 
 
-def prune_magnitude(model: StyleTransferModel, masks: Masks, rate: float, level: int, layerwise: bool) -> Masks:
+def prune_magnitude(model: DiststModel, masks: Masks, rate: float, level: int, layerwise: bool) -> Masks:
     """Masks for ``level``: L1-magnitude pruning of the unmasked weights down to ``(1-rate)^level`` kept.
 
     Global (one ranking across every scoped layer, as the lottery-ticket papers) unless ``layerwise``.
@@ -89,7 +89,7 @@ def _scope_of(masks: Masks) -> set[str]:
 
 
 @torch.no_grad()
-def apply_masks(model: StyleTransferModel, masks: Masks) -> None:
+def apply_masks(model: DiststModel, masks: Masks) -> None:
     for name, module in prunable_layers(model, _scope_of(masks)).items():
         module.weight.mul_(masks[name].to(module.weight.device, module.weight.dtype))
 

@@ -40,8 +40,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _fill_launcher_env() -> None:
-    """Map Slurm's task variables to torch's, or make a world of one, so DeepSpeed needs no MPI discovery."""
+def prepare_process_env() -> None:
+    """Map Slurm's task variables to torch's, or make a world of one, so DeepSpeed needs no MPI discovery.
+
+    Once per process, by its entry point (the CLI, a Tune trial, a test session): DeepSpeed reads these
+    variables, and ``train()`` never edits ``os.environ`` itself (it may run in a thread). Idempotent.
+    """
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ:
         for torch_name, slurm_name in _SLURM_TO_TORCH.items():
             os.environ[torch_name] = os.environ[slurm_name]
@@ -60,7 +64,11 @@ def setup_distributed() -> DistInfo:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    _fill_launcher_env()
+    missing = [name for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               if name not in os.environ]
+    if missing and not torch.distributed.is_initialized():
+        raise RuntimeError(f"{', '.join(missing)} not set: call distst.train.engine.prepare_process_env() once in "
+                           "this process before training (the distst CLI and Tune trials do)")
     deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-init INFO lines drown distst's own progress
     accelerator = get_accelerator()
     if not torch.distributed.is_initialized():

@@ -1,12 +1,17 @@
-"""The one training loop: every model, every method, one process or many.
+"""The one training loop: every model, every method, one process or many, from any thread.
 
-Read top to bottom: build -> restore -> (batch, loss, backward, hooks, step) x N with logging, evaluation
-and checkpoints -> final evaluation, model file, summary. Methods plug in through ``hooks.Method``; the
-loop never knows which one is active.
+Read top to bottom: build (and let the method change the model) -> one DeepSpeed engine per optimizer stage
+the model declares -> restore -> (batch; per stage: losses + the method's extra losses, backward, gradient
+edits, step) x N with logging, evaluation and checkpoints -> final evaluation, the method's end hook, model
+file, summary. Methods plug in through ``hooks.Method``; the loop never knows which one is active, and never
+which model: it asks the model for its stages, losses, loss network and errors.
+
+It never installs signal handlers: it polls a ``StopRequest`` (the CLI's signal handlers set the process's;
+a Tune trial or a test sets its own) and checkpoints and returns at the next step boundary.
 
 Resume is bitwise on the CPU: the data stream is rebuilt at every checkpoint boundary for "epoch"
 ``step // checkpoint_every`` (and fast-forwarded inside it), so a resumed run sees exactly the batches an
-uninterrupted one does; model, optimizer, scheduler, RNG of every rank and method state are restored.
+uninterrupted one does; every engine, the RNG of every rank and the method state are restored.
 """
 
 from __future__ import annotations
@@ -22,19 +27,20 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .. import atomic, stop
+from .. import atomic
 from ..config import Config, ConfigError
 from ..data import TrainStream, eval_pairs
 from ..evaluate import evaluate, stylized_grid
-from ..models import build, frozen_copy, param_counts
-from ..models.io import save_model
+from ..models import DiststModel, Stage, build, param_counts
+from ..models.io import read_model_file, save_model
 from ..models.weights import load_checked
+from ..stop import PROCESS, StopRequest
 from ..track import Tracker
 from . import checkpoint
 from .engine import DistInfo, initialize, setup_distributed
-from .hooks import Method, TrainContext
+from .hooks import GradientAccess, Method, StepInputs, TrainContext
 
-#: Exit code after a SIGTERM/SIGUSR1 checkpoint: "stopped cleanly, run me again" (EX_TEMPFAIL).
+#: Exit code after a stop-request checkpoint: "stopped cleanly, run me again" (EX_TEMPFAIL).
 EXIT_REQUEUE = 75
 
 
@@ -45,14 +51,14 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _stop_agreed(request: stop.StopRequest, device: torch.device) -> bool:
+def _stop_agreed(request: StopRequest, device: torch.device) -> bool:
     """Whether any rank was asked to stop: every rank then checkpoints the same step and returns."""
     flag = torch.tensor([1.0 if request.is_set() else 0.0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
 
-def _batches(cfg: Config, info: DistInfo, step: int) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], dict]]:
+def _batches(cfg: Config, info: DistInfo, step: int) -> Iterator[tuple[tuple[torch.Tensor, ...], dict]]:
     """Micro-batches from optimizer step ``step`` on: stream epoch ``step // checkpoint_every``, fast-forwarded.
 
     Each epoch (one checkpoint interval) holds ``checkpoint_every * gradient_accumulation_steps`` micro-batches.
@@ -76,11 +82,60 @@ def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[s
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, tensor.tolist(), strict=True)}
 
 
+def build_for_training(cfg: Config, init_state: dict[str, torch.Tensor] | None = None
+                       ) -> tuple[DiststModel, torch.nn.Module | None]:
+    """The model to train and its loss network: from the config's plan, or from ``model.init_from`` (a model
+    file: its plan and weights), then ``init_state`` (rewound weights) if given."""
+    model_cfg = cfg.model
+    start_state = None
+    if model_cfg.init_from:
+        saved, start_state = read_model_file(model_cfg.init_from)
+        if saved.name != model_cfg.name:
+            raise ConfigError(f"model.init_from={model_cfg.init_from} holds a {saved.name} model, "
+                              f"but model.name={model_cfg.name}")
+        if model_cfg.plan is not None and saved.plan != model_cfg.plan:
+            raise ConfigError(f"model.plan differs from the plan in model.init_from={model_cfg.init_from}; "
+                              "leave model.plan out to take the file's")
+        model_cfg = model_cfg.model_copy(update={"plan": saved.plan})
+    model = build(model_cfg)
+    loss_net = model.loss_network()  # from pretrained (or initial) weights, before any loading or rewinding
+    for state, source in ((start_state, model_cfg.init_from), (init_state, "the initial state")):
+        if state is not None:
+            load_checked(model, state, str(source))
+    return model, loss_net
+
+
+@dataclass
+class _StageRun:
+    spec: Stage
+    engine: Any
+    grads: GradientAccess
+
+
+def _start_stages(cfg: Config, model: DiststModel, info: DistInfo) -> list[_StageRun]:
+    """One DeepSpeed engine per optimizer stage (a single-stage model's engine wraps the whole model)."""
+    specs = model.stages(cfg.train)
+    groups = model.groups()
+    runs = []
+    for spec in specs:
+        module = model if len(specs) == 1 else torch.nn.ModuleDict({g: groups[g] for g in spec.groups})
+        params = [p for g in spec.groups for p in groups[g].parameters() if p.requires_grad]
+        optimizer = spec.optimizer(params)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, spec.lr_lambda)
+        engine = initialize(cfg, module, optimizer, scheduler, info.device)
+        runs.append(_StageRun(spec, engine, GradientAccess(engine)))
+    return runs
+
+
 def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_state: dict[str, torch.Tensor] | None = None,
-          run_name: str | None = None, run_group: str | None = None,
-          stop_request: stop.StopRequest | None = None) -> TrainResult:
-    """Train ``cfg`` in ``workdir`` (resuming from its last checkpoint); returns when done or stopped."""
+          run_name: str | None = None, run_group: str | None = None, stop: StopRequest | None = None) -> TrainResult:
+    """Train ``cfg`` in ``workdir`` (resuming from its last checkpoint); returns when done or stopped.
+
+    ``stop`` (default: the process's, set by the CLI's signal handlers) makes it checkpoint at the next step
+    boundary and return with ``stopped=True``; it may be set from another thread.
+    """
     method = method or Method()
+    request = stop or PROCESS
     info = setup_distributed()
     if method.needs_full_parameters and cfg.deepspeed.zero_stage == 3:
         raise ConfigError(f"deepspeed.zero_stage=3 cannot be combined with prune.method={cfg.prune.method}: ZeRO-3 "
@@ -88,29 +143,27 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)
 
-    model = build(cfg.model)
-    loss_net = frozen_copy(model.encoder).to(info.device)  # from the pretrained weights, before any rewinding
-    if init_state is not None:
-        load_checked(model, init_state, "the initial state")
+    model, loss_net = build_for_training(cfg, init_state)
+    method.prepare_model(model, cfg)
     model.to(info.device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=cfg.train.lr)
-    decay = cfg.train.lr_decay
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1.0 + decay * s))
-    engine = initialize(cfg, model, optimizer, scheduler, info.device)
-    dtype = next(engine.module.parameters()).dtype
-    loss_net.to(dtype)
-    weights = model.loss_weights(cfg.train)
+    stages = _start_stages(cfg, model, info)
+    engines = {run.spec.name: run.engine for run in stages}
+    dtype = next(model.parameters()).dtype
+    if loss_net is not None:
+        loss_net.to(info.device, dtype)
+    weights = model.loss_weights()
+    prefix = len(stages) > 1  # several stages log as "<stage>/<term>"
 
     ckpt_root = workdir / "checkpoints"
     resume_from = checkpoint.latest(ckpt_root)
     state: dict[str, Any] = {"step": 0, "train_s": 0.0, "images": 0, "wall_s": 0.0}
     if resume_from is not None:
-        state = checkpoint.load({"main": engine}, resume_from, info)
+        state = checkpoint.load(engines, resume_from, info)
         method.load_state_dict(state.get("method", {}))
     step = int(state["step"])
-    ctx = TrainContext(cfg=cfg, model=engine.module, workdir=workdir, dist=info, step=step, engine=engine,
+    ctx = TrainContext(cfg=cfg, model=model, workdir=workdir, dist=info, step=step, engines=engines,
                        loss_net=loss_net)
+    model.features.want(method.feature_requests(), model)
     method.on_train_start(ctx)
 
     if info.is_main:
@@ -133,62 +186,68 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     def save_checkpoint() -> None:
         saved = {**state, "step": step, "wall_s": earlier_wall_s + time.perf_counter() - started,
                  "method": method.state_dict()}
-        checkpoint.save({"main": engine}, ckpt_root, step, saved, info, cfg.train.keep_checkpoints)
+        checkpoint.save(engines, ckpt_root, step, saved, info, cfg.train.keep_checkpoints)
 
     def run_evaluation() -> dict[str, float]:
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
-        metrics = evaluate(engine.module, loss_net, eval_content, eval_style)
+        metrics = evaluate(model, loss_net, eval_content, eval_style)
         method.on_evaluate(ctx, metrics)
         tracker.log(metrics, step)
         return metrics
 
-    batches = _batches(cfg, info, step)
-    request = stop_request or stop.PROCESS
-    if True:
-        while step < cfg.train.steps:
-            tick = time.perf_counter()
-            terms_sum: dict[str, float] = {}
-            for _ in range(cfg.deepspeed.gradient_accumulation_steps):
-                (content, style), counters = next(batches)
-                content, style = content.to(info.device, dtype), style.to(info.device, dtype)
-                terms = engine.module.loss_terms(content, style, loss_net)
-                extra = method.extra_losses(ctx)
-                loss = sum(weights[k] * v for k, v in terms.items()) + sum(extra.values())
-                engine.backward(loss)
-                if engine.is_gradient_accumulation_boundary():
-                    method.before_optimizer_step(ctx)
-                engine.step()
-                for key, value in {"loss": loss, **terms, **extra}.items():
-                    terms_sum[key] = terms_sum.get(key, 0.0) + float(value.detach())
-            step += 1
-            ctx.step = step
-            ctx.metrics = {k: v / cfg.deepspeed.gradient_accumulation_steps for k, v in terms_sum.items()}
-            method.after_optimizer_step(ctx)
-            elapsed = time.perf_counter() - tick
-            state["train_s"] += elapsed
-            state["images"] += content.shape[0] * cfg.deepspeed.gradient_accumulation_steps * info.world_size
+    def micro_step(batch: tuple[torch.Tensor, ...], terms_sum: dict[str, float]) -> None:
+        for run in stages:
+            terms = model.stage_losses(run.spec.name, batch, loss_net)
+            extra = method.extra_losses(ctx, StepInputs(run.spec.name, batch, model.features.take()))
+            loss = sum(weights[k] * v for k, v in terms.items()) + sum(extra.values())
+            run.engine.backward(loss)
+            if run.engine.is_gradient_accumulation_boundary():
+                method.edit_gradients(ctx, run.spec.name, run.grads)
+            run.engine.step()
+            for key, value in {"loss": loss, **terms, **extra}.items():
+                key = f"{run.spec.name}/{key}" if prefix else key
+                terms_sum[key] = terms_sum.get(key, 0.0) + float(value.detach())
 
-            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                row = _mean_across_ranks(ctx.metrics, info.device)
-                per_process = content.shape[0] * cfg.deepspeed.gradient_accumulation_steps / elapsed
-                row.update(lr=scheduler.get_last_lr()[0], images_per_s=per_process * info.world_size,
-                           images_per_s_per_process=per_process,
-                           **{f"data/{k}": v for k, v in counters.items()})
-                tracker.log(row, step)
-                bar.set_postfix(loss=f"{row['loss']:.4g}", E=f"{last_eval.get('total_error', float('nan')):.4g}",
-                                img_s=f"{row['images_per_s']:.1f}", refresh=False)
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-                last_eval = run_evaluation()
-            if info.is_main and (step % cfg.tracking.image_every == 0 or step == cfg.train.steps):
-                grid = stylized_grid(engine.module, eval_content, eval_style, workdir / "samples" / f"step_{step:08d}.png")
-                tracker.log_image("samples", grid, step, caption="content | style | stylized")
-            stopped = _stop_agreed(request, info.device)
-            if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopped:
-                save_checkpoint()
-            bar.update(1)
-            if stopped:
-                break
+    batches = _batches(cfg, info, step)
+    accumulation = cfg.deepspeed.gradient_accumulation_steps
+    while step < cfg.train.steps:
+        tick = time.perf_counter()
+        terms_sum: dict[str, float] = {}
+        for _ in range(accumulation):
+            batch, counters = next(batches)
+            batch = tuple(t.to(info.device, dtype) for t in batch)
+            micro_step(batch, terms_sum)
+        step += 1
+        ctx.step = step
+        ctx.metrics = {k: v / accumulation for k, v in terms_sum.items()}
+        method.after_optimizer_step(ctx)
+        elapsed = time.perf_counter() - tick
+        images = batch[0].shape[0] * accumulation
+        state["train_s"] += elapsed
+        state["images"] += images * info.world_size
+
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            row = _mean_across_ranks(ctx.metrics, info.device)
+            row.update(lr=stages[0].engine.lr_scheduler.get_last_lr()[0],
+                       images_per_s=images / elapsed * info.world_size, images_per_s_per_process=images / elapsed,
+                       **{f"data/{k}": v for k, v in counters.items()})
+            tracker.log(row, step)
+            shown = row.get("loss", row.get(f"{stages[0].spec.name}/loss", float("nan")))
+            bar.set_postfix(loss=f"{shown:.4g}", E=f"{last_eval.get('total_error', float('nan')):.4g}",
+                            img_s=f"{row['images_per_s']:.1f}", refresh=False)
+        if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            last_eval = run_evaluation()
+        if info.is_main and (step % cfg.tracking.image_every == 0 or step == cfg.train.steps):
+            grid = stylized_grid(model, eval_content, eval_style, workdir / "samples" / f"step_{step:08d}.png")
+            tracker.log_image("samples", grid, step, caption="content | style | stylized")
+        stopped = _stop_agreed(request, info.device)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopped:
+            save_checkpoint()
+        bar.update(1)
+        if stopped:
+            break
     bar.close()
+    model.features.want((), model)
     if stopped:
         request.clear()
 
@@ -196,8 +255,9 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
         last_eval = run_evaluation()
     summary: dict[str, Any] = {}
     if not stopped:
+        method.on_train_end(ctx)
         wall_s = earlier_wall_s + time.perf_counter() - started
-        summary = _finish(cfg, workdir, engine.module, info, state, last_eval, wall_s, step)
+        summary = _finish(workdir, model, info, state, last_eval, wall_s, step)
         tracker.summary(summary["final"])
     where = tracker.where()
     tracker.finish()
@@ -206,8 +266,8 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     return TrainResult(steps=step, stopped=stopped, summary=summary)
 
 
-def _finish(cfg: Config, workdir: Path, model: torch.nn.Module, info: DistInfo, state: dict[str, Any],
-            final: dict[str, float], wall_s: float, step: int) -> dict[str, Any]:
+def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, Any], final: dict[str, float],
+            wall_s: float, step: int) -> dict[str, Any]:
     """Write ``model.pt`` and ``summary.json`` (rank 0); returns the summary."""
     nonzero = {name: sum(int(torch.count_nonzero(p)) for p in part.parameters())
                for name, part in model.groups().items()}
@@ -222,7 +282,7 @@ def _finish(cfg: Config, workdir: Path, model: torch.nn.Module, info: DistInfo, 
         "model_file": "model.pt",
     }
     if info.is_main:
-        save_model(model, cfg.model, workdir / "model.pt")
+        save_model(model, workdir / "model.pt")
         atomic.write_json(workdir / "summary.json", summary)
     dist.barrier()
     return summary
