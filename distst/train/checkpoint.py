@@ -226,6 +226,8 @@ def _scan(root: Path, older_than: Path | None = None) -> tuple[Path | None, list
             continue
         found = problem(candidate)
         if found is None:
+            if damaged:
+                _say(f"falling back to {candidate.name}")
             return candidate, damaged
         _say(f"checkpoint {candidate} is damaged: {found}; trying the one before it")
         damaged.append(f"{candidate.name}: {found}")
