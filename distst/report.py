@@ -132,7 +132,12 @@ def write_report(run_dir: str | Path) -> Path:
         "",
         f"Extreme sparsity (highest level still matching the dense E"
         f"{' within ' + format(summary['matching_tolerance'], '.0%') if summary.get('matching_tolerance') else ''}): "
-        f"**{extreme:.2%}**" if extreme is not None else "No pruned level matches the dense model yet.",
+        f"**{extreme:.2%}**" if extreme else
+        ("**No matching subnetwork**: no pruned level reaches the dense E." if len(levels) > 1
+         else "No pruned level has finished yet."),
+        "",
+        f"E is measured on {summary.get('eval_pairs', '?')} held-out pairs at {summary.get('eval_size', '?')} px "
+        "(an L2 norm over C x H x W: compare runs only at the same size).",
         "" if summary.get("complete") else "\n_The run is not finished: levels still to come are missing._",
         "",
         markdown_table(summary, levels),

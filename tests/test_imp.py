@@ -50,8 +50,9 @@ def test_levels_follow_the_sparsity_schedule(imp_run: tuple[Path, dict]) -> None
         assert metrics["remaining_weights"] == round(total * 0.8**level)
         assert {"content_error", "style_error", "total_error", "steps", "wall_s", "sparsity_layers"} <= set(metrics)
         assert row["matching"] == (row["total_error"] <= summary["levels"][0]["total_error"])
-    matching = [r["sparsity"] for r in summary["levels"] if r["matching"]]
-    assert summary["extreme_sparsity"] == max(matching)
+    matching = [r["sparsity"] for r in summary["levels"] if r["matching"] and r["level"] > 0]
+    assert summary["extreme_sparsity"] == max(matching, default=0.0)
+    assert summary["eval_size"] == 32 and summary["eval_pairs"] == 2
 
 
 def test_pruned_weights_are_zero_and_biases_kept_in_every_level(imp_run: tuple[Path, dict]) -> None:
@@ -93,13 +94,32 @@ def test_report_renders(imp_run: tuple[Path, dict], capsys: pytest.CaptureFixtur
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 3  # header + one row per level
     report = (out / "report" / "report.md").read_text()
-    assert "Extreme sparsity" in report and report.count("\n| ") == 4
+    assert ("Extreme sparsity" in report or "No matching subnetwork" in report) and report.count("\n| ") == 4
+    assert "held-out pairs at 32 px" in report
     for name in ("errors_vs_sparsity.png", "group_sparsity.png", "samples.png"):
         with Image.open(out / "report" / name) as img:
             img.verify()
             assert img.format == "PNG"
     with Image.open(out / "report" / "samples.png") as grid, Image.open(out / "level_0" / "samples.png") as row:
         assert grid.height >= 4 * row.height  # pairs, then one row per level
+
+
+def test_no_matching_pruned_level_means_extreme_sparsity_zero(imp_run: tuple[Path, dict], tmp_path: Path) -> None:
+    import shutil
+
+    from distst.prune.lottery import imp_summary
+    from distst.report import write_report
+
+    out = tmp_path / "copy"
+    shutil.copytree(imp_run[0], out)
+    dense = json.loads((out / "level_0" / "metrics.json").read_text())["total_error"]
+    for level in (1, 2):  # every pruned level worse than the dense one
+        path = out / f"level_{level}" / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "total_error": dense + level}))
+    summary = imp_summary(tiny_config(out, **IMP), out)
+    assert summary["levels"][0]["matching"] and summary["extreme_sparsity"] == 0.0  # level 0 does not count
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert "**No matching subnetwork**" in write_report(out).read_text()
 
 
 def test_report_of_a_non_imp_directory_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -148,22 +168,27 @@ def test_imp_config_errors(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_masked_weights_stay_zero_across_two_gloo_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_masks_hold_in_fp32_master_weights_and_moments_across_two_gloo_processes(tmp_path: Path,
+                                                                               zero_stage: int) -> None:
+    """Masks tightened mid-run (at step 2) must hold in the optimizer's own fp32 copies from step 3 on."""
     from distst.train.engine import free_port
 
     reports = tmp_path / "reports"
     reports.mkdir()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            f"--master_port={free_port()}", str(REPO / "tests" / "workers" / "train_worker.py"),
-                           str(tmp_path / "run"), str(reports), "mask_rate=0.5", "model.encoder=trainable",
-                           "prune.method=imp", "train.steps=3"],
+                           str(tmp_path / "run"), str(reports), "mask_rate=0.5", "tighten_at=2",
+                           "model.encoder=trainable", "prune.method=imp", "train.steps=4",
+                           f"deepspeed.zero_stage={zero_stage}"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert ranks[0]["losses"] != ranks[1]["losses"]
     assert [r["masked_nonzero"] for r in ranks] == [0, 0]
-    assert [r["masked_moments_nonzero"] for r in ranks] == [0, 0]
+    assert [r["masked_optimizer_nonzero"] for r in ranks] == [0, 0]
+    assert all(r["inspected"] == [r["masks"]] * 4 for r in ranks), "some masked tensor was never read"
 
 
 @pytest.mark.slow

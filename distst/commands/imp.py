@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
     if dist.get_rank() == 0:
         extreme = result.summary["extreme_sparsity"]
         print(f"IMP finished: {run_dir}\n  extreme sparsity: "
-              f"{'none matching' if extreme is None else f'{extreme:.2%}'}\n  report: {run_dir / 'report' / 'report.md'}")
+              f"{f'{extreme:.2%}' if extreme else 'no matching subnetwork'}\n  report: {run_dir / 'report' / 'report.md'}")
     return 0

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from .base import StyleTransferModel, StyleTransferSection
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
-from .decoder import Decoder
 from .plan import Plan
 from .stats import adain, blend, per_sample_l2, style_error, style_loss
 from .vgg import VGGEncoder, reference_plan
@@ -34,9 +33,10 @@ class AdaIN(StyleTransferModel):
     encoder_depth = "relu4_1"
 
     def __init__(self, cfg: AdaINSection | None = None) -> None:
-        cfg = cfg or AdaINSection()
-        plan = self.resolve_plan(cfg)
-        super().__init__(cfg, AdaINTransform(), Decoder(plan["encoder"]["conv4_1"], plan["decoder"]))
+        super().__init__(cfg or AdaINSection())
+
+    def build_transform(self, plan: Plan) -> nn.Module:
+        return AdaINTransform()
 
     @classmethod
     def reference_plan(cls) -> Plan:

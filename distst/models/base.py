@@ -22,8 +22,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..config import Config, ModelSection, TrainConfig
+from .decoder import Decoder
 from .plan import Plan, merge_plan, scale_plan
-from .vgg import VGGEncoder, frozen_copy
+from .vgg import LAST_CONV, VGGEncoder, frozen_copy
 
 
 @dataclass
@@ -188,12 +189,20 @@ class StyleTransferModel(DiststModel):
                      "style/relu1_1", "style/relu2_1", "style/relu3_1", "style/relu4_1", "style/relu5_1",
                      "transform", "output")
 
-    def __init__(self, cfg: StyleTransferSection, transform: nn.Module, decoder: nn.Module) -> None:
+    def __init__(self, cfg: StyleTransferSection) -> None:
         super().__init__(cfg)
+        # Built in this order (encoder, transform, decoder): the order their initialisations draw random numbers.
         self.encoder = VGGEncoder(self.encoder_depth, cfg.width, self.plan["encoder"])
-        self.transform = transform
-        self.decoder = decoder
+        self.transform = self.build_transform(self.plan)
+        self.decoder = self.build_decoder(self.plan)
         self._reference_encoder = self.plan == self.default_plan(cfg.width)
+
+    @abstractmethod
+    def build_transform(self, plan: Plan) -> nn.Module:
+        """The feature transform for ``plan``."""
+
+    def build_decoder(self, plan: Plan) -> nn.Module:
+        return Decoder(plan["encoder"][LAST_CONV["relu4_1"]], plan["decoder"])
 
     def groups(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "transform": self.transform, "decoder": self.decoder}

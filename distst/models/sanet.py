@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from .base import StyleTransferModel, StyleTransferSection
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
-from .decoder import Decoder
 from .plan import Plan, require_equal
 from .stats import blend, mean_variance_norm, per_sample_l2, style_error, style_loss
 from .vgg import VGGEncoder, reference_plan
@@ -90,10 +89,10 @@ class SANet(StyleTransferModel):
     min_size = 32
 
     def __init__(self, cfg: SANetSection | None = None) -> None:
-        cfg = cfg or SANetSection()
-        plan = self.resolve_plan(cfg)
-        channels = plan["encoder"]["conv4_1"]
-        super().__init__(cfg, SANetTransform(channels, plan["transform"]), Decoder(channels, plan["decoder"]))
+        super().__init__(cfg or SANetSection())
+
+    def build_transform(self, plan: Plan) -> nn.Module:
+        return SANetTransform(plan["encoder"]["conv4_1"], plan["transform"])
 
     @classmethod
     def reference_plan(cls) -> Plan:

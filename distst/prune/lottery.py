@@ -3,7 +3,8 @@
 Level 0 trains the dense model and keeps its weights at step ``prune.rewind_step``. Level k prunes
 ``prune.rate`` of level k-1's remaining weights by magnitude (globally, or per layer), rewinds the survivors
 to the kept weights and retrains for ``train.steps``. A level is "matching" when its E is at most the dense
-E (times 1 + ``prune.matching_tolerance``); the extreme sparsity is the highest matching one.
+E (times 1 + ``prune.matching_tolerance``); the extreme sparsity is the highest matching pruned level's
+(0 when none matches).
 
 Run directory: ``level_<k>/`` (mask.pt, model.pt, metrics.json, samples.png, the level's checkpoints and
 metrics.jsonl) and ``summary.json``. Re-running resumes: finished levels are skipped, the current level
@@ -196,13 +197,15 @@ def imp_summary(cfg: Config, run_dir: Path) -> dict[str, Any]:
             row["identity_error"] = lv["identity_error"]
         row["matching"] = bool(lv["total_error"] <= bound)
         rows.append(row)
-    matching = [r["sparsity"] for r in rows if r["matching"]]
+    matching = [r["sparsity"] for r in rows if r["matching"] and r["level"] > 0]  # the dense level proves nothing
     return {
         "model": cfg.model.name, "method": "imp", "control": cfg.prune.control, "rate": cfg.prune.rate,
         "rounds": cfg.prune.rounds, "scope": cfg.prune.scope, "layerwise": cfg.prune.layerwise,
         "rewind_step": cfg.prune.rewind_step, "encoder": cfg.model.encoder,
         "matching_tolerance": cfg.prune.matching_tolerance, "dense_total_error": dense,
-        "levels": rows, "extreme_sparsity": max(matching) if matching else None,
+        # E is an L2 norm over C x H x W: comparable only at the same evaluation size and pairs.
+        "eval_size": cfg.data.eval_size or cfg.data.crop, "eval_pairs": cfg.data.eval_pairs,
+        "levels": rows, "extreme_sparsity": max(matching) if matching else 0.0,
         "complete": len(rows) == len(planned_levels(cfg)),
     }
 

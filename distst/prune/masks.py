@@ -5,6 +5,11 @@ plain boolean tensors and applied in place. We do not leave ``prune``'s re-param
 it renames ``weight`` to ``weight_orig`` + ``weight_mask``, which would break the reference state-dict
 layout, DeepSpeed checkpoints and physical channel removal later. Instead, ``MaskedTraining`` masks
 gradients (so Adam's moments of pruned weights stay zero) and re-applies masks after every step.
+
+Under ZeRO-1/2 (and bf16/fp16) the optimizer updates fp32 master partitions that ``module.weight`` does not
+show, and its moments live in flat partitions; a mask that changes mid-run must reach those too, or the next
+step copies the old values back. ``apply_to_optimizer`` masks them through DeepSpeed's own API
+(``safe_get/set_full_fp32_param``, ``safe_get/set_full_optimizer_state``), whatever the dtype.
 """
 
 from __future__ import annotations
@@ -121,27 +126,103 @@ def rounds_for(target_sparsity: float, rate: float) -> int:
     return math.ceil(math.log(1.0 - target_sparsity) / math.log(1.0 - rate))
 
 
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _optimizer_state_of(engine: Any, param: nn.Parameter) -> dict[str, Tensor] | None:
+    """A plain (ZeRO-0, fp32) optimizer's per-parameter state, if that is where it lives."""
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    state = getattr(optimizer, "state", {})
+    return state.get(param) if param in state else None
+
+
+def _moments_linked(engines: Mapping[str, Any]) -> bool:
+    """Whether DeepSpeed has linked its Adam moments to the parameters (it does so at the first step after
+    initialising or loading); before that they cannot be read per parameter, and hold nothing stale."""
+    return all(getattr(engine.optimizer, "_hp_optimizer_states_linked", True) for engine in engines.values())
+
+
+@torch.no_grad()
+def apply_to_optimizer(engines: Mapping[str, Any], layers: Mapping[str, nn.Module], masks: Masks) -> tuple[int, bool]:
+    """Mask the fp32 master weights and both Adam moments of every trainable masked layer, through DeepSpeed's
+    API (ZeRO-1/2/bf16 partitions) or the plain optimizer's state (ZeRO-0). Collective: every rank calls it.
+
+    Returns how many masked tensors' masters were reached (the caller checks it is all of them) and whether
+    the moments were reached too (not before DeepSpeed links them at the first step).
+    """
+    from deepspeed.utils import (
+        safe_get_full_fp32_param,
+        safe_get_full_optimizer_state,
+        safe_set_full_fp32_param,
+        safe_set_full_optimizer_state,
+    )
+
+    linked = _moments_linked(engines)
+    reached = 0
+    for name, mask in masks.items():
+        param = layers[name].weight
+        if not param.requires_grad:
+            continue
+        master = safe_get_full_fp32_param(param)
+        if master is not None:  # a partitioned fp32 master copy, and moments in flat partitions
+            keep = mask.to(master.device, master.dtype)
+            safe_set_full_fp32_param(param, master * keep)
+            for key in ADAM_MOMENTS if linked else ():
+                safe_set_full_optimizer_state(param, safe_get_full_optimizer_state(param, key) * keep, key)
+        else:  # the weight is its own master copy (masked by apply_masks); moments keyed by parameter
+            for engine in engines.values():
+                state = _optimizer_state_of(engine, param) or {}
+                for key in ADAM_MOMENTS:
+                    if key in state:
+                        state[key].mul_(mask.to(state[key].device, state[key].dtype))
+        reached += 1
+    return reached, linked
+
+
 class MaskedTraining(Method):
-    """Keeps masked weights exactly zero: gradients masked in backward, masks re-applied after each step."""
+    """Keeps masked weights exactly zero: gradients masked in backward, masks applied to the weights after each
+    step and, at the start and whenever they change (``update_masks``), to the optimizer's fp32 master weights
+    and moments."""
 
     needs_full_parameters = True
 
     def __init__(self, masks: Masks) -> None:
         self.masks = masks
         self._hooks: list[Any] = []
+        self._optimizer_stale = True
+
+    def _layers(self, ctx: TrainContext) -> dict[str, nn.Module]:
+        return prunable_layers(ctx.model, _scope_of(self.masks))
 
     def on_train_start(self, ctx: TrainContext) -> None:
-        layers = prunable_layers(ctx.model, _scope_of(self.masks))
+        layers = self._layers(ctx)
         device = next(ctx.model.parameters()).device
         self.masks = {name: mask.to(device) for name, mask in self.masks.items()}
-        apply_masks(ctx.model, self.masks)
         for handle in self._hooks:
             handle.remove()
-        self._hooks = [layers[name].weight.register_hook(lambda grad, m=mask: grad * m)
-                       for name, mask in self.masks.items() if layers[name].weight.requires_grad]
+        # The mask is looked up at backward time, so an update takes effect at the next step.
+        self._hooks = [layers[name].weight.register_hook(lambda grad, key=name: grad * self.masks[key])
+                       for name in self.masks if layers[name].weight.requires_grad]
+        self._apply(ctx)
+
+    def update_masks(self, masks: Masks) -> None:
+        """New (e.g. tightened) masks; they hold from the next optimizer step on."""
+        device = next(iter(self.masks.values())).device if self.masks else "cpu"
+        self.masks = {name: mask.to(device) for name, mask in masks.items()}
+        self._optimizer_stale = True
+
+    def _apply(self, ctx: TrainContext) -> None:
+        apply_masks(ctx.model, self.masks)
+        if self._optimizer_stale:
+            layers = self._layers(ctx)
+            reached, moments_too = apply_to_optimizer(ctx.engines, layers, self.masks)
+            trainable = sum(1 for name in self.masks if layers[name].weight.requires_grad)
+            if reached != trainable:
+                raise RuntimeError(f"masks reached {reached} of {trainable} trainable masked tensors in the optimizer")
+            self._optimizer_stale = not moments_too  # retried after the step that links them
 
     def after_optimizer_step(self, ctx: TrainContext) -> None:
-        apply_masks(ctx.model, self.masks)
+        self._apply(ctx)
 
     def on_evaluate(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
         report = sparsity_report(self.masks)
@@ -154,3 +235,4 @@ class MaskedTraining(Method):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "masks" in state:
             self.masks = dict(state["masks"])
+            self._optimizer_stale = True

@@ -25,16 +25,30 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def optimizer_view(ctx: TrainContext, weight: torch.nn.Parameter) -> dict[str, torch.Tensor | None]:
+    """The fp32 master copy and Adam moments of ``weight`` as the optimizer holds them: through DeepSpeed's
+    API under ZeRO-1/2 (flat partitions), else the plain optimizer's per-parameter state. Collective."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    master = safe_get_full_fp32_param(weight)
+    if master is not None:
+        return {"master": master, **{k: safe_get_full_optimizer_state(weight, k) for k in ("exp_avg", "exp_avg_sq")}}
+    state = ctx.engine.optimizer.state.get(weight, {})
+    return {"master": weight.detach(), "exp_avg": state.get("exp_avg"), "exp_avg_sq": state.get("exp_avg_sq")}
+
+
 class Probe(Method):
-    """Records this rank's loss at every step, its live weights after the last one, and (with masks)
-    how many pruned weights or Adam moments of pruned weights are not exactly zero."""
+    """Records this rank's loss at every step, its live weights after the last one, and (with masks) how many
+    pruned weights, fp32 master values or Adam moments at pruned positions are not exactly zero, and how many
+    masked tensors it could read that way (all of them, or the check would pass vacuously)."""
 
     def __init__(self, masks: dict[str, torch.Tensor] | None = None) -> None:
         self.losses: list[float] = []
         self.digest = ""
         self.masks = masks
         self.masked_nonzero = 0
-        self.masked_moments_nonzero = 0
+        self.masked_optimizer_nonzero = 0
+        self.inspected: list[int] = []
 
     def after_optimizer_step(self, ctx: TrainContext) -> None:
         self.losses.append(ctx.metrics["loss"])
@@ -42,31 +56,52 @@ class Probe(Method):
         if self.masks is None:
             return
         layers = prunable_layers(ctx.model, ctx.cfg.prune.scope)
-        state = getattr(ctx.engine.optimizer, "state", {})
+        inspected = 0
         for name, mask in self.masks.items():
             weight = layers[name].weight
             self.masked_nonzero += int(torch.count_nonzero(weight.detach()[~mask]))
-            if weight in state:
-                self.masked_moments_nonzero += int(torch.count_nonzero(state[weight]["exp_avg"][~mask]))
+            view = optimizer_view(ctx, weight)
+            if all(v is not None for v in view.values()):
+                inspected += 1
+                self.masked_optimizer_nonzero += sum(int(torch.count_nonzero(v.view_as(mask)[~mask]))
+                                                     for v in view.values())
+        self.inspected.append(inspected)
+
+
+class TightenAt(Method):
+    """At one step, prunes half of the remaining weights more (the same on every rank: weights agree)."""
+
+    def __init__(self, step: int, masked: MaskedTraining, probe: Probe) -> None:
+        self.step, self.masked, self.probe = step, masked, probe
+
+    def after_optimizer_step(self, ctx: TrainContext) -> None:
+        if ctx.step == self.step:
+            tighter = prune_magnitude(ctx.model, {k: v.cpu() for k, v in self.masked.masks.items()}, 0.5, 2,
+                                      layerwise=False)
+            self.masked.update_masks(tighter)
+            self.probe.masks = {k: v.to(next(ctx.model.parameters()).device) for k, v in tighter.items()}
 
 
 def main() -> None:
     out_dir, report_dir, overrides = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     settings = dict(o.split("=", 1) for o in overrides)
     mask_rate = float(settings.pop("mask_rate", 0))  # > 0: train with magnitude masks of this sparsity
+    tighten_at = int(settings.pop("tighten_at", 0))  # > 0: tighten the masks after this step
     cfg = tiny_config(out_dir, **settings)
     probe, method = Probe(), None
     if mask_rate:
         torch.manual_seed(cfg.train.seed)  # the trainer's own initial weights, identical on every rank
         model = build(cfg.model)
         masks = prune_magnitude(model, full_masks(model, cfg.prune.scope), mask_rate, 1, layerwise=False)
-        probe = Probe(masks)
-        method = MethodList([MaskedTraining(masks), probe])
+        probe, masked = Probe(masks), MaskedTraining(masks)
+        steps = [TightenAt(tighten_at, masked, probe)] if tighten_at else []
+        method = MethodList([*steps, masked, probe])
     result = train(cfg, out_dir, method or probe)
     rank = torch.distributed.get_rank()
     report = {"rank": rank, "world": torch.distributed.get_world_size(), "losses": probe.losses,
               "steps": result.steps, "digest": probe.digest, "masked_nonzero": probe.masked_nonzero,
-              "masked_moments_nonzero": probe.masked_moments_nonzero}
+              "masked_optimizer_nonzero": probe.masked_optimizer_nonzero,
+              "inspected": probe.inspected, "masks": len(probe.masks or {})}
     (report_dir / f"rank{rank}.json").write_text(json.dumps(report))
 
 
