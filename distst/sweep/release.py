@@ -49,8 +49,7 @@ class ReleaseTrainPlacementGroups(Callback):
         try:
             if remove_placement_group_by_id(hex_id):
                 self.released.append(trial.trial_id)
-                log.warning("trial %s ended with its Ray Train placement group %s still reserved: removed it",
-                            trial.trial_id, hex_id)
+                log.info("trial %s ended: removed its Ray Train placement group %s", trial.trial_id, hex_id)
         except Exception as err:  # noqa: BLE001 - a cleanup failure must not end the sweep
             log.warning("could not remove placement group %s of trial %s: %s", hex_id, trial.trial_id, err)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from .release import ReleaseTrainPlacementGroups
 from .spec import SweepSpec
-from .trial import TrialSetup, run_trial
+from .trial import TRIAL_FUNCTION_CPU, TrialSetup, run_trial
 
 TUNE_STATE = "tune"
 
@@ -83,7 +83,7 @@ def trainable(spec: SweepSpec, sweep_dir: Path) -> Any:
         return tune.with_resources(fn, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
     # Multi-process: the Train workers hold the trial's CPUs/GPUs in their own placement group; the Tune
     # function only waits and reports, so it asks for a sliver of a CPU (0 is refused).
-    return tune.with_resources(fn, {"cpu": 0.01})
+    return tune.with_resources(fn, {"cpu": TRIAL_FUNCTION_CPU})
 
 
 def run_config(spec: SweepSpec, sweep_dir: Path) -> Any:
@@ -129,5 +129,16 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, resume: bool) -> SweepOutcome:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tuner = restore_tuner(spec, sweep_dir) if resume else build_tuner(spec, sweep_dir)
     results = tuner.fit()
-    unfinished = [t for t in results._experiment_analysis.trials if t.status not in ("TERMINATED", "ERROR")]
-    return SweepOutcome(results=results, interrupted=bool(unfinished), sweep_dir=sweep_dir)
+    return SweepOutcome(results=results, interrupted=bool(unfinished_trials(sweep_dir)), sweep_dir=sweep_dir)
+
+
+def unfinished_trials(sweep_dir: Path) -> list[str]:
+    """Trials the saved experiment state still has pending or running (Tune was interrupted).
+
+    Read from the saved state, not the returned results: on SIGINT/SIGUSR1 Tune saves the state first and then
+    terminates the running trials, so the results call them finished although ``Tuner.restore`` will rerun them.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(sweep_dir.resolve() / TUNE_STATE))
+    return [t.trial_id for t in analysis.trials if t.status not in ("TERMINATED", "ERROR")]

@@ -29,6 +29,8 @@ PLACEMENT_GROUP_FILE = "ray_train_placement_group"
 ATTEMPTS_FILE = "tune_attempts.jsonl"
 FAULT_MARKER = ".fault_injected"
 POLL_S = 0.5
+#: CPUs the Tune function of a multi-process trial holds (it only waits and reports; Tune refuses 0).
+TRIAL_FUNCTION_CPU = 0.01
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,8 @@ def _torch_trainer(setup: TrialSetup, params: dict[str, Any], run_dir: Path, tri
     from ray.train.torch import TorchTrainer
 
     gpus_per_worker = setup.gpus / setup.processes
-    resources = {"CPU": setup.cpus / setup.processes}
+    # The trial's CPUs less the Tune function's sliver, so trial function + workers fit in what the sweep asked.
+    resources = {"CPU": (setup.cpus - TRIAL_FUNCTION_CPU) / setup.processes}
     if gpus_per_worker:
         resources["GPU"] = gpus_per_worker
     return TorchTrainer(
@@ -187,7 +190,10 @@ def _torch_trainer(setup: TrialSetup, params: dict[str, Any], run_dir: Path, tri
                                                resources_per_worker=resources),
         # Named by the trial, so a retried or resumed trial finds its own Train run.
         run_config=ray.train.RunConfig(name=trial_id, storage_path=str(Path(setup.sweep_dir) / "ray_train"),
-                                       failure_config=ray.train.FailureConfig(max_failures=0)),
+                                       # Tune retries the trial (FailureConfig of the sweep); a worker group that
+                                       # cannot start fails after 3 tries instead of waiting forever.
+                                       failure_config=ray.train.FailureConfig(max_failures=0,
+                                                                              controller_failure_limit=3)),
     )
 
 

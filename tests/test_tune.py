@@ -1,0 +1,208 @@
+"""distst tune: sweep files, and sweeps of tiny IMP trials (2 levels) on a real local Ray (2 CPUs, no mocks)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import REPO, SAMPLE, subprocess_env
+
+from distst.config import ConfigError
+from distst.sweep import load_sweep
+
+JOB = REPO / "jobs" / "local" / "imp_adain.yaml"
+TINY: dict[str, Any] = {
+    "model.width": 0.125, "data.content": f"{SAMPLE}/content-{{000000..000001}}.tar",
+    "data.style": f"{SAMPLE}/style-{{000000..000001}}.tar", "data.crop": 32, "data.batch_size": 2,
+    "data.workers": 0, "data.shuffle_buffer": 16, "data.eval_pairs": 2, "train.steps": 4,
+    "train.checkpoint_every": 2, "train.eval_every": 2, "train.log_every": 1, "train.lr": 1e-3,
+    "prune.rounds": 1, "prune.rewind_step": 0, "tracking.backend": "none",
+}
+
+
+def write_sweep(path: Path, overrides: dict[str, Any] | None = None, **fields: Any) -> Path:
+    body = {"name": path.stem, "job": str(JOB), "overrides": {**TINY, **(overrides or {})}, **fields}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def attempts(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "tune_attempts.jsonl").read_text().splitlines()]
+
+
+def results_csv(sweep_dir: Path) -> list[dict[str, str]]:
+    with (sweep_dir / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+# --- sweep files --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields, message", [
+    ({"objectiv": {"metric": "total_error"}}, "objectiv: unknown key (did you mean 'objective'?)"),
+    ({"scheduler": {"nam": "asha"}}, "scheduler.nam: unknown key (did you mean 'scheduler.name'?)"),
+    ({"space": {"prune.ratee": {"grid": [0.2]}}}, "prune.ratee: unknown key (did you mean 'prune.rate'?)"),
+    ({"space": {"prune.rate": {"gird": [0.2]}}}, "space.prune.rate.gird: unknown domain (did you mean 'grid'?)"),
+    ({"space": {"prune.rate": {"grid": [0.2, 1.5]}}}, "prune.rate"),
+    ({"space": {"prune.rate": {"uniform": [0.1]}}}, "space.prune.rate.uniform: give [low, high]"),
+    ({"objective": {"metric": "extreme_sparsty"}}, "did you mean 'extreme_sparsity'?"),
+    ({"search": {"algorithm": "optuna"}, "space": {"prune.rate": {"grid": [0.2]}}}, "cannot search a {grid"),
+])
+def test_bad_sweep_files_fail_naming_the_key(tmp_path: Path, fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_sweep(write_sweep(tmp_path / "bad.yaml", **fields))
+    assert message in str(err.value)
+
+
+def test_bad_override_in_a_sweep_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train.stpes: unknown key \(did you mean 'train.steps'\?\)"):
+        load_sweep(write_sweep(tmp_path / "bad.yaml", {"train.stpes": 3}))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "tune").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_shipped_sweep_files_load_and_build_their_search(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distst.sweep.runner import param_space, scheduler, search_algorithm
+
+    monkeypatch.chdir(REPO)  # sweep files name their job relative to the checkout
+    spec = load_sweep(path)
+    assert param_space(spec) and spec.base_config().prune.method == "imp"
+    if spec.search.algorithm == "optuna":
+        assert type(search_algorithm(spec)).__name__ == "OptunaSearch"
+    if spec.scheduler.name == "asha":
+        assert type(scheduler(spec)).__name__ == "AsyncHyperBandScheduler"
+
+
+# --- sweeps on a real local Ray -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def run(spec_path: Path, sweep_dir: Path, resume: bool = False) -> tuple[Any, dict[str, Any]]:
+    from distst.sweep.results import write_results
+    from distst.sweep.runner import run_sweep
+
+    spec = load_sweep(spec_path)
+    outcome = run_sweep(spec, sweep_dir, resume=resume)
+    return outcome, write_results(spec, outcome.results, sweep_dir)
+
+
+@pytest.fixture(scope="module")
+def four_trials(ray_local, tmp_path_factory):
+    """4 single-process trials, 2 at a time, W&B offline; trial 1 fails once right after its level 0."""
+    base = tmp_path_factory.mktemp("sweep4")
+    spec = write_sweep(base / "four.yaml", {"tracking.backend": "wandb", "tracking.mode": "offline"},
+                       space={"prune.rate": {"grid": [0.2, 0.5]}, "prune.rewind_step": {"grid": [0, 2]}},
+                       resources={"cpus": 1}, concurrency=2, max_failures=1,
+                       fault_injection={"fail_once_after_level": 0, "trials": [1]})
+    started = time.monotonic()
+    outcome, written = run(spec, base / "out")
+    return outcome, written, base / "out", time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_four_tiny_imp_trials_two_at_a_time(four_trials) -> None:
+    outcome, written, sweep_dir, _ = four_trials
+    assert not outcome.interrupted
+    rows = results_csv(sweep_dir)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert {(r["prune.rate"], r["prune.rewind_step"]) for r in rows} == {("0.2", "0"), ("0.2", "2"), ("0.5", "0"),
+                                                                         ("0.5", "2")}
+    best = [float(r["extreme_sparsity"]) for r in rows]
+    assert best == sorted(best, reverse=True), "best (highest extreme sparsity) first"
+    spans = []
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert [lv["level"] for lv in summary["levels"]] == [0, 1] and summary["complete"]
+        assert summary["rate"] == float(row["prune.rate"]) and summary["rewind_step"] == int(row["prune.rewind_step"])
+        assert (run_dir / "report" / "report.md").is_file()
+        assert list((run_dir / "wandb").glob("offline-run-*")), "each trial logs W&B offline"
+        spans.append((attempts(run_dir)[0]["time"], (run_dir / "summary.json").stat().st_mtime))
+    overlapping = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert overlapping == 2, f"2 trials at a time: {spans}"
+    assert (sweep_dir / "results.md").read_text().count("\n| ") == 4
+    assert written["plot"] is not None and written["plot"].stat().st_size > 0
+    assert list((sweep_dir / "wandb").glob("offline-run-*")), "the results table goes to W&B too"
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_retried_from_its_checkpoint_and_listed_once(four_trials) -> None:
+    _, _, sweep_dir, _ = four_trials
+    rows = [r for r in results_csv(sweep_dir) if r["trial"].endswith("_00001")]
+    assert len(rows) == 1 and rows[0]["status"] == "done" and rows[0]["attempts"] == "2"
+    run_dir = Path(rows[0]["run_dir"])
+    first, retry = attempts(run_dir)
+    assert first["resumed_after_level"] == -1 and retry["resumed_after_level"] == 0, "retried from the level-0 checkpoint"
+    assert (run_dir / "level_0" / "metrics.json").stat().st_mtime < retry["time"], "level 0 was not trained again"
+    assert (run_dir / ".fault_injected").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_asha_early_stops_a_two_process_trial_and_frees_its_workers(ray_local, tmp_path: Path) -> None:
+    """Each trial is a 2-process gloo IMP run through Ray Train's TorchTrainer. ASHA stops the untrained
+    (lr ~ 0) trial after level 0. Ray 2.60 would keep the stopped trial's Train placement group (both CPUs)
+    reserved, so a next trial's workers could never start: the sweep must end with every CPU free and a new
+    2-worker group must fit at once."""
+    spec = write_sweep(tmp_path / "asha.yaml", space={"train.lr": {"grid": [1e-3, 1e-12]}},
+                       objective={"metric": "total_error", "mode": "min"},
+                       scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
+                       resources={"cpus": 2, "processes": 2}, concurrency=1, max_failures=0)
+    outcome, written = run(spec, tmp_path / "out")
+    statuses = {row["trial"].rsplit("_", 1)[-1]: row["status"] for row in written["rows"]}
+    assert statuses == {"00000": "done", "00001": "stopped early"}, written["rows"]
+    for row in written["rows"]:
+        level_0 = json.loads((Path(row["run_dir"]) / "level_0" / "summary.json").read_text())
+        assert level_0["world_size"] == 2
+        assert (Path(row["run_dir"]) / "ray_train_placement_group").is_file()
+    ray = ray_local
+    assert all(pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
+    assert ray.available_resources().get("CPU") == pytest.approx(2.0), "a placement group is still reserved"
+    group = ray.util.placement_group([{"CPU": 1.0}] * 2)
+    try:
+        assert group.wait(timeout_seconds=10), "the next trial's 2 workers could not start"
+    finally:
+        ray.util.remove_placement_group(group)
+
+
+@pytest.mark.slow
+def test_resume_after_an_interrupt_does_not_rerun_finished_trials(ray_local, tmp_path: Path) -> None:
+    """`distst tune` (connected to the running Ray with --address) is interrupted while trial 1 runs; the
+    sweep exits 75 and `--resume` finishes it without running trial 0 again."""
+    spec = write_sweep(tmp_path / "resume.yaml", space={"prune.rate": {"grid": [0.2, 0.5]}},
+                       resources={"cpus": 1}, concurrency=1, max_failures=0)
+    out = tmp_path / "out"
+    address = ray_local.get_runtime_context().gcs_address
+    command = [sys.executable, "-m", "distst", "tune", str(spec), "--out", str(out), "--address", address]
+    proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("trials/*_00001/tune_attempts.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # what Ctrl+C (or the Slurm script, on preemption) sends
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 75, output[-4000:]
+    finished = next(out.glob("trials/*_00000"))
+    assert len(attempts(finished)) == 1 and (finished / "summary.json").is_file()
+
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    rows = results_csv(out)
+    assert sorted(r["status"] for r in rows) == ["done", "done"]
+    assert len(attempts(finished)) == 1, "the finished trial ran again"
+    assert len(attempts(next(out.glob("trials/*_00001")))) == 2
