@@ -18,6 +18,8 @@ from helpers import REPO, SAMPLE, subprocess_env
 from distst.config import ConfigError
 from distst.sweep import load_sweep
 
+pytest_plugins = ["slurm_fixtures"]
+
 JOB = REPO / "jobs" / "local" / "imp_adain.yaml"
 TINY: dict[str, Any] = {
     "model.width": 0.125, "data.content": f"{SAMPLE}/content-{{000000..000001}}.tar",
@@ -206,3 +208,27 @@ def test_resume_after_an_interrupt_does_not_rerun_finished_trials(ray_local, tmp
     assert sorted(r["status"] for r in rows) == ["done", "done"]
     assert len(attempts(finished)) == 1, "the finished trial ran again"
     assert len(attempts(next(out.glob("trials/*_00001")))) == 2
+
+
+# --- Slurm --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_tune_script_runs_a_sweep_on_ray_started_in_the_allocation(slurm_cluster, tmp_path: Path) -> None:
+    """slurm/tune.sh on the dev cluster: Ray started through srun with Slurm's CPU count, the sweep run on the
+    head, Ray stopped at the end (no Ray process of the job left)."""
+    spec = write_sweep(tmp_path / "slurm_sweep.yaml", space={"prune.rate": {"grid": [0.2, 0.5]}},
+                       resources={"cpus": 1}, concurrency=2, max_failures=0)
+    env = {"DISTST_SWEEP": str(spec), "DISTST_SWEEP_DIR": str(tmp_path / "out"),
+           "DISTST_VENV": str(Path(sys.executable).parents[1]), "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline",
+           "TQDM_DISABLE": "1", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    job = slurm_cluster.sbatch(REPO / "slurm" / "tune.sh", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2",
+                               "--gpus-per-node=0", "--time=10", f"--output={tmp_path}/slurm-%j.out", env=env,
+                               cwd=REPO, timeout=400)
+    output = job.output()
+    assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), output[-6000:]
+    assert "Ray: 1 node(s), 2 CPUs, 0 GPUs" in output
+    assert sorted(r["status"] for r in results_csv(tmp_path / "out")) == ["done", "done"]
+    ray_tmp = f"/tmp/ray_distst_{job.job_id}"
+    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+    assert not left, f"Ray processes of the job are still running: {left}"

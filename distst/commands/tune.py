@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 #: Exit code of an interrupted sweep (SIGINT/SIGUSR1): "run me again with --resume" (as the trainers' 75).
@@ -24,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue the sweep in the sweep directory (finished trials are not rerun); "
                         "starts it when there is nothing to continue")
     p.add_argument("--out", default=None, help="sweep directory (default runs/tune/<sweep name>)")
+    p.add_argument("--min-nodes", type=int, default=1,
+                   help="with --address: wait (up to 5 min) until the cluster has this many nodes (slurm/tune.sh)")
     p.add_argument("--cpus", type=float, default=None,
                    help="CPUs of the local Ray instance (default: Slurm's allocation, else all); ignored with --address")
     p.set_defaults(func=run)
@@ -38,14 +41,30 @@ def local_cpus() -> float:
     return float(len(os.sched_getaffinity(0)))
 
 
-def start_ray(address: str | None, cpus: float | None) -> None:
+def start_ray(address: str | None, cpus: float | None, min_nodes: int = 1) -> None:
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user instance
     if address:
         ray.init(address=address, log_to_driver=True)
+        wait_for_nodes(min_nodes)
     else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private instance of this process
         ray.init(num_cpus=cpus or local_cpus(), include_dashboard=False, log_to_driver=True)
+
+
+def wait_for_nodes(count: int, timeout_s: float = 300) -> None:
+    """Block until ``count`` Ray nodes are alive (the batch script starts them in parallel)."""
+    import ray
+
+    from ..cli import UserError
+
+    deadline = time.monotonic() + timeout_s
+    while (alive := sum(node["Alive"] for node in ray.nodes())) < count:
+        if time.monotonic() > deadline:
+            raise UserError(f"only {alive} of {count} Ray nodes joined within {timeout_s:.0f} s")
+        time.sleep(1)
+    resources = ray.cluster_resources()
+    print(f"Ray: {alive} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     import ray
 
-    start_ray(args.address, args.cpus)
+    start_ray(args.address, args.cpus, args.min_nodes)
     try:
         outcome = run_sweep(spec, sweep_dir, resume=resume)
         written = write_results(spec, outcome.results, sweep_dir)

@@ -102,10 +102,17 @@ def reported_level(checkpoint: Any) -> int:
 
 # --- running the IMP run -----------------------------------------------------------------------
 
+#: A Ray worker started inside an srun step (slurm/tune.sh) inherits that step's task variables; a trial is
+#: not that Slurm task (it is a world of one, or Ray Train's world), so they must not be mapped to its rank.
+SLURM_TASK_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEPID")
+
+
 def prepare_process_env() -> None:
     """LOCAL_RANK etc. for DeepSpeed: the lead's helper when present, else setup_distributed fills them itself."""
     from ..train import engine
 
+    for name in SLURM_TASK_VARS:
+        os.environ.pop(name, None)
     if hasattr(engine, "prepare_process_env"):
         engine.prepare_process_env()
 
