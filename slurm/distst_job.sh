@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Shared body of distst's batch scripts (sourced by slurm/*.sh after their #SBATCH headers): checks the
 # environment, runs one distst task per GPU through srun, forwards the pre-time-limit signal, and requeues
-# the job when the trainer has checkpointed and asked to be run again (exit code 75).
+# the job when the trainer has checkpointed and asked to be run again (exit code 75) - but only when this
+# run wrote a checkpoint newer than the one it started from, and at most DISTST_MAX_REQUEUES times.
 
 readonly DISTST_EXIT_REQUEUE=75
 
@@ -23,10 +24,57 @@ distst_overrides() {
     printf '%s\n' "${out[@]}" "${extra[@]}"
 }
 
+distst_give_up() {
+    # One readable line, then the job fails (never 75: that code means "run me again").
+    local status=$1; shift
+    echo "error: $*" >&2
+    [[ $status -eq 0 || $status -eq $DISTST_EXIT_REQUEUE ]] && status=1
+    exit "$status"
+}
+
+distst_max_requeues() {
+    local max=${DISTST_MAX_REQUEUES:-50}
+    [[ $max =~ ^[0-9]+$ ]] || distst_fail "DISTST_MAX_REQUEUES=$max is not a whole number (default 50)"
+    echo "$max"
+}
+
 distst_requeue() {
-    echo "distst: checkpoint written; requeueing job $SLURM_JOB_ID to resume ($(date -Is))"
+    # Slurm counts requeues in SLURM_RESTART_COUNT (unset on the first run).
+    local restarts=${SLURM_RESTART_COUNT:-0} max
+    max=$(distst_max_requeues) || exit 2
+    if (( restarts >= max )); then
+        distst_give_up 1 "job $SLURM_JOB_ID has been requeued $restarts time(s), the limit" \
+            "(DISTST_MAX_REQUEUES=$max): not requeueing again; resubmit it to resume from its last checkpoint"
+    fi
+    echo "distst: requeueing job $SLURM_JOB_ID to resume (requeue $((restarts + 1)) of at most $max, $(date -Is))"
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
+}
+
+distst_checkpoints() {
+    # Every finished checkpoint under a run directory, one "<inode> <path>" line each, sorted. Finished:
+    # checkpoints/step_N without .tmp (IMP levels keep theirs in level_<k>/checkpoints/). A save renames a
+    # new directory into place, so a checkpoint written later - even one re-written under an old name after
+    # falling back from a damaged one - shows up as a line that was not there before.
+    local run_dir=$1
+    [[ -d $run_dir ]] || return 0
+    find "$run_dir" -maxdepth 3 -type d -path '*checkpoints/step_*' ! -name '*.tmp' -printf '%i %p\n' | sort
+}
+
+distst_wrote_checkpoint() {
+    # Whether the run directory holds a checkpoint that was not among those listed at the start ($1).
+    local before=$1 now
+    now=$(distst_checkpoints "$DISTST_RUN_DIR")
+    [[ -n $now ]] && [[ -n $(comm -13 <(printf '%s\n' "$before") <(printf '%s\n' "$now")) ]]
+}
+
+distst_default_run_dir() {
+    # runs/<job>/<config hash>, from distst's own config code (what the tasks would pick without run.out_dir).
+    local python=$1 command=$2; shift 2
+    local -a implied=()
+    [[ $command == imp ]] && implied=("prune.method=imp")  # what `distst imp` puts before the overrides
+    "$python" -c 'import sys; from distst.config import load_config
+print(load_config(sys.argv[1], sys.argv[2:]).run_dir())' "$DISTST_JOB" "${implied[@]}" "$@"
 }
 
 distst_run() {
@@ -45,7 +93,17 @@ distst_run() {
     mapfile -t overrides < <(distst_overrides)
 
     # Fail fast with a readable message (missing shards, weights, bad keys) before any task starts.
+    distst_max_requeues > /dev/null || exit 2
     "$python" -m distst check "$DISTST_JOB" "${overrides[@]}" || exit 2
+
+    # The script must see the run directory the tasks write, to tell whether they got any further.
+    if [[ -z ${DISTST_RUN_DIR:-} ]]; then
+        DISTST_RUN_DIR=$(distst_default_run_dir "$python" "$command" "${overrides[@]}") ||
+            distst_fail "cannot work out the run directory of $DISTST_JOB; set DISTST_RUN_DIR"
+        mapfile -t overrides < <(distst_overrides)
+    fi
+    local checkpoints_at_start
+    checkpoints_at_start=$(distst_checkpoints "$DISTST_RUN_DIR")
     if [[ $stop_requested -eq 1 ]]; then
         distst_requeue  # stopped before any work started: nothing to checkpoint
     fi
@@ -63,6 +121,9 @@ distst_run() {
     # the forwarding until it ended. srun passes the signal on to every task.
     srun --kill-on-bad-exit=1 "$python" -m distst "$command" "$DISTST_JOB" "${overrides[@]}" &
     srun_pid=$!
+    if [[ $stop_requested -eq 1 ]]; then  # a signal between the check above and srun_pid: forward it now
+        kill -USR1 "$srun_pid" 2>/dev/null || true
+    fi
     local status=0
     while true; do
         status=0
@@ -71,10 +132,16 @@ distst_run() {
     done
     trap - USR1 TERM
 
-    # 75: the tasks checkpointed and ask to run again. After a stop signal, any failure also means "requeue":
-    # srun --kill-on-bad-exit counts the first task's 75 as a failure and may kill a task still exiting
-    # (143), but the checkpoint was collective and is written atomically, so the last good one is intact.
+    # 75: the tasks checkpointed and ask to run again. After a stop signal, another failure may also mean
+    # "requeue": srun --kill-on-bad-exit counts the first task's 75 as a failure and may kill a task still
+    # exiting (143). Either way requeue only if this run wrote a checkpoint: otherwise the checkpoint
+    # failed (disk full, unwritable run directory) and a requeue would only repeat the same work.
     if [[ $status -eq $DISTST_EXIT_REQUEUE || ( $stop_requested -eq 1 && $status -ne 0 ) ]]; then
+        if ! distst_wrote_checkpoint "$checkpoints_at_start"; then
+            distst_give_up "$status" "the tasks stopped (exit code $status) but wrote no checkpoint in" \
+                "$DISTST_RUN_DIR since the job started: not requeueing, a requeue would repeat the same work" \
+                "(see the tasks' errors above)"
+        fi
         distst_requeue
     fi
     echo "distst: finished with exit code $status ($(date -Is))"
