@@ -2,18 +2,61 @@
 
 Errors are L2 norms (not MSE) computed with the frozen loss VGG, averaged over pairs; ``total_error`` (E)
 is their sum (for SANet also its identity error). See ``DiststModel.errors`` for each model's terms.
+
+Evaluation runs in fp32 whatever the training precision (``fp32_view``), so "matching" is never decided
+by bf16 rounding; under ZeRO-3 every rank takes part in every forward pass (parameters are gathered).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from .images import save_image
 from .models import DiststModel, VGGEncoder
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether ZeRO-3 has partitioned the model's parameters across ranks."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with whole parameters on every rank (collective under ZeRO-3; free otherwise)."""
+    if not is_partitioned(model):
+        yield model
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield model
+
+
+def _fp32_value(param: nn.Parameter) -> Tensor:
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    master = safe_get_full_fp32_param(param)  # the optimizer's fp32 copy, when it keeps one
+    return (master if master is not None else param.detach()).float().view_as(param)
+
+
+@contextlib.contextmanager
+def fp32_view(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with fp32 weights for evaluation: itself when it is fp32 already, else a copy built from the
+    optimizer's fp32 master weights (not an upcast of the rounded bf16/fp16 ones). Under ZeRO-3 the model
+    itself (its forward gathers the partitions; see README for bf16 there)."""
+    if is_partitioned(model) or all(p.dtype == torch.float32 for p in model.parameters()):
+        yield model
+        return
+    memo = {id(p): nn.Parameter(_fp32_value(p), requires_grad=False) for p in model.parameters()}
+    copy_ = copy.deepcopy(model, memo).float()
+    yield copy_
 
 
 @torch.no_grad()
@@ -44,8 +87,10 @@ def stylize_pairs(model: DiststModel, content: Tensor, style: Tensor, batch_size
     return outputs[..., : content.shape[-2], : content.shape[-1]].clamp(0, 1)
 
 
-def stylized_grid(model: DiststModel, content: Tensor, style: Tensor, path: Path,
-                  batch_size: int = 8) -> Path:
-    """A PNG with one row per pair: content | style | stylized."""
+def stylized_grid(model: DiststModel, content: Tensor, style: Tensor, path: Path | None,
+                  batch_size: int = 8) -> Path | None:
+    """A PNG with one row per pair: content | style | stylized. Every rank computes it (ZeRO-3 forwards are
+    collective); only a rank given a ``path`` writes it."""
     tiles = torch.stack([content, style, stylize_pairs(model, content, style, batch_size)], dim=1)
-    return save_image(make_grid(tiles.flatten(0, 1).clamp(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0), path)
+    grid = make_grid(tiles.flatten(0, 1).clamp(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0)
+    return save_image(grid, path) if path is not None else None

@@ -16,6 +16,7 @@ uninterrupted one does; every engine, the RNG of every rank and the method state
 
 from __future__ import annotations
 
+import copy
 import itertools
 import time
 from collections.abc import Iterator
@@ -30,8 +31,8 @@ from tqdm import tqdm
 from .. import atomic
 from ..config import Config, ConfigError
 from ..data import TrainStream, eval_pairs
-from ..evaluate import evaluate, stylized_grid
-from ..models import DiststModel, Stage, build, param_counts
+from ..evaluate import evaluate, fp32_view, gathered, stylized_grid
+from ..models import DiststModel, Stage, build
 from ..models.io import read_model_file, save_model
 from ..models.weights import load_checked
 from ..stop import PROCESS, StopRequest
@@ -149,8 +150,10 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     stages = _start_stages(cfg, model, info)
     engines = {run.spec.name: run.engine for run in stages}
     dtype = next(model.parameters()).dtype
-    if loss_net is not None:
-        loss_net.to(info.device, dtype)
+    # The loss network in the training precision for the losses, and in fp32 for evaluation.
+    eval_loss_net = loss_net.to(info.device) if loss_net is not None else None
+    if loss_net is not None and dtype != torch.float32:
+        loss_net = copy.deepcopy(loss_net).to(dtype)
     weights = model.loss_weights()
     prefix = len(stages) > 1  # several stages log as "<stage>/<term>"
 
@@ -171,7 +174,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
         (workdir / "config.yaml").write_text(cfg.to_yaml())
     tracker = Tracker(cfg.tracking, workdir, config=cfg.model_dump(mode="json"), name=run_name or workdir.name,
                       group=run_group, enabled=info.is_main, resume_step=step if resume_from else None)
-    eval_content, eval_style = (t.to(info.device, dtype) for t in eval_pairs(cfg.data))
+    eval_content, eval_style = (t.to(info.device, torch.float32) for t in eval_pairs(cfg.data))
     if info.is_main and resume_from is not None:
         tqdm.write(f"resuming {workdir} from {resume_from.name}")
 
@@ -190,7 +193,8 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
 
     def run_evaluation() -> dict[str, float]:
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
-        metrics = evaluate(model, loss_net, eval_content, eval_style)
+        with fp32_view(model) as fp32_model:
+            metrics = evaluate(fp32_model, eval_loss_net, eval_content, eval_style)
         method.on_evaluate(ctx, metrics)
         tracker.log(metrics, step)
         return metrics
@@ -237,9 +241,12 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
                             img_s=f"{row['images_per_s']:.1f}", refresh=False)
         if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
             last_eval = run_evaluation()
-        if info.is_main and (step % cfg.tracking.image_every == 0 or step == cfg.train.steps):
-            grid = stylized_grid(model, eval_content, eval_style, workdir / "samples" / f"step_{step:08d}.png")
-            tracker.log_image("samples", grid, step, caption="content | style | stylized")
+        if step % cfg.tracking.image_every == 0 or step == cfg.train.steps:
+            path = workdir / "samples" / f"step_{step:08d}.png"
+            with fp32_view(model) as fp32_model:
+                grid = stylized_grid(fp32_model, eval_content, eval_style, path if info.is_main else None)
+            if grid is not None:
+                tracker.log_image("samples", grid, step, caption="content | style | stylized")
         stopped = _stop_agreed(request, info.device)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopped:
             save_checkpoint()
@@ -268,13 +275,19 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
 
 def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, Any], final: dict[str, float],
             wall_s: float, step: int) -> dict[str, Any]:
-    """Write ``model.pt`` and ``summary.json`` (rank 0); returns the summary."""
-    nonzero = {name: sum(int(torch.count_nonzero(p)) for p in part.parameters())
-               for name, part in model.groups().items()}
+    """Write ``model.pt`` and ``summary.json`` (rank 0); returns the summary. Under ZeRO-3 the parameters are
+    gathered first (collective), so counts and the model file are of whole tensors."""
+    with gathered(model):
+        nonzero = {name: sum(int(torch.count_nonzero(p)) for p in part.parameters())
+                   for name, part in model.groups().items()}
+        counts = {name: sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in part.parameters())
+                  for name, part in model.groups().items()}
+        if info.is_main:
+            save_model(model, workdir / "model.pt")
     summary = {
         "steps": step,
         "final": final,
-        "params": param_counts(model),
+        "params": {**counts, "total": sum(counts.values())},
         "nonzero_params": {**nonzero, "total": sum(nonzero.values())},
         "wall_s": round(wall_s, 3),
         "images_per_s": round(state["images"] / state["train_s"], 3) if state["train_s"] else None,
@@ -282,7 +295,6 @@ def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, 
         "model_file": "model.pt",
     }
     if info.is_main:
-        save_model(model, workdir / "model.pt")
         atomic.write_json(workdir / "summary.json", summary)
     dist.barrier()
     return summary
