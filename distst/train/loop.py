@@ -34,6 +34,7 @@ from ..data import TrainStream, eval_pairs
 from ..evaluate import evaluate, fp32_view, gathered, stylized_grid
 from ..models import DiststModel, Stage, build
 from ..models.io import read_model_file, save_model
+from ..models.plan import plan_differences
 from ..models.weights import load_checked
 from ..stop import PROCESS, StopRequest
 from ..track import Tracker
@@ -83,24 +84,31 @@ def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[s
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, tensor.tolist(), strict=True)}
 
 
+def with_init_plan(cfg: Config) -> Config:
+    """``cfg`` with ``model.plan`` taken from ``model.init_from`` (the layers that differ from the default), so the
+    run's resolved config records the architecture it trains; a conflicting explicit plan is refused."""
+    source = cfg.model.init_from
+    if not source:
+        return cfg
+    saved, _ = read_model_file(source)
+    if saved.name != cfg.model.name:
+        raise ConfigError(f"model.init_from={source} holds a {saved.name} model, but model.name={cfg.model.name}")
+    model_class = type(cfg.model).model_class
+    plan = plan_differences(model_class.resolve_plan(saved), model_class.default_plan(cfg.model.width))
+    if cfg.model.plan is not None and model_class.resolve_plan(cfg.model) != model_class.resolve_plan(saved):
+        raise ConfigError(f"model.plan differs from the plan in model.init_from={source}; leave model.plan out "
+                          "to take the file's")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"plan": plan or None})})
+
+
 def build_for_training(cfg: Config, init_state: dict[str, torch.Tensor] | None = None
                        ) -> tuple[DiststModel, torch.nn.Module | None]:
-    """The model to train and its loss network: from the config's plan, or from ``model.init_from`` (a model
-    file: its plan and weights), then ``init_state`` (rewound weights) if given."""
-    model_cfg = cfg.model
-    start_state = None
-    if model_cfg.init_from:
-        saved, start_state = read_model_file(model_cfg.init_from)
-        if saved.name != model_cfg.name:
-            raise ConfigError(f"model.init_from={model_cfg.init_from} holds a {saved.name} model, "
-                              f"but model.name={model_cfg.name}")
-        if model_cfg.plan is not None and saved.plan != model_cfg.plan:
-            raise ConfigError(f"model.plan differs from the plan in model.init_from={model_cfg.init_from}; "
-                              "leave model.plan out to take the file's")
-        model_cfg = model_cfg.model_copy(update={"plan": saved.plan})
-    model = build(model_cfg)
+    """The model to train and its loss network: from the config's plan, then the weights of
+    ``model.init_from`` (a model file) and ``init_state`` (rewound weights) if given."""
+    model = build(cfg.model)
     loss_net = model.loss_network()  # from pretrained (or initial) weights, before any loading or rewinding
-    for state, source in ((start_state, model_cfg.init_from), (init_state, "the initial state")):
+    start_state = read_model_file(cfg.model.init_from)[1] if cfg.model.init_from else None
+    for state, source in ((start_state, cfg.model.init_from), (init_state, "the initial state")):
         if state is not None:
             load_checked(model, state, str(source))
     return model, loss_net
@@ -137,6 +145,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     """
     method = method or Method()
     request = stop or PROCESS
+    cfg = with_init_plan(cfg)
     info = setup_distributed()
     if method.needs_full_parameters and cfg.deepspeed.zero_stage == 3:
         raise ConfigError(f"deepspeed.zero_stage=3 cannot be combined with prune.method={cfg.prune.method}: ZeRO-3 "
