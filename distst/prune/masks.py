@@ -14,7 +14,6 @@ step copies the old values back. ``apply_to_optimizer`` masks them through DeepS
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -115,15 +114,6 @@ def sparsity_report(masks: Masks) -> dict[str, Any]:
         "groups": {g: frac(items) for g, items in groups.items()},
         "layers": {name: frac([mask]) for name, mask in masks.items()},
     }
-
-
-def expected_sparsity(rate: float, level: int) -> float:
-    return 1.0 - (1.0 - rate) ** level
-
-
-def rounds_for(target_sparsity: float, rate: float) -> int:
-    """Rounds of pruning ``rate`` needed to reach ``target_sparsity``."""
-    return math.ceil(math.log(1.0 - target_sparsity) / math.log(1.0 - rate))
 
 
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
