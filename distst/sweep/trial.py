@@ -107,11 +107,16 @@ def reported_level(checkpoint: Any) -> int:
 SLURM_TASK_VARS = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEPID")
 
 
-def prepare_process_env() -> None:
+#: A single-process trial is a world of one with a port of its own, whatever the driver's environment held
+#: (Ray workers inherit it: two trials would otherwise fight over one MASTER_PORT).
+WORLD_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def prepare_process_env(single_process: bool = False) -> None:
     """LOCAL_RANK etc. for DeepSpeed: the lead's helper when present, else setup_distributed fills them itself."""
     from ..train import engine
 
-    for name in SLURM_TASK_VARS:
+    for name in SLURM_TASK_VARS + (WORLD_VARS if single_process else ()):
         os.environ.pop(name, None)
     if hasattr(engine, "prepare_process_env"):
         engine.prepare_process_env()
@@ -235,7 +240,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     request = stop.StopRequest()
     if setup.processes == 1:
         torch.set_num_threads(setup.torch_threads())
-        prepare_process_env()
+        prepare_process_env(single_process=True)
         worker = Background(lambda: _run_imp(cfg, run_dir, request), name=f"imp-{trial_id}")
     else:
         trainer = _torch_trainer(setup, params, run_dir, trial_id)

@@ -1,0 +1,100 @@
+"""``distst bench tune``: the same N tiny IMP trials run one after another in this process (no Ray), then
+through Ray Tune 1 at a time and 2 at a time; prints the wall times, the speed-up of running 2 at once and the
+time Ray adds per trial (actor start, imports, reporting)."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+HELP = "Ray Tune: N tiny IMP trials sequentially (plain and through Ray) and 2 at a time"
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shards" / "sample"
+JOB = Path(__file__).resolve().parents[2] / "jobs" / "local" / "imp_adain.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trials", type=int, default=4, help="number of trials (different prune.rate)")
+    parser.add_argument("--steps", type=int, default=30, help="training steps per IMP level")
+    parser.add_argument("--crop", type=int, default=64, help="crop size in pixels")
+
+
+def tiny_overrides(steps: int, crop: int) -> dict[str, object]:
+    return {"model.width": 0.125, "data.content": f"{SAMPLE}/content-{{000000..000001}}.tar",
+            "data.style": f"{SAMPLE}/style-{{000000..000001}}.tar", "data.crop": crop, "data.batch_size": 2,
+            "data.workers": 0, "data.shuffle_buffer": 16, "data.eval_pairs": 2, "train.steps": steps,
+            "train.checkpoint_every": steps, "train.eval_every": steps, "train.log_every": steps,
+            "prune.rounds": 1, "prune.rewind_step": 0, "tracking.backend": "none"}
+
+
+def rates(trials: int) -> list[float]:
+    return [round(0.1 + 0.6 * i / max(1, trials - 1), 3) for i in range(trials)]
+
+
+def plain_sequential(args: argparse.Namespace, root: Path) -> float:
+    import torch
+
+    from ..config import load_config, with_overrides
+    from ..prune import run_imp
+
+    torch.set_num_threads(1)  # as one trial with 1 CPU gets under Ray
+    base = load_config(JOB, tiny_overrides(args.steps, args.crop))
+    started = time.perf_counter()
+    for i, rate in enumerate(rates(args.trials)):
+        run_imp(with_overrides(base, {"prune.rate": rate, "run.out_dir": str(root / f"plain_{i}")}), root / f"plain_{i}")
+    return time.perf_counter() - started
+
+
+def through_ray(args: argparse.Namespace, root: Path, concurrency: int) -> float:
+    import yaml
+
+    from .runner import run_sweep
+    from .spec import load_sweep
+
+    sweep = root / f"bench_{concurrency}.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": f"bench_{concurrency}", "job": str(JOB), "overrides": tiny_overrides(args.steps, args.crop),
+        "space": {"prune.rate": {"grid": rates(args.trials)}}, "resources": {"cpus": 1},
+        "concurrency": concurrency, "max_failures": 0}))
+    spec = load_sweep(sweep)
+    started = time.perf_counter()
+    outcome = run_sweep(spec, root / f"ray_{concurrency}", resume=False)
+    wall = time.perf_counter() - started
+    failed = [r for r in outcome.results if r.error is not None]
+    if failed:
+        raise RuntimeError(f"{len(failed)} bench trial(s) failed: {failed[0].error}")
+    return wall
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import ray
+    from rich.console import Console
+    from rich.table import Table
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with tempfile.TemporaryDirectory(prefix="distst-bench-tune-") as tmp:
+        root = Path(tmp)
+        plain = plain_sequential(args, root)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            ray_one = through_ray(args, root, concurrency=1)
+            ray_two = through_ray(args, root, concurrency=2)
+        finally:
+            ray.shutdown()
+    n = args.trials
+    table = Table(title=f"distst bench tune: {n} IMP trials (2 levels x {args.steps} steps, {args.crop} px, "
+                        "1 CPU each, 2 CPUs)")
+    for column in ("mode", "wall s", "s per trial", "speed-up vs plain", "Ray overhead per trial s"):
+        table.add_column(column, justify="right")
+    table.add_row("plain, sequential (no Ray)", f"{plain:.1f}", f"{plain / n:.1f}", "1.00", "-")
+    table.add_row("Ray Tune, 1 at a time", f"{ray_one:.1f}", f"{ray_one / n:.1f}", f"{plain / ray_one:.2f}",
+                  f"{(ray_one - plain) / n:.1f}")
+    table.add_row("Ray Tune, 2 at a time", f"{ray_two:.1f}", f"{ray_two / n:.1f}", f"{plain / ray_two:.2f}", "-")
+    Console(width=140).print(table)
+    print(f"2 at a time vs 1 at a time through Ray: {ray_one / ray_two:.2f}x")
+    return 0
