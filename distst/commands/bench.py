@@ -13,6 +13,7 @@ from types import ModuleType
 
 BENCHES: dict[str, str] = {
     "data": "distst.data.bench",
+    "tune": "distst.sweep.bench",
 }
 
 
