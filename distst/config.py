@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from . import registry
 
@@ -96,7 +97,7 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
-    steps: int = Field(160_000, ge=0)
+    steps: int = Field(160_000, ge=1)
     lr: float = Field(1e-4, gt=0)
     lr_decay: float = Field(5e-5, ge=0, description="lr / (1 + lr_decay * step), as the references")
     seed: int = 0
@@ -128,6 +129,15 @@ class RunConfig(Section):
     name: str | None = Field(None, description="job name; default: the YAML file's stem")
     out_dir: str | None = Field(None, description="run directory; default runs/<name>/<config hash>")
     root: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_inside_root(cls, name: str | None) -> str | None:
+        # The name is one directory under run.root: a separator or '..' would write elsewhere.
+        if name is not None and (not name.strip() or "/" in name or "\\" in name or name in (".", "..")):
+            raise ValueError(f"run.name={name!r}: must be a plain directory name (no '/', '\\', '.' or '..'); "
+                             "use run.out_dir to choose another place")
+        return name
 
 
 class Config(Section):
