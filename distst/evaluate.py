@@ -46,6 +46,13 @@ def _fp32_value(param: nn.Parameter) -> Tensor:
     return (master if master is not None else param.detach()).float().view_as(param)
 
 
+def fp32_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict on the CPU with every parameter in fp32 from the optimizer's master copy when it keeps one
+    (bitwise the parameter itself in fp32 training). Collective under ZeRO-1/2: every rank calls it."""
+    masters = {name: _fp32_value(p) for name, p in model.named_parameters()}
+    return {k: masters.get(k, v).detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 @contextlib.contextmanager
 def fp32_view(model: nn.Module) -> Iterator[nn.Module]:
     """The model with fp32 weights for evaluation: itself when it is fp32 already, else a copy built from the

@@ -31,3 +31,13 @@ def test_an_fp32_model_is_evaluated_as_it_is() -> None:
     model = build(model_section(name="adain", width=0.125))
     with fp32_view(model) as view:
         assert view is model
+
+
+def test_rewind_states_are_kept_in_fp32() -> None:
+    from distst.evaluate import fp32_state_dict
+
+    model = build(model_section(name="adain", width=0.125))
+    exact = fp32_state_dict(model)
+    assert all(torch.equal(exact[k], v) for k, v in model.state_dict().items())  # fp32: bitwise the weights
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    assert all(v.dtype == torch.float32 for v in fp32_state_dict(low).values())

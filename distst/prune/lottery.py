@@ -26,7 +26,7 @@ from pydantic import Field
 from .. import atomic, registry
 from ..config import Config, ConfigError, MethodSection
 from ..data import eval_pairs
-from ..evaluate import stylize_pairs
+from ..evaluate import fp32_state_dict, stylize_pairs
 from ..images import save_image
 from ..models import DiststModel, build
 from ..models.io import load_model
@@ -73,16 +73,23 @@ registry.register_method_section("imp", ImpSection)
 
 
 class RewindSnapshot(Method):
-    """Keeps the dense run's weights at ``step``: the point every pruned level rewinds to."""
+    """Keeps the dense run's weights at ``step``, in fp32 (the optimizer's master copies when training in
+    bf16/fp16): the point every pruned level rewinds to."""
 
     def __init__(self, path: Path, step: int) -> None:
         self.path, self.step = path, step
+        self._needed = False
 
     def _save(self, ctx: TrainContext) -> None:
-        if ctx.dist.is_main and ctx.step == self.step and not self.path.is_file():
-            atomic.torch_save({k: v.detach().cpu().clone() for k, v in ctx.model.state_dict().items()}, self.path)
+        if self._needed and ctx.step == self.step:
+            state = fp32_state_dict(ctx.model)  # collective under ZeRO: every rank takes part
+            if ctx.dist.is_main:
+                atomic.torch_save(state, self.path)
+            self._needed = False
 
     def on_train_start(self, ctx: TrainContext) -> None:
+        # Decided once, before anyone writes it, so that every rank makes the same collective calls.
+        self._needed = not self.path.is_file()
         self._save(ctx)
 
     def after_optimizer_step(self, ctx: TrainContext) -> None:
