@@ -228,6 +228,7 @@ def run_imp(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
     validate(cfg)
     info = setup_distributed()
     job = cfg.run.name or run_dir.name
+    group = cfg.tracking.group or f"{job}-{run_dir.name}"  # a sweep sets tracking.group: one group per sweep
     for level in planned_levels(cfg):
         level_dir = run_dir / f"level_{level}"
         if (level_dir / LEVEL_METRICS).is_file():
@@ -241,7 +242,7 @@ def run_imp(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
         else:
             method, init_state = masked, _initial_state(cfg, run_dir, level, masks)
         result = train(cfg, level_dir, method, init_state=init_state, run_name=f"{job}/level_{level}",
-                       run_group=f"{job}-{run_dir.name}", stop=stop)
+                       run_group=group, stop=stop)
         if result.stopped:
             return ImpResult(stopped=True, summary=imp_summary(cfg, run_dir))
         if info.is_main:
@@ -253,7 +254,7 @@ def run_imp(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
     if info.is_main:
         atomic.write_json(run_dir / "summary.json", summary)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        publish(cfg, run_dir, summary, group=f"{job}-{run_dir.name}")
+        publish(cfg, run_dir, summary, group=group)
     dist.barrier()
     return ImpResult(stopped=False, summary=summary)
 
