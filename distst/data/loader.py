@@ -1,26 +1,27 @@
-"""Streaming loader: infinite, reproducible (content, style) batches from WebDataset shards.
+"""Streaming loader: infinite, reproducible, resumable (content, style) batches from WebDataset shards.
 
-Each stream (content, style) is a WebDataset pipeline per process: ``ResampledShards`` -> tar samples ->
-shuffle buffer -> decode + random crop/flip -> batches. Shards are dealt out first across ranks, then
-across the DataLoader workers of a rank; where there are too few shards to deal, every process of that
-level reads the same shards and keeps every n-th sample of each (a disjoint, balanced share).
-So no two processes ever read the same samples.
+Each stream (content, style) of each process is a ``samples.SampleStream`` (shards drawn with replacement ->
+this process's share of their samples -> shuffle buffer) followed by decode + random crop/flip -> batches.
+Shards are dealt out first across ranks, then across the DataLoader workers of a rank; where there are too few
+shards to deal, every process of that level reads the same shards and keeps every n-th sample of each (a
+disjoint, balanced share). So no two processes ever read the same samples.
 
 Reproducibility: every random choice (shard picks, shuffle buffer, crops, flips) draws from generators
 seeded by (``data.seed``, epoch, rank, world size, worker, workers, stream), and the DataLoader hands out
 worker batches in a fixed round-robin order. Rebuilding ``TrainStream`` with the same arguments therefore
-yields the same batches, bit for bit; a trainer resumes mid-epoch by rebuilding and skipping k batches.
+yields the same batches, bit for bit. A run has one stream from start to end (nothing depends on how often it
+checkpoints): every batch carries its worker's position, ``TrainStream.position()`` records where the
+consumed batches end, and ``TrainStream(..., position=p)`` continues from there without decoding what came
+before (it re-reads the shuffle buffer's samples from their shards, undecoded).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -32,13 +33,12 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
 from .errors import DataError
+from .samples import GIVE_UP_SAMPLES, GIVE_UP_SHARDS, Health, SampleStream, Share, derive_seed
 from .sources import expand_pattern
 from .transforms import eval_view, sample_image, to_tensor, train_view
 
-# Streams are infinite: after this many consecutive shard reads without a sample for this process, or
-# this many consecutive undecodable samples, give up with an error rather than spin forever.
-GIVE_UP_SHARDS = 1_000
-GIVE_UP_SAMPLES = 20_000
+__all__ = ["GIVE_UP_SAMPLES", "GIVE_UP_SHARDS", "Share", "TrainStream", "derive_seed", "eval_pairs", "expand_shards",
+           "first_images", "image_batches"]
 
 
 # --- shards -------------------------------------------------------------------------------------------
@@ -66,155 +66,88 @@ def _empty_tar(path: str) -> bool:
     return not first.strip(b"\0")
 
 
-@dataclass(frozen=True)
-class Share:
-    """A process's part of a level (ranks, or one rank's workers): ``index`` of ``parts``."""
-
-    index: int
-    parts: int
-
-    def deal(self, urls: list[str]) -> tuple[list[str], Share]:
-        """This part's shards, and the share of each shard's samples it still has to leave to the others.
-
-        With at least ``parts`` shards each part gets whole shards (and keeps all their samples);
-        with fewer, every part reads all of them and keeps every ``parts``-th sample.
-        """
-        if len(urls) >= self.parts:
-            # What wds.split_by_node/split_by_worker do, but on the finite list *before* resampling
-            # (they split the resampled stream, which would let ranks draw the same shards), and
-            # with the rank given explicitly rather than read from the environment.
-            return urls[self.index::self.parts], Share(0, 1)
-        return urls, self
-
-    def within(self, inner: Share) -> Share:
-        """The combined sample share of an outer level (ranks) and an inner one (workers)."""
-        return Share(self.index * inner.parts + inner.index, self.parts * inner.parts)
-
-
-def _shard_samples(shards: Iterator[dict], handler: Callable[[Exception], bool], share: Share) -> Iterator[dict]:
-    """Samples of each drawn shard, keeping positions ``share.index`` mod ``share.parts``.
-
-    WebDataset's tar reader runs once per shard so that sample positions are known (the same in every
-    process, so the shares are disjoint and balanced); a run of shards that yield nothing to this
-    process (its share is empty, or the shards are unreadable) ends in an error instead of a silent hang.
-    """
-    read = wds.tarfile_to_samples(handler=handler)
-    barren = 0
-    for shard in shards:
-        kept = 0
-        for position, sample in enumerate(read(iter([shard]))):
-            if position % share.parts == share.index:
-                kept += 1
-                yield sample
-        barren = 0 if kept else barren + 1
-        if barren >= GIVE_UP_SHARDS:
-            raise DataError(f"{barren} shard reads in a row gave this process no sample (last {shard['url']}, "
-                               f"share {share.index} of {share.parts}): shards unreadable, or too few samples "
-                               "for the ranks x workers; build more shards or use fewer ranks/workers")
-
-
 # --- per-process streams ------------------------------------------------------------------------------
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable values; stable across processes (unlike ``hash`` of a str)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
-
-
-class _Health:
-    """WebDataset exception handler: counts and skips corrupt samples, re-raises missing shards."""
-
-    def __init__(self, stream: str, counts: Counter[str]):
-        self.stream = stream
-        self.counts = counts
-        self.misses = 0
-
-    def __call__(self, exn: Exception) -> bool:
-        if isinstance(exn, FileNotFoundError):
-            raise FileNotFoundError(f"{self.stream} shard missing: {exn}") from exn
-        self.counts[f"corrupt_{self.stream}"] += 1
-        self.misses += 1
-        warnings.warn(f"skipping corrupt {self.stream} data: {exn}", RuntimeWarning, stacklevel=2)
-        if self.misses > GIVE_UP_SAMPLES:
-            raise RuntimeError(f"{self.misses} consecutive corrupt {self.stream} samples; last: {exn}") from exn
-        return True
-
-    def ok(self) -> None:
-        self.misses = 0
-
 
 class _Batch(NamedTuple):
     images: Tensor
     keys: list[str]
-    small: int  # images in this batch that were smaller than the crop (counted here, not when decoded,
-    #             because wds.batched decodes one sample ahead of the batch it yields)
+    small: int  # images in this batch that were smaller than the crop
 
 
 def _collate(views: list[tuple[np.ndarray, str, bool]]) -> _Batch:
     return _Batch(to_tensor([v[0] for v in views]), [v[1] for v in views], sum(v[2] for v in views))
 
 
-def _no_worker_seed() -> int:
-    return 0  # our seed already encodes rank and worker; ResampledShards would add env-derived ones
+class _StreamBatches:
+    """One stream's (content or style) batches as seen by one process, with a position it can save and restore."""
 
+    def __init__(self, name: str, urls: tuple[str, ...], cfg: DataConfig, seed: int, node: Share, worker: Share,
+                 counts: Counter[str]):
+        urls_here, node_rest = node.deal(list(urls))
+        urls_here, worker_rest = worker.deal(urls_here)
+        self.name, self.cfg, self.counts = name, cfg, counts
+        self.health = Health(name, counts)
+        self.samples = SampleStream(urls_here, node_rest.within(worker_rest), seed, cfg.shuffle_buffer, self.health)
+        self.crops = random.Random(derive_seed(seed, "augment"))
 
-@dataclass(frozen=True)
-class _Stream:
-    """One infinite stream of batches (content or style) as seen by one process."""
+    def next_batch(self) -> _Batch:
+        views = []
+        while len(views) < self.cfg.batch_size:
+            sample = next(self.samples)
+            self.counts[f"decoded_{self.name}"] += 1
+            try:
+                # Decoded here: only the image member, odd modes converted to RGB as the shard builder does.
+                image, small = train_view(sample_image(sample), self.cfg.crop, self.crops, self.cfg.flip)
+            except Exception as exn:  # noqa: BLE001 - PIL raises many types for bad bytes; Health decides
+                self.health(exn)
+                continue
+            self.health.ok()
+            views.append((image, sample["__key__"], small))
+        return _collate(views)
 
-    name: str
-    urls: tuple[str, ...]
-    cfg: DataConfig
-    seed: int  # already specific to (data.seed, epoch, rank, world size, worker, workers, stream)
+    def state(self) -> dict[str, Any]:
+        return {**self.samples.state(), "crops": list(self.crops.getstate()[1])}
 
-    def batches(self, node: Share, worker: Share, counts: Counter[str]) -> Iterator[_Batch]:
-        urls, node_rest = node.deal(list(self.urls))
-        urls, worker_rest = worker.deal(urls)
-        share = node_rest.within(worker_rest)
-        health = _Health(self.name, counts)
-        crops = random.Random(derive_seed(self.seed, "augment"))
-
-        # Decoded here, not with wds.decode("pil"): one step decodes only the image member, converts odd
-        # modes to RGB as the builder does, and flags small images for the counters.
-        def view(sample: dict) -> tuple[np.ndarray, str, bool]:
-            image, small = train_view(sample_image(sample), self.cfg.crop, crops, self.cfg.flip)
-            health.ok()
-            return image, sample["__key__"], small
-
-        stages: list[Any] = [
-            wds.ResampledShards(urls, seed=derive_seed(self.seed, "shards") & 0x7FFFFFFF,
-                                worker_seed=_no_worker_seed, deterministic=True),
-            lambda shards: _shard_samples(shards, health, share),
-        ]
-        if self.cfg.shuffle_buffer > 0:
-            stages.append(wds.shuffle(self.cfg.shuffle_buffer, initial=min(self.cfg.shuffle_buffer, 100),
-                                      rng=random.Random(derive_seed(self.seed, "shuffle"))))
-        stages += [wds.map(view, handler=health), wds.batched(self.cfg.batch_size, collation_fn=_collate, partial=False)]
-        return iter(wds.DataPipeline(*stages))
+    def restore(self, state: dict[str, Any]) -> None:
+        self.samples.restore(state)
+        self.crops.setstate((3, tuple(state["crops"]), None))
 
 
 class _ZippedBatches(IterableDataset):
-    """Runs in each DataLoader worker: zips its streams' batches and carries the counter deltas along."""
+    """Runs in each DataLoader worker: zips its streams' batches, carrying counter deltas and its position along.
 
-    def __init__(self, streams: dict[str, tuple[str, ...]], cfg: DataConfig, epoch: int, rank: int, world_size: int):
+    ``positions`` (by worker) are where earlier workers of the same stream stopped; ``rotation`` makes loader
+    worker ``i`` play worker ``(i + rotation) % workers``, so that the DataLoader's round-robin, which always
+    starts at its worker 0, continues with the worker whose batch is due.
+    """
+
+    def __init__(self, streams: dict[str, tuple[str, ...]], cfg: DataConfig, epoch: int, rank: int, world_size: int,
+                 positions: dict[int, dict] | None = None, rotation: int = 0):
         super().__init__()
         self.streams, self.cfg, self.epoch, self.rank, self.world_size = streams, cfg, epoch, rank, world_size
+        self.positions, self.rotation = positions or {}, rotation
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         info = get_worker_info()
-        worker = Share(info.id, info.num_workers) if info else Share(0, 1)
-        node = Share(self.rank, self.world_size)
+        workers = info.num_workers if info else 1
+        index = ((info.id if info else 0) + self.rotation) % workers
+        worker, node = Share(index, workers), Share(self.rank, self.world_size)
         counts: Counter[str] = Counter()
-        iterators = [
-            _Stream(name, urls, self.cfg,
-                    derive_seed(self.cfg.seed, self.epoch, node, worker, name)).batches(node, worker, counts)
-            for name, urls in self.streams.items()
-        ]
-        for batches in zip(*iterators, strict=True):  # the streams are infinite
-            for name, batch in zip(self.streams, batches, strict=True):
+        streams = {name: _StreamBatches(name, urls, self.cfg, derive_seed(self.cfg.seed, self.epoch, node, worker, name),
+                                        node, worker, counts)
+                   for name, urls in self.streams.items()}
+        saved = self.positions.get(index)
+        if saved is not None:
+            for name, stream in streams.items():
+                stream.restore(saved[name])
+        while True:  # the streams are infinite
+            batches = [stream.next_batch() for stream in streams.values()]
+            for name, batch in zip(streams, batches, strict=True):
                 counts[f"small_{name}"] += batch.small
-            delta = dict(counts)  # corrupt samples met since the last batch, small images in this one
+            delta = dict(counts)  # samples decoded and corrupt ones met since the last batch, small images in it
             counts.clear()
-            yield (*(batch.images for batch in batches), *(batch.keys for batch in batches), delta)
+            position = {name: stream.state() for name, stream in streams.items()}
+            yield (*(batch.images for batch in batches), *(batch.keys for batch in batches), delta, index, position)
 
 
 def _worker_init(_: int) -> None:
@@ -236,43 +169,83 @@ def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 class _BatchSource:
-    """Shared by ``TrainStream`` and ``image_batches``: the DataLoader over ``_ZippedBatches``."""
+    """Shared by ``TrainStream`` and ``image_batches``: the DataLoader over ``_ZippedBatches``, and its position."""
 
-    def __init__(self, patterns: dict[str, str], cfg: DataConfig, rank: int | None, world_size: int | None, epoch: int):
+    def __init__(self, patterns: dict[str, str], cfg: DataConfig, rank: int | None, world_size: int | None, epoch: int,
+                 position: dict[str, Any] | None = None):
         self.cfg = cfg
         self.epoch = epoch
         self.rank, self.world_size = _placement(rank, world_size)
         self.urls = {name: tuple(expand_shards(pattern)) for name, pattern in patterns.items()}
-        self.counters = dict.fromkeys(self.counter_names(), 0)
+        self.start = self._usable(position)
+        if self.start is not None:
+            self.epoch = self.start["epoch"]  # the seeds of workers that had not yet yielded a batch
+        self._begin()
+
+    def _fingerprint(self) -> int:
+        """What a saved position depends on: another value here makes it meaningless."""
+        return derive_seed("position", self.cfg.seed, self.rank, self.world_size, self.cfg.workers,
+                           sorted(self.urls.items()))
+
+    def _usable(self, position: dict[str, Any] | None) -> dict[str, Any] | None:
+        if position is None or position.get("fits") == self._fingerprint():
+            return position
+        warnings.warn("the saved data position was made with other data settings (seed, shards, workers or "
+                      "world size); the data stream restarts, re-seeded", RuntimeWarning, stacklevel=3)
+        self.epoch = derive_seed(position.get("epoch"), position.get("batches"))  # not a replay of the first batches
+        return None
+
+    def _begin(self) -> None:
+        """Reset the consumed-batch bookkeeping to the starting position (iterating starts from there)."""
+        start = self.start or {}
+        self.counters = dict.fromkeys(self.counter_names(), 0) | dict(start.get("counters", {}))
+        self._worker_positions: dict[int, dict] = dict(start.get("workers", {}))
+        self._next_worker = int(start.get("next_worker", 0))
+        self._batches = int(start.get("batches", 0))
+
+    def position(self) -> dict[str, Any]:
+        """Where the batches consumed so far end: restore with ``position=``, on the same rank, to continue.
+
+        Per worker its streams' states after its last consumed batch (prefetched batches are not counted),
+        which worker is due next, and the counters. A few kilobytes plus 16 bytes per shuffle-buffer sample.
+        """
+        return {"fits": self._fingerprint(), "epoch": self.epoch, "batches": self._batches,
+                "next_worker": self._next_worker, "workers": dict(self._worker_positions),
+                "counters": dict(self.counters)}
 
     def _raw(self) -> Iterator[tuple[Any, ...]]:
-        dataset = _ZippedBatches(self.urls, self.cfg, self.epoch, self.rank, self.world_size)
+        self._begin()
+        dataset = _ZippedBatches(self.urls, self.cfg, self.epoch, self.rank, self.world_size,
+                                 dict(self._worker_positions), self._next_worker)
         workers = self.cfg.workers
         loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=_worker_init,
                                prefetch_factor=2 if workers else None, pin_memory=torch.cuda.is_available())
-        self.counters = dict.fromkeys(self.counter_names(), 0)
-        for *batch, delta in loader:
+        for *batch, delta, worker, position in loader:
             for name, value in delta.items():
                 self.counters[name] = self.counters.get(name, 0) + value
+            self._worker_positions[worker] = position
+            self._next_worker = (worker + 1) % max(workers, 1)
+            self._batches += 1
             yield tuple(batch)
 
     def counter_names(self) -> tuple[str, ...]:
-        return tuple(f"{kind}_{name}" for kind in ("corrupt", "small") for name in self.urls)
+        return tuple(f"{kind}_{name}" for kind in ("corrupt", "small", "decoded") for name in self.urls)
 
 
 class TrainStream(_BatchSource):
     """Infinite (content, style) training batches for one rank: B x 3 x crop x crop float32 in [0, 1].
 
     ``rank``/``world_size`` default to torch.distributed's when initialised, else env RANK/WORLD_SIZE,
-    else 0/1. Iterating starts the stream from its beginning, so a given (data.seed, epoch, rank,
-    world_size, data.workers) always yields the same batches. ``counters`` sums, over all workers, the
-    corrupt samples skipped and the small images enlarged for the batches yielded so far.
+    else 0/1. Iterating starts the stream from ``position`` (a ``position()`` saved earlier), or from its
+    beginning, so a given (data.seed, epoch, rank, world_size, data.workers, position) always yields the same
+    batches. ``counters`` sums, over all workers, the images decoded, the corrupt samples skipped and the small
+    images enlarged for the batches yielded so far (and, after a restore, before it).
     ``return_keys``: also yield the two lists of sample keys (for tests and debugging).
     """
 
     def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None, epoch: int = 0,
-                 *, return_keys: bool = False):
-        super().__init__({"content": cfg.content, "style": cfg.style}, cfg, rank, world_size, epoch)
+                 *, return_keys: bool = False, position: dict[str, Any] | None = None):
+        super().__init__({"content": cfg.content, "style": cfg.style}, cfg, rank, world_size, epoch, position)
         self.return_keys = return_keys
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
