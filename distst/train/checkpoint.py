@@ -52,6 +52,9 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+RNG_KEYS = ("torch", "numpy", "numpy_pos", "python", "cuda")
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
              "numpy_pos": int(np.random.get_state()[2]), "python": list(random.getstate()[1])}
@@ -75,8 +78,11 @@ def _say(message: str) -> None:
 # --- writing ------------------------------------------------------------------------------------------------
 
 def save(engines: Mapping[str, Any], root: Path, step: int, state: dict[str, Any], info: DistInfo,
-         keep: int) -> Path:
-    """Write checkpoint ``step`` of every stage's engine from every rank (collective); returns its directory."""
+         keep: int, rank_extra: Mapping[str, Any] | None = None) -> Path:
+    """Write checkpoint ``step`` of every stage's engine from every rank (collective); returns its directory.
+
+    ``rank_extra``: this rank's own state (e.g. its data position), stored with its RNG; read back by ``load_rank_extra``.
+    """
     final = root / tag_for(step)
     staging = root / (tag_for(step) + STAGING_SUFFIX)
 
@@ -91,7 +97,7 @@ def save(engines: Mapping[str, Any], root: Path, step: int, state: dict[str, Any
 
     def own_files() -> None:
         staging.mkdir(parents=True, exist_ok=True)  # DeepSpeed creates it on writing ranks only
-        torch.save(rng_state(), staging / f"rng_rank{info.rank}.pt")
+        torch.save({**rng_state(), **(rank_extra or {})}, staging / f"rng_rank{info.rank}.pt")
         if info.is_main:
             torch.save(state, staging / STATE_FILE)
 
@@ -298,6 +304,12 @@ def _try_load(engines: Mapping[str, Any], path: Path, info: DistInfo) -> tuple[d
         return torch.load(path / STATE_FILE, weights_only=True), None
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
         return {}, f"cannot load {rng_file.name} or {STATE_FILE}: {_first_line(err)}"
+
+
+def load_rank_extra(path: Path, rank: int) -> dict[str, Any]:
+    """The ``rank_extra`` that ``save`` stored for ``rank`` in checkpoint ``path`` (its RNG keys left out)."""
+    saved = torch.load(path / f"rng_rank{rank}.pt", weights_only=True)
+    return {k: v for k, v in saved.items() if k not in RNG_KEYS}
 
 
 def _stage_files(path: Path, stage: str) -> str:
