@@ -9,15 +9,15 @@ which model: it asks the model for its stages, losses, loss network and errors.
 It never installs signal handlers: it polls a ``StopRequest`` (the CLI's signal handlers set the process's;
 a Tune trial or a test sets its own) and checkpoints and returns at the next step boundary.
 
-Resume is bitwise on the CPU: the data stream is rebuilt at every checkpoint boundary for "epoch"
-``step // checkpoint_every`` (and fast-forwarded inside it), so a resumed run sees exactly the batches an
-uninterrupted one does; every engine, the RNG of every rank and the method state are restored.
+Resume is bitwise on the CPU: a run has one data stream whatever ``checkpoint_every``, every rank saves its
+stream's position with each checkpoint and a resumed run continues it (see ``distst.data.loader``), so it sees
+exactly the batches an uninterrupted one does; every engine, the RNG of every rank and the method state are
+restored.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,21 +60,21 @@ def _stop_agreed(request: StopRequest, device: torch.device) -> bool:
     return bool(flag.item())
 
 
-def _batches(cfg: Config, info: DistInfo, step: int) -> Iterator[tuple[tuple[torch.Tensor, ...], dict]]:
-    """Micro-batches from optimizer step ``step`` on: stream epoch ``step // checkpoint_every``, fast-forwarded.
+_DATA_KEY = "data_position"  # the data position's key in each rank's checkpoint.save(rank_extra=...)
 
-    Each epoch (one checkpoint interval) holds ``checkpoint_every * gradient_accumulation_steps`` micro-batches.
+
+def _batches(cfg: Config, info: DistInfo, resumed: Path | None, step: int
+             ) -> tuple[TrainStream, Iterator[tuple[tuple[torch.Tensor, ...], dict]]]:
+    """The run's data stream, continued from this rank's position in checkpoint ``resumed``, and its micro-batches.
+
+    One stream for the whole run, so the data order does not depend on ``train.checkpoint_every``; save
+    ``stream.position()`` with every checkpoint (``_DATA_KEY`` of the rank's extra state).
     """
-    per_epoch = cfg.train.checkpoint_every * cfg.deepspeed.gradient_accumulation_steps
-    epoch, offset = divmod(step * cfg.deepspeed.gradient_accumulation_steps, per_epoch)
-    while True:
-        stream = TrainStream(cfg.data, rank=info.rank, world_size=info.world_size, epoch=epoch)
-        batches = iter(stream)
-        for _ in range(offset):  # only right after a mid-interval resume
-            next(batches)
-        for batch in itertools.islice(batches, per_epoch - offset):
-            yield batch, stream.counters
-        epoch, offset = epoch + 1, 0
+    position = checkpoint.load_rank_extra(resumed, info.rank).get(_DATA_KEY) if resumed is not None else None
+    # A checkpoint from before data positions were saved: a stream of its own, not a replay of the first batches.
+    epoch = step if resumed is not None and position is None else 0
+    stream = TrainStream(cfg.data, rank=info.rank, world_size=info.world_size, epoch=epoch, position=position)
+    return stream, ((batch, stream.counters) for batch in stream)
 
 
 def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -198,7 +198,8 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     def save_checkpoint() -> None:
         saved = {**state, "step": step, "wall_s": earlier_wall_s + time.perf_counter() - started,
                  "method": method.state_dict()}
-        checkpoint.save(engines, ckpt_root, step, saved, info, cfg.train.keep_checkpoints)
+        checkpoint.save(engines, ckpt_root, step, saved, info, cfg.train.keep_checkpoints,
+                        rank_extra={_DATA_KEY: stream.position()})
 
     def run_evaluation() -> dict[str, float]:
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
@@ -221,7 +222,9 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
                 key = f"{run.spec.name}/{key}" if prefix else key
                 terms_sum[key] = terms_sum.get(key, 0.0) + float(value.detach())
 
-    batches = _batches(cfg, info, step)
+    # The checkpoint actually loaded (an older one when the newest failed to load) is the one at ``step``.
+    stream, batches = _batches(cfg, info, ckpt_root / checkpoint.tag_for(step) if resume_from is not None else None,
+                               step)
     accumulation = cfg.deepspeed.gradient_accumulation_steps
     while step < cfg.train.steps:
         tick = time.perf_counter()
