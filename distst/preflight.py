@@ -1,35 +1,183 @@
-"""Checks a job can start before any process is launched: what batch scripts run first (``distst check``)."""
+"""The one preflight: what ``distst check`` reports and what ``train`` / ``imp`` run before any process starts.
+
+Every check is cheap (file metadata, tar headers, shard manifests, the stored config) and none writes
+anything, so a job that fails here leaves no run directory content behind. Each problem is one readable line
+naming the key to change.
+"""
 
 from __future__ import annotations
 
+import os
+import tarfile
 from pathlib import Path
 
-import webdataset as wds
-
-from .config import Config
+from .config import Config, ConfigError
 from .models import model_class
 
+REMOTE_PREFIXES = ("pipe:", "http:", "https:", "s3:", "gs:")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 
-def problems(cfg: Config) -> list[str]:
-    """Readable reasons the job would fail at start: missing shards or weight files, impossible sizes."""
-    found: list[str] = []
+
+def _shard_problems(key: str, pattern: str) -> list[str]:
+    from .data.errors import DataError
+    from .data.sources import expand_pattern
+
+    try:
+        urls = expand_pattern(pattern)
+    except DataError as err:
+        return [f"{key}: {err}"]
+    if not urls:
+        return [f"{key}: shard pattern {pattern!r} names no shards"]
+    paths = [url.removeprefix("file:") for url in urls]
+    missing = [path for path in paths if not Path(path).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        return [f"{key}: shard {missing[0]} does not exist{more}; build shards with `distst shards build` "
+                "or point the job at them (e.g. DISTST_CONTENT / DISTST_STYLE in batch scripts)"]
+    empty = [path for path in paths if _empty_tar(path)]
+    if empty:
+        return [f"{key}: shard {empty[0]} holds no samples; rebuild it with `distst shards build`"]
+    return []
+
+
+def _empty_tar(path: str) -> bool:
+    """No bytes, or an end-of-archive (zero) block first: a tar without members."""
+    with open(path, "rb") as f:
+        return not f.read(512).strip(b"\0")
+
+
+def _local(pattern: str | None) -> bool:
+    return pattern is not None and not pattern.startswith(REMOTE_PREFIXES)
+
+
+def _manifest_count(path: Path) -> int | None:
+    """The sample count a shard manifest next to ``path`` records for it (None when no manifest lists it)."""
+    import json
+
+    for manifest in path.parent.glob("*.json"):
+        try:
+            entries = json.loads(manifest.read_text()).get("shards", [])
+        except (OSError, ValueError, AttributeError):
+            continue
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and entry.get("file") == path.name and isinstance(entry.get("samples"), int):
+                if entry.get("bytes") in (None, path.stat().st_size):  # a rebuilt shard's count is not the manifest's
+                    return entry["samples"]
+    return None
+
+
+def _tar_count(path: Path) -> int:
+    """Samples (keys with an image member) of a tar, from its headers only."""
+    keys = set()
+    with tarfile.open(path, "r:") as archive:
+        for member in archive:
+            stem, _, ext = member.name.rpartition(".")
+            if member.isreg() and ext.lower() in IMAGE_EXTENSIONS:
+                keys.add(stem)
+    return len(keys)
+
+
+def samples_in(pattern: str) -> int:
+    """How many samples the local shards of ``pattern`` hold: from their manifests, else a header scan."""
+    from .data.sources import expand_pattern
+
+    total = 0
+    for url in expand_pattern(pattern):
+        path = Path(url.removeprefix("file:"))
+        count = _manifest_count(path)
+        total += count if count is not None else _tar_count(path)
+    return total
+
+
+def _eval_problems(cfg: Config) -> list[str]:
     data = cfg.data
-    for key, pattern in (("data.content", data.content), ("data.style", data.style),
-                         ("data.eval_content", data.eval_content), ("data.eval_style", data.eval_style)):
-        if pattern is None or pattern.startswith(("pipe:", "http:", "https:", "s3:", "gs:")):
-            continue  # streamed from elsewhere: only the loader can tell
-        missing = [url for url in wds.shardlists.expand_urls(pattern) if not Path(url.removeprefix("file:")).is_file()]
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            found.append(f"{key}: shard {missing[0]} does not exist{more}; build shards with `distst shards build` "
-                         "or point the job at them (e.g. DISTST_CONTENT / DISTST_STYLE in batch scripts)")
-    for key in ("vgg_weights", "decoder_weights", "transform_weights"):
-        path = getattr(cfg.model, key)
-        if path and not Path(path).is_file():
-            found.append(f"model.{key}: {path} does not exist (distst never downloads weights; see README)")
+    found = []
+    for key, pattern in (("data.eval_content", data.eval_content or data.content),
+                         ("data.eval_style", data.eval_style or data.style)):
+        if not _local(pattern):
+            continue
+        try:
+            available = samples_in(pattern)
+        except (OSError, tarfile.TarError) as err:
+            found.append(f"{key}: {pattern} cannot be read ({err})")
+            continue
+        if available < data.eval_pairs:
+            found.append(f"data.eval_pairs={data.eval_pairs}: {key} ({pattern}) holds only {available} images; "
+                         f"lower data.eval_pairs or give {key} more shards")
+    return found
+
+
+def _size_problems(cfg: Config) -> list[str]:
     model = model_class(cfg.model.name)
-    for key, size in (("data.crop", data.crop), ("data.eval_size", data.eval_size or data.crop)):
+    found = []
+    for key, size in (("data.crop", cfg.data.crop), ("data.eval_size", cfg.data.eval_size or cfg.data.crop)):
         if size % model.input_multiple or size < model.min_size:
             found.append(f"{key}={size}: {cfg.model.name} needs sizes of at least {model.min_size} that are "
                          f"multiples of {model.input_multiple}")
     return found
+
+
+def _method_problems(cfg: Config) -> list[str]:
+    found = []
+    if cfg.prune.method != "none" and cfg.deepspeed.zero_stage == 3:
+        found.append(f"deepspeed.zero_stage=3 cannot be combined with prune.method={cfg.prune.method}: ZeRO-3 "
+                     "partitions every parameter across ranks, so masks cannot be applied in place; use 0, 1 or 2")
+    rewind = getattr(cfg.prune, "rewind_step", None)
+    if rewind is not None and rewind > cfg.train.steps:
+        found.append(f"prune.rewind_step={rewind} lies beyond train.steps={cfg.train.steps}")
+    return found
+
+
+def _run_dir_problems(cfg: Config, run_dir: Path) -> list[str]:
+    """The run directory must be (or become) a writable directory, and resumable with this config."""
+    from .rundir import check_resume
+
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"run directory {run_dir}: {existing} is not a directory (run.out_dir / run.root)"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"run directory {run_dir}: {existing} is not writable (run.out_dir / run.root)"]
+    if existing == run_dir:
+        from .train.loop import with_init_plan  # the trainer compares the config with its model file's plan
+
+        try:
+            check_resume(with_init_plan(cfg), run_dir)
+        except ConfigError as err:
+            return [str(err)]
+    return []
+
+
+def problems(cfg: Config, run_dir: Path | None = None) -> list[str]:
+    """Readable reasons the job would fail at start (missing or empty shards, bad brace patterns, too few
+    evaluation images, missing weight files, impossible sizes, a method the ZeRO stage cannot run, an
+    unwritable run directory or one holding a run of another config); empty when it can start."""
+    found: list[str] = []
+    data = cfg.data
+    for key, pattern in (("data.content", data.content), ("data.style", data.style),
+                         ("data.eval_content", data.eval_content), ("data.eval_style", data.eval_style)):
+        if _local(pattern):
+            found += _shard_problems(key, pattern)
+    if not found:  # counting evaluation images needs readable shards
+        found += _eval_problems(cfg)
+    for key in ("vgg_weights", "decoder_weights", "transform_weights"):
+        path = getattr(cfg.model, key, None)
+        if path and not Path(path).is_file():
+            found.append(f"model.{key}: {path} does not exist (distst never downloads weights; see README)")
+    init_from = cfg.model.init_from
+    if init_from and not Path(init_from).exists():
+        found.append(f"model.init_from: {init_from} does not exist")
+    found += _size_problems(cfg)
+    found += _method_problems(cfg)
+    found += _run_dir_problems(cfg, run_dir if run_dir is not None else cfg.run_dir())
+    return found
+
+
+def require(cfg: Config, job: str, run_dir: Path | None = None) -> None:
+    """Raise a ``ConfigError`` listing every problem (one line when there is one)."""
+    found = problems(cfg, run_dir)
+    if len(found) == 1:
+        raise ConfigError(f"{job} cannot start: {found[0]}")
+    if found:
+        raise ConfigError(f"{job} cannot start:\n  " + "\n  ".join(found))

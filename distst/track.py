@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -35,6 +36,23 @@ def wandb_mode(cfg: TrackingConfig) -> str:
     return "online" if _has_wandb_credentials() else "offline"
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None: JSON has no NaN (Python would write a bare
+    ``NaN`` that other readers reject), and a diverged value is better absent than a number."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps_finite(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes NaN or Infinity (they become null)."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)
+
+
 class MetricsLog:
     """Append-only JSONL of logged rows; on resume, rows past the resumed step are dropped."""
 
@@ -50,7 +68,7 @@ class MetricsLog:
 
     def write(self, row: Mapping[str, Any]) -> None:
         with self.path.open("a") as handle:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
+            handle.write(dumps_finite(row, sort_keys=True) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -25,15 +25,21 @@ def run(args: argparse.Namespace) -> int:
     from ..train import EXIT_REQUEUE
 
     args.overrides = ["prune.method=imp", *args.overrides]  # a later prune.method=... still wins, and is refused
+    from ..preflight import require
+
     cfg = load_config(args.job, args.overrides)
+    require(cfg, args.job)  # the preflight of `distst check`: nothing is written or started if it fails
     relaunched = relaunch_if_requested(args, "imp")
     if relaunched is not None:
         return relaunched
-    from ..train.engine import prepare_process_env
+    from .. import rundir
+    from ..train.engine import prepare_process_env, setup_distributed
 
     prepare_process_env()
+    setup_distributed()  # ranks share the lock: rank 0 takes it and tells the others
     run_dir = cfg.run_dir()
-    result = run_imp(cfg, run_dir)
+    with rundir.exclusive(run_dir):  # once for every level: each level's train() runs inside it
+        result = run_imp(cfg, run_dir)
     if result.stopped:
         return EXIT_REQUEUE
     import torch.distributed as dist

@@ -22,7 +22,10 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..train import EXIT_REQUEUE, train
 
+    from ..preflight import require
+
     cfg = load_config(args.job, args.overrides)  # validate before launching N processes
+    require(cfg, args.job)  # the preflight of `distst check`: nothing is written or started if it fails
     relaunched = relaunch_if_requested(args, "train")
     if relaunched is not None:
         return relaunched

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .. import atomic
+from .. import atomic, rundir
 from ..config import Config, ConfigError
 from ..data import TrainStream, eval_pairs
 from ..evaluate import evaluate, fp32_view, gathered, stylized_grid
@@ -38,7 +38,7 @@ from ..models.plan import plan_differences
 from ..models.weights import load_checked
 from ..stop import PROCESS, StopRequest
 from ..track import Tracker
-from . import checkpoint
+from . import checkpoint, divergence
 from .engine import DistInfo, initialize, setup_distributed
 from .hooks import GradientAccess, Method, StepInputs, TrainContext
 
@@ -142,7 +142,20 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
 
     ``stop`` (default: the process's, set by the CLI's signal handlers) makes it checkpoint at the next step
     boundary and return with ``stopped=True``; it may be set from another thread.
+
+    ``workdir`` is locked for the call (a second process is refused; see ``distst.rundir``), and a resume with
+    a config that differs from the stored one in more than the keys safe to change is refused.
     """
+    setup_distributed()  # the lock and the config check are decided on rank 0 and shared
+    with rundir.exclusive(workdir):
+        changes = rundir.check_resume(with_init_plan(cfg), workdir)
+        return _train(cfg, workdir, method, init_state=init_state, run_name=run_name, run_group=run_group,
+                      stop=stop, config_changes=changes)
+
+
+def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dict[str, torch.Tensor] | None,
+           run_name: str | None, run_group: str | None, stop: StopRequest | None,
+           config_changes: dict[str, tuple[Any, Any]]) -> TrainResult:
     method = method or Method()
     request = stop or PROCESS
     cfg = with_init_plan(cfg)
@@ -178,12 +191,15 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     model.features.want(method.feature_requests(), model)
     method.on_train_start(ctx)
 
+    # Read before anything is written: a data problem must leave no config.yaml or metrics.jsonl behind.
+    eval_content, eval_style = (t.to(info.device, torch.float32) for t in eval_pairs(cfg.data))
     if info.is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.yaml").write_text(cfg.to_yaml())
     tracker = Tracker(cfg.tracking, workdir, config=cfg.model_dump(mode="json"), name=run_name or workdir.name,
                       group=run_group, enabled=info.is_main, resume_step=step if resume_from else None)
-    eval_content, eval_style = (t.to(info.device, torch.float32) for t in eval_pairs(cfg.data))
+    if config_changes and resume_from is not None and tracker.metrics is not None:
+        tracker.metrics.write({"step": step, **rundir.change_record(config_changes)})  # keys safe to change
     if info.is_main and resume_from is not None:
         tqdm.write(f"resuming {workdir} from {resume_from.name}")
 
@@ -196,6 +212,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     earlier_wall_s = float(state["wall_s"])  # wall time of the sessions before this resume
 
     def save_checkpoint() -> None:
+        divergence.check_parameters(model.parameters(), step, workdir, info.device)  # never save NaN weights
         saved = {**state, "step": step, "wall_s": earlier_wall_s + time.perf_counter() - started,
                  "method": method.state_dict()}
         checkpoint.save(engines, ckpt_root, step, saved, info, cfg.train.keep_checkpoints,
@@ -205,6 +222,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
         with fp32_view(model) as fp32_model:
             metrics = evaluate(fp32_model, eval_loss_net, eval_content, eval_style)
+        divergence.check_metrics(metrics, step, workdir, info.device)
         method.on_evaluate(ctx, metrics)
         tracker.log(metrics, step)
         return metrics
@@ -236,6 +254,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
         step += 1
         ctx.step = step
         ctx.metrics = {k: v / accumulation for k, v in terms_sum.items()}
+        divergence.check_losses(ctx.metrics, step, workdir, info.device)  # before anything saves this step
         method.after_optimizer_step(ctx)
         elapsed = time.perf_counter() - tick
         images = batch[0].shape[0] * accumulation
