@@ -49,7 +49,19 @@ def read_model_file(path: str | Path) -> tuple[ModelSection, dict[str, torch.Ten
         section = model_section(**blob["model"])
     except ConfigError as err:
         raise WeightsError(f"{path}: {err}") from None
+    bad = _first_non_finite(blob["state_dict"])
+    if bad is not None:  # a diverged run's weights: they would stylise to a black image
+        raise WeightsError(f"{path}: {bad} holds NaN or infinite values (weights of a diverged run); "
+                           "refusing to use it")
     return section, blob["state_dict"]
+
+
+def _first_non_finite(state: Any) -> str | None:
+    """The name of the first floating-point tensor of ``state`` with a NaN or infinite value."""
+    for name, value in state.items() if isinstance(state, dict) else ():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
 
 
 def load_model(path: str | Path, **overrides: Any) -> tuple[DiststModel, ModelSection]:
