@@ -35,9 +35,9 @@ from .config import Config, ConfigError
 LOCK_FILE = ".distst-lock.json"
 
 #: Keys that may change when a run is resumed: none of them changes what a step computes or which data it
-#: sees. ``train.checkpoint_every`` is not one of them: the data stream is re-seeded at checkpoint boundaries.
-SAFE_ON_RESUME = ("train.steps", "train.eval_every", "train.log_every", "train.keep_checkpoints",
-                  "tracking.*", "run.*")
+#: sees (a run has one data stream, continued from its position at every checkpoint, whatever the interval).
+SAFE_ON_RESUME = ("train.steps", "train.checkpoint_every", "train.eval_every", "train.log_every",
+                  "train.keep_checkpoints", "tracking.*", "run.*")
 
 T = TypeVar("T")
 

@@ -98,6 +98,15 @@ def reference_model(args: argparse.Namespace) -> Any:
     return model
 
 
+def refuse_non_finite(model: Any) -> None:
+    """NaN or infinite weights (a diverged run, a damaged file) would stylise to a black image with exit 0."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"the model's {name} holds NaN or infinite values; refusing to stylise with it")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..stylize import OutputError, check_output, stylize_files
 
@@ -118,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         model, _ = load_model(args.checkpoint)
     else:
         model = reference_model(args)
+    refuse_non_finite(model)
     result = stylize_files(model, args.content, args.style, args.out, alpha=args.alpha,
                            content_size=args.content_size, style_size=args.style_size,
                            batch_size=args.batch_size, device=str(device))

@@ -20,9 +20,8 @@ def run(args: argparse.Namespace) -> int:
 
     stop.install_signal_handlers()  # before the slow imports: a batch script's USR1 must never kill a starting task
     from ..config import load_config
-    from ..train import EXIT_REQUEUE, train
-
     from ..preflight import require
+    from ..train import EXIT_REQUEUE, train
 
     cfg = load_config(args.job, args.overrides)  # validate before launching N processes
     require(cfg, args.job)  # the preflight of `distst check`: nothing is written or started if it fails
