@@ -14,6 +14,7 @@ from types import ModuleType
 BENCHES: dict[str, str] = {
     "data": "distst.data.bench",
     "tune": "distst.sweep.bench",
+    "faults": "distst.bench_faults",
 }
 
 
