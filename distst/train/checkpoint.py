@@ -39,6 +39,10 @@ MANIFEST_FORMAT = 1
 
 T = TypeVar("T")
 
+# Which checkpoint ``load`` really restored when it fell back from the one it was given, so that callers who
+# read more of the checkpoint afterwards by its path (``load_rank_extra``) read the same one.
+_loaded_instead: dict[Path, Path] = {}
+
 
 class CheckpointError(ConfigError, RuntimeError):
     """No checkpoint of a run can be resumed from, or one cannot be written; the message names the file.
@@ -274,8 +278,10 @@ def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: b
         state, error = _try_load(engines, candidate, info)
         errors = _gather(error)
         if not any(errors):
-            if candidate != path and info.is_main:
-                _say(f"resuming from {candidate.name} instead of {path.name}")
+            if candidate != path:
+                _loaded_instead[path] = candidate
+                if info.is_main:
+                    _say(f"resuming from {candidate.name} instead of {path.name}")
             return state
         reason = "; ".join(f"rank {rank}: {text}" for rank, text in enumerate(errors) if text)
         if info.is_main:
@@ -306,9 +312,17 @@ def _try_load(engines: Mapping[str, Any], path: Path, info: DistInfo) -> tuple[d
         return {}, f"cannot load {rng_file.name} or {STATE_FILE}: {_first_line(err)}"
 
 
+def loaded(path: Path) -> Path:
+    """The checkpoint ``load(engines, path, ...)`` actually restored: ``path``, or the older one it fell back to."""
+    return _loaded_instead.get(path, path)
+
+
 def load_rank_extra(path: Path, rank: int) -> dict[str, Any]:
-    """The ``rank_extra`` that ``save`` stored for ``rank`` in checkpoint ``path`` (its RNG keys left out)."""
-    saved = torch.load(path / f"rng_rank{rank}.pt", weights_only=True)
+    """The ``rank_extra`` that ``save`` stored for ``rank`` in checkpoint ``path`` (its RNG keys left out).
+
+    After ``load`` fell back from ``path`` to an older checkpoint, this reads the older one: the one restored.
+    """
+    saved = torch.load(loaded(path) / f"rng_rank{rank}.pt", weights_only=True)
     return {k: v for k, v in saved.items() if k not in RNG_KEYS}
 
 
