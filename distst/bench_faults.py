@@ -6,9 +6,10 @@ kill as a Slurm requeue would. Then the masks, ``summary.json``, every level's f
 point and the logged losses must equal the uninterrupted run's bitwise. Prints kills survived, levels lost
 (a finished level that had to be trained again; must be 0), the extra wall time and any mismatch.
 
-Kill moments: each attempt is killed after a delay drawn from [0.3 x start-up, start-up + 2 x work / N]
-(start-up and work measured on the uninterrupted run), so kills land in imports, DeepSpeed start-up,
-training steps, checkpoint writes and level ends, and N kills fit in the job.
+Kill moments (seeded): a quarter of the kills land in start-up (imports, DeepSpeed, checkpoint checks: a
+moment in the start-up time measured on the uninterrupted run), the rest once the attempt trains (its first
+step logged, or a level begun): a moment in [0, work / N] after that, work being the uninterrupted run's time
+after start-up. So kills hit steps, checkpoint writes, evaluations and level ends, and N kills fit in the job.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class FaultRecord:
     kills_requested: int
     kills_delivered: int = 0
+    kills_in_startup: int = 0
     levels_lost: int = 0
     clean_wall_s: float = 0.0
     faulty_wall_s: float = 0.0
@@ -92,6 +94,11 @@ def _first_step_logged(run: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
+def _trained_since(run: Path, since: float) -> bool:
+    """Whether a level's metrics.jsonl was written after ``since`` (wall clock): the attempt trains."""
+    return any(path.stat().st_mtime >= since for path in run.glob("level_*/metrics.jsonl"))
+
+
 def _finished_levels(run: Path) -> set[int]:
     return {k for k in range(LEVELS) if (run / f"level_{k}" / "metrics.json").is_file()}
 
@@ -111,13 +118,16 @@ def _clean_run(job: Path, overrides: list[str], run: Path, log: Path) -> tuple[f
     return (startup if startup is not None else total / 3), total
 
 
-def _attempt(job: Path, overrides: list[str], log: Path, delay: float | None) -> tuple[int, float, bool]:
-    """One run of the command, SIGKILLed after ``delay`` seconds (None: let it finish).
-    Returns (exit code, wall seconds, killed)."""
-    started = time.perf_counter()
+def _attempt(job: Path, overrides: list[str], log: Path, run: Path, moment: tuple[str, float] | None
+             ) -> tuple[int, float, bool]:
+    """One run of the command, SIGKILLed at ``moment`` (None: let it finish): ("start-up", seconds after the
+    start) or ("training", seconds after it is first seen training). Returns (exit code, wall seconds, killed)."""
+    started, started_wall = time.perf_counter(), time.time()
     proc = _start(job, overrides, log)
-    deadline = None if delay is None else started + delay
+    deadline = started + moment[1] if moment is not None and moment[0] == "start-up" else None
     while proc.poll() is None:
+        if deadline is None and moment is not None and _trained_since(run, started_wall):
+            deadline = time.perf_counter() + moment[1]
         if deadline is not None and time.perf_counter() >= deadline:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: no child may survive its parent
             proc.wait()
@@ -198,11 +208,14 @@ def fault_record(kills: int, work: Path, *, seed: int = 0, steps: int = 16, shar
                                               work / "clean.log")
     overrides = job_overrides(shards, steps, faulty_dir)
     rng = random.Random(seed)
-    longest = startup + 2 * max(record.clean_wall_s - startup, 0.1) / max(kills, 1)
+    work = max(record.clean_wall_s - startup, 0.1)
     finished_before: set[int] = set()
     while record.kills_delivered < kills:
-        code, wall, killed = _attempt(job, overrides, log, rng.uniform(0.3 * startup, longest))
+        moment = ("start-up", rng.uniform(0, startup)) if rng.random() < 0.25 else \
+            ("training", rng.uniform(0, work / kills))
+        code, wall, killed = _attempt(job, overrides, log, faulty_dir, moment)
         record.attempts += 1
+        record.kills_in_startup += killed and moment[0] == "start-up"
         record.faulty_wall_s += wall
         finished = _finished_levels(faulty_dir)
         record.levels_lost += len(finished_before - finished)
@@ -215,7 +228,7 @@ def fault_record(kills: int, work: Path, *, seed: int = 0, steps: int = 16, shar
             record.failures.append(f"attempt {record.attempts} exited {code}: {_last_line(log)}")
             break
     if not record.failures:
-        code, wall, _ = _attempt(job, overrides, log, None)  # the last rerun: it must finish
+        code, wall, _ = _attempt(job, overrides, log, faulty_dir, None)  # the last rerun: it must finish
         record.attempts += 1
         record.faulty_wall_s += wall
         record.final_exit = code
@@ -237,6 +250,8 @@ def print_record(record: FaultRecord) -> None:
     table.add_column("value", justify="right")
     rows = [
         ("kills requested / delivered", f"{record.kills_requested} / {record.kills_delivered}"),
+        ("  of which in start-up / while training",
+         f"{record.kills_in_startup} / {record.kills_delivered - record.kills_in_startup}"),
         ("kills survived", str(record.kills_delivered if record.final_exit == 0 else 0)),
         ("levels lost", str(record.levels_lost)),
         ("runs of the command", str(record.attempts)),

@@ -110,7 +110,8 @@ def _eval_problems(cfg: Config) -> list[str]:
 def _size_problems(cfg: Config) -> list[str]:
     model = model_class(cfg.model.name)
     found = []
-    for key, size in (("data.crop", cfg.data.crop), ("data.eval_size", cfg.data.eval_size or cfg.data.crop)):
+    sizes = [("data.crop", cfg.data.crop)] + ([("data.eval_size", cfg.data.eval_size)] if cfg.data.eval_size else [])
+    for key, size in sizes:  # an unset eval_size is the crop: one line for both
         if size % model.input_multiple or size < model.min_size:
             found.append(f"{key}={size}: {cfg.model.name} needs sizes of at least {model.min_size} that are "
                          f"multiples of {model.input_multiple}")

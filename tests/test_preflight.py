@@ -1,0 +1,90 @@
+"""One preflight: ``distst check`` refuses what ``train`` / ``imp`` would refuse, with the same line, and a job
+that fails it leaves nothing behind."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from helpers import REPO, SAMPLE, tiny_overrides, write_job
+
+from distst.cli import main
+from distst.preflight import samples_in
+
+IMP_JOB = str(REPO / "jobs" / "local" / "imp_adain.yaml")
+
+
+def error_lines(capsys: pytest.CaptureFixture) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def refused_alike(capsys: pytest.CaptureFixture, command: str, job: str, overrides: list[str]) -> str:
+    """``check`` and ``command`` both exit 2 with the same one-line reason; returns it."""
+    assert main(["check", job, *overrides]) == 2
+    checked = error_lines(capsys)
+    assert main([command, job, *overrides]) == 2
+    started = error_lines(capsys)
+    assert len(checked) == 1 and len(started) == 1, (checked, started)
+    reason = checked[0].removeprefix("distst check: error: ")
+    assert started[0] == f"distst {command}: error: {reason}"
+    return reason
+
+
+def test_eval_pairs_above_the_images_available(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    job = str(write_job(tmp_path / "job.yaml"))
+    reason = refused_alike(capsys, "train", job, tiny_overrides(tmp_path / "run", data__eval_pairs=20))
+    assert reason.endswith(f"data.eval_pairs=20: data.eval_style ({SAMPLE}/style-{{000000..000001}}.tar) holds only "
+                           "12 images; lower data.eval_pairs or give data.eval_style more shards")  # content has 24
+    assert not (tmp_path / "run").exists()
+    alone = tmp_path / "shards"  # no manifest: counted from the tar headers
+    alone.mkdir()
+    shutil.copy(SAMPLE / "style-000000.tar", alone / "style-000000.tar")
+    assert samples_in(f"{alone}/style-000000.tar") == 6 == samples_in(f"{SAMPLE}/style-000000.tar")
+
+
+def test_zero3_with_imp_is_refused_before_deepspeed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    reason = refused_alike(capsys, "imp", IMP_JOB, [f"run.out_dir={tmp_path / 'run'}", "deepspeed.zero_stage=3"])
+    assert reason.endswith("deepspeed.zero_stage=3 cannot be combined with prune.method=imp: ZeRO-3 partitions "
+                           "every parameter across ranks, so masks cannot be applied in place; use 0, 1 or 2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unusable_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    job = str(write_job(tmp_path / "job.yaml"))
+    (tmp_path / "file").write_text("")
+    reason = refused_alike(capsys, "train", job, tiny_overrides(tmp_path / "file" / "run"))
+    assert reason.endswith(f"run directory {tmp_path}/file/run: {tmp_path}/file is not a directory "
+                           "(run.out_dir / run.root)")
+
+
+@pytest.mark.parametrize("problem", ["unbalanced braces", "empty shard", "missing shard", "sanet crop"])
+def test_data_and_size_problems(problem: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    job = str(write_job(tmp_path / "job.yaml", model="sanet" if problem == "sanet crop" else "adain"))
+    out = tmp_path / "run"
+    if problem == "unbalanced braces":
+        overrides, expected = tiny_overrides(out, data__style=f"{SAMPLE}/style-{{000000..000001.tar"), \
+            "Unbalanced braces"
+    elif problem == "empty shard":
+        tarfile.open(tmp_path / "empty-000000.tar", "w").close()
+        overrides = tiny_overrides(out, data__style=f"{tmp_path}/empty-000000.tar")
+        expected = f"data.style: shard {tmp_path}/empty-000000.tar holds no samples"
+    elif problem == "missing shard":
+        overrides = tiny_overrides(out, data__content=f"{tmp_path}/c-{{000000..000001}}.tar")
+        expected = f"data.content: shard {tmp_path}/c-000000.tar does not exist (and 1 more)"
+    else:
+        overrides, expected = tiny_overrides(out, data__crop=40), "data.crop=40: sanet needs sizes of at least 32"
+    assert expected in refused_alike(capsys, "train", job, overrides)
+    assert not out.exists()  # no config.yaml, no metrics.jsonl
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("train.steps=0", "train.steps: Input should be greater than or equal to 1 (got 0)"),
+    ("run.name=../../etc", "run.name='../../etc': must be a plain directory name"),
+    ("run.name=a/b", "run.name='a/b': must be a plain directory name"),
+])
+def test_config_values_refused(override: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    job = str(write_job(tmp_path / "job.yaml"))
+    assert main(["check", job, override]) == 2
+    assert expected in capsys.readouterr().err
