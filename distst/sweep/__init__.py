@@ -1,9 +1,20 @@
 """Ray Tune sweeps of distst runs: sweep files (``spec``), the trial (``trial``), the Tune set-up (``runner``),
 the placement-group fix (``release``) and the results table and plot (``results``).
 
-Only ``spec`` is imported here: Ray is imported when a sweep actually runs.
+Nothing is imported here: building the CLI imports ``sweep.bench``, which must not pull in pydantic or Ray.
 """
 
-from .spec import SweepSpec, load_sweep
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("SweepSpec", "load_sweep"):
+        from . import spec
+
+        return getattr(spec, name)
+    raise AttributeError(f"module 'distst.sweep' has no attribute {name!r}")
+
 
 __all__ = ["SweepSpec", "load_sweep"]
