@@ -121,11 +121,22 @@ def test_a_missing_shard_is_named_at_construction(shards: dict[str, str], tmp_pa
         eval_pairs(data_config(shards["content4"], shards["style2"], eval_content=missing))
 
 
-def test_rank_and_world_size_default_to_the_environment(shards: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    stream = TrainStream(data_config(shards["content4"], shards["style2"]))
-    assert (stream.rank, stream.world_size) == (1, 2)
+def test_rank_and_world_size_default_to_the_environment(shards: dict[str, str]) -> None:
+    # In a fresh process: this one may hold a process group from in-process training tests, which wins over env.
+    import json
+    import subprocess
+    import sys
+
+    from helpers import REPO, subprocess_env
+
+    script = ("import json, sys\nsys.path.insert(0, 'tests')\nfrom data_fixtures import data_config\n"
+              "from distst.data import TrainStream\n"
+              f"s = TrainStream(data_config({shards['content4']!r}, {shards['style2']!r}))\n"
+              "print(json.dumps([s.rank, s.world_size]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**subprocess_env(), "RANK": "1", "WORLD_SIZE": "2"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [1, 2]
     with pytest.raises(ValueError, match="rank 2"):
         TrainStream(data_config(shards["content4"], shards["style2"]), rank=2, world_size=2)
 
