@@ -5,6 +5,9 @@
 # run wrote a checkpoint newer than the one it started from, and at most DISTST_MAX_REQUEUES times.
 
 readonly DISTST_EXIT_REQUEUE=75
+# Seconds the tasks get after srun starts before a stop signal is passed on: a Python task still starting up
+# has no handler yet and would die of it (exit 138/143), with no checkpoint, so the job could not requeue.
+readonly DISTST_TASK_START_S=10
 
 distst_fail() {
     echo "error: $*" >&2
@@ -81,8 +84,8 @@ distst_run() {
     local command=$1
     # From the first line on, USR1/TERM (bash's default for USR1 is to die) are remembered and, once the
     # tasks run, forwarded to them through srun; each task checkpoints at its next step and exits 75.
-    local stop_requested=0 srun_pid=""
-    trap 'stop_requested=1; if [[ -n $srun_pid ]]; then echo "distst: signal received, asking the tasks to checkpoint"; kill -USR1 "$srun_pid" 2>/dev/null || true; fi' USR1 TERM
+    local stop_requested=0 forward_pending=0
+    trap 'stop_requested=1; forward_pending=1' USR1 TERM
     cd "$DISTST_HOME" || distst_fail "cannot enter DISTST_HOME=$DISTST_HOME"
     DISTST_VENV=${DISTST_VENV:-$DISTST_HOME/.venv}
     local python="$DISTST_VENV/bin/python"
@@ -117,19 +120,20 @@ distst_run() {
     echo "distst $command $DISTST_JOB on $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s)," \
          "restart ${SLURM_RESTART_COUNT:-0}, master $MASTER_ADDR:$MASTER_PORT, $(date -Is)"
 
-    # srun in the background: bash runs traps only between commands, so a foreground srun would delay
-    # the forwarding until it ended. srun passes the signal on to every task.
+    # srun in the background, watched in a loop of short sleeps: bash runs traps only between commands, so a
+    # foreground srun would delay the forwarding until it ended. srun passes the signal on to every task.
     srun --kill-on-bad-exit=1 "$python" -m distst "$command" "$DISTST_JOB" "${overrides[@]}" &
-    srun_pid=$!
-    if [[ $stop_requested -eq 1 ]]; then  # a signal between the check above and srun_pid: forward it now
-        kill -USR1 "$srun_pid" 2>/dev/null || true
-    fi
-    local status=0
-    while true; do
-        status=0
-        wait "$srun_pid" || status=$?
-        kill -0 "$srun_pid" 2>/dev/null || break  # wait returned because srun ended, not for a trap
+    local srun_pid=$! srun_started=$SECONDS status=0
+    while kill -0 "$srun_pid" 2>/dev/null; do
+        if (( forward_pending && SECONDS - srun_started >= DISTST_TASK_START_S )); then
+            forward_pending=0
+            echo "distst: signal received, asking the tasks to checkpoint"
+            kill -USR1 "$srun_pid" 2>/dev/null || true
+        fi
+        sleep 1 &
+        wait $! || true  # returns at once when a trap runs
     done
+    wait "$srun_pid" || status=$?
     trap - USR1 TERM
 
     # 75: the tasks checkpointed and ask to run again. After a stop signal, another failure may also mean
