@@ -101,7 +101,11 @@ def _encoded_stream(tasks: list[tuple[int, SourceItem]], options: EncodeOptions,
         yield from map(encode, tasks)
         return
     chunk = max(1, min(16, len(tasks) // (workers * 8)))
-    with multiprocessing.get_context().Pool(workers) as pool:
+    # forkserver, not fork: a caller may be multi-threaded (a trainer, a notebook), and a forked child can
+    # inherit a lock another thread held and hang; the server imports this module once for all workers.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with context.Pool(workers) as pool:
         yield from pool.imap(encode, tasks, chunksize=chunk)
 
 
