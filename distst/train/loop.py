@@ -184,6 +184,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
     state: dict[str, Any] = {"step": 0, "train_s": 0.0, "images": 0, "wall_s": 0.0}
     if resume_from is not None:
         state = checkpoint.load(engines, resume_from, info)
+        resume_from = checkpoint.loaded(resume_from)  # an older one, if the newest could not be loaded
         method.load_state_dict(state.get("method", {}))
     step = int(state["step"])
     ctx = TrainContext(cfg=cfg, model=model, workdir=workdir, dist=info, step=step, engines=engines,
