@@ -6,8 +6,8 @@ kill as a Slurm requeue would. Then the masks, ``summary.json``, every level's f
 point and the logged losses must equal the uninterrupted run's bitwise. Prints kills survived, levels lost
 (a finished level that had to be trained again; must be 0), the extra wall time and any mismatch.
 
-Kill moments (seeded): a quarter of the kills land in start-up (imports, DeepSpeed, checkpoint checks: a
-moment in the start-up time measured on the uninterrupted run), the rest once the attempt trains (its first
+Kill moments (seeded): every fourth kill lands in start-up (imports, DeepSpeed, checkpoint checks: a
+moment in the start-up time measured on the uninterrupted run), the others once the attempt trains (its first
 step logged, or a level begun): a moment in [0, work / N] after that, work being the uninterrupted run's time
 after start-up. So kills hit steps, checkpoint writes, evaluations and level ends, and N kills fit in the job.
 """
@@ -211,8 +211,8 @@ def fault_record(kills: int, work: Path, *, seed: int = 0, steps: int = 16, shar
     work = max(record.clean_wall_s - startup, 0.1)
     finished_before: set[int] = set()
     while record.kills_delivered < kills:
-        moment = ("start-up", rng.uniform(0, startup)) if rng.random() < 0.25 else \
-            ("training", rng.uniform(0, work / kills))
+        in_startup = record.attempts % 4 == 3  # every fourth attempt: imports, DeepSpeed, checkpoint checks
+        moment = ("start-up", rng.uniform(0, startup)) if in_startup else ("training", rng.uniform(0, work / kills))
         code, wall, killed = _attempt(job, overrides, log, faulty_dir, moment)
         record.attempts += 1
         record.kills_in_startup += killed and moment[0] == "start-up"

@@ -88,3 +88,8 @@ def test_config_values_refused(override: str, expected: str, tmp_path: Path, cap
     job = str(write_job(tmp_path / "job.yaml"))
     assert main(["check", job, override]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_models_width_zero_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "--width", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "distst models: error: --width must be positive, got 0.0"
