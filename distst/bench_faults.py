@@ -6,15 +6,18 @@ kill as a Slurm requeue would. Then the masks, ``summary.json``, every level's f
 point and the logged losses must equal the uninterrupted run's bitwise. Prints kills survived, levels lost
 (a finished level that had to be trained again; must be 0), the extra wall time and any mismatch.
 
-Kill moments (seeded): every fourth kill lands in start-up (imports, DeepSpeed, checkpoint checks: a
-moment in the start-up time measured on the uninterrupted run), the others once the attempt trains (its first
-step logged, or a level begun): a moment in [0, work / N] after that, work being the uninterrupted run's time
-after start-up. So kills hit steps, checkpoint writes, evaluations and level ends, and N kills fit in the job.
+Kill moments (seeded, counted in work done rather than seconds, so that a loaded machine does not shift
+them): every fourth kill lands in start-up (imports, DeepSpeed, checkpoint checks: a moment in the start-up
+time measured on the uninterrupted run, and at the latest when the attempt starts training); the others
+once the attempt trains: after k more rows of ``metrics.jsonl`` (k drawn from [0, R / N], R being the
+uninterrupted run's rows) plus a fraction of a step. So kills hit steps, checkpoint writes, evaluations and
+level ends, and N kills fit in the job.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -74,10 +77,22 @@ def job_overrides(shards: Path, steps: int, out: Path) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
+def private_extensions(work: Path) -> Path:
+    """A torch-extensions cache of the bench's own, seeded from the user's: DeepSpeed's CPU communication op is
+    built (or loaded) there by the uninterrupted run, so no kill lands in a compilation, and another process
+    rebuilding the shared cache with other flags cannot make every attempt compile again."""
+    private = work / "torch_extensions"
+    shared = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
+    if not private.exists() and shared.is_dir():
+        shutil.copytree(shared, private, ignore=shutil.ignore_patterns("lock"))
+    private.mkdir(parents=True, exist_ok=True)
+    return private
+
+
+def _env(work: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DS_ACCELERATOR="cpu", WANDB_MODE="disabled", TQDM_DISABLE="1", OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", TORCH_EXTENSIONS_DIR=str(private_extensions(work)))
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)  # a world of one of its own
     return env
@@ -85,13 +100,38 @@ def _env() -> dict[str, str]:
 
 def _start(job: Path, overrides: list[str], log: Path) -> subprocess.Popen:
     with log.open("a") as handle:
-        return subprocess.Popen([sys.executable, "-m", "distst", "imp", str(job), *overrides], env=_env(),
+        return subprocess.Popen([sys.executable, "-m", "distst", "imp", str(job), *overrides], env=_env(job.parent),
                                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+WARM_UP = ("from deepspeed.comm.torch import build_shm_op\n"
+           "build_shm_op()  # DeepSpeed's CPU communication op, compiled into the cache if it is not there\n")
+
+
+def warm_up(work: Path) -> None:
+    """Build or load DeepSpeed's op once, untimed, so that neither the timings nor any kill include a compile."""
+    subprocess.run([sys.executable, "-c", WARM_UP], env=_env(work), check=True, capture_output=True)
 
 
 def _first_step_logged(run: Path) -> bool:
     path = run / "level_0" / "metrics.jsonl"
     return path.is_file() and path.stat().st_size > 0
+
+
+@dataclass(frozen=True)
+class Moment:
+    phase: str  # "start-up" or "training"
+    seconds: float  # start-up: after the start; training: after the ``rows`` further rows
+    rows: int = 0
+
+
+def _rows(run: Path) -> int:
+    """Rows logged so far in every level's metrics.jsonl: the work done, whatever the machine's load."""
+    total = 0
+    for path in run.glob("level_*/metrics.jsonl"):
+        with contextlib.suppress(OSError):
+            total += path.read_bytes().count(b"\n")
+    return total
 
 
 def _trained_since(run: Path, since: float) -> bool:
@@ -118,16 +158,22 @@ def _clean_run(job: Path, overrides: list[str], run: Path, log: Path) -> tuple[f
     return (startup if startup is not None else total / 3), total
 
 
-def _attempt(job: Path, overrides: list[str], log: Path, run: Path, moment: tuple[str, float] | None
+def _attempt(job: Path, overrides: list[str], log: Path, run: Path, moment: Moment | None
              ) -> tuple[int, float, bool]:
-    """One run of the command, SIGKILLed at ``moment`` (None: let it finish): ("start-up", seconds after the
-    start) or ("training", seconds after it is first seen training). Returns (exit code, wall seconds, killed)."""
+    """One run of the command, SIGKILLed at ``moment`` (None: let it finish). Returns (exit code, wall seconds,
+    killed)."""
     started, started_wall = time.perf_counter(), time.time()
     proc = _start(job, overrides, log)
-    deadline = started + moment[1] if moment is not None and moment[0] == "start-up" else None
+    deadline = started + moment.seconds if moment is not None and moment.phase == "start-up" else None
+    target = None  # rows to reach before the training kill's last delay
     while proc.poll() is None:
-        if deadline is None and moment is not None and _trained_since(run, started_wall):
-            deadline = time.perf_counter() + moment[1]
+        if moment is not None and moment.phase == "start-up" and _trained_since(run, started_wall):
+            deadline = min(deadline, time.perf_counter())  # start-up is over: now or never
+        if moment is not None and moment.phase == "training" and deadline is None:
+            if target is None and _trained_since(run, started_wall):
+                target = _rows(run) + moment.rows
+            if target is not None and _rows(run) >= target:
+                deadline = time.perf_counter() + moment.seconds
         if deadline is not None and time.perf_counter() >= deadline:
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group: no child may survive its parent
             proc.wait()
@@ -190,7 +236,7 @@ def compare(clean: Path, faulty: Path) -> list[str]:
 # --- the record ---------------------------------------------------------------------------------------------
 
 RECOVERY_MESSAGES = {"lock taken over": "taking over the lock", "interrupted save removed": "left by an interrupted save",
-                     "damaged checkpoint skipped": "is damaged", "resumed": "resuming "}
+                     "damaged checkpoint skipped": "is damaged", "resumed from a checkpoint": "resuming "}
 
 
 def fault_record(kills: int, work: Path, *, seed: int = 0, steps: int = 16, shards: Path = DEFAULT_SAMPLE
@@ -204,18 +250,22 @@ def fault_record(kills: int, work: Path, *, seed: int = 0, steps: int = 16, shar
         shutil.rmtree(path, ignore_errors=True)
     log.write_text("")
     record = FaultRecord(kills_requested=kills)
+    warm_up(work)
     startup, record.clean_wall_s = _clean_run(job, job_overrides(shards, steps, clean_dir), clean_dir,
                                               work / "clean.log")
     overrides = job_overrides(shards, steps, faulty_dir)
     rng = random.Random(seed)
-    work = max(record.clean_wall_s - startup, 0.1)
+    rows = max(_rows(clean_dir), 1)
+    row_s = max(record.clean_wall_s - startup, 0.1) / rows
     finished_before: set[int] = set()
     while record.kills_delivered < kills:
-        in_startup = record.attempts % 4 == 3  # every fourth attempt: imports, DeepSpeed, checkpoint checks
-        moment = ("start-up", rng.uniform(0, startup)) if in_startup else ("training", rng.uniform(0, work / kills))
+        if record.attempts % 4 == 3:  # every fourth attempt: imports, DeepSpeed, checkpoint checks
+            moment = Moment("start-up", rng.uniform(0, startup))
+        else:
+            moment = Moment("training", rng.uniform(0, row_s), rows=rng.randint(0, max(rows // max(kills, 1), 1)))
         code, wall, killed = _attempt(job, overrides, log, faulty_dir, moment)
         record.attempts += 1
-        record.kills_in_startup += killed and moment[0] == "start-up"
+        record.kills_in_startup += killed and moment.phase == "start-up"
         record.faulty_wall_s += wall
         finished = _finished_levels(faulty_dir)
         record.levels_lost += len(finished_before - finished)
