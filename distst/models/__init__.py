@@ -10,6 +10,7 @@ from .. import registry
 from ..config import ModelSection
 from .adain import AdaIN, AdaINSection
 from .base import DiststModel, FeatureRecorder, Stage, StyleTransferModel, StyleTransferSection
+from .mccnet import MCCNet
 from .plan import Plan, PlanError
 from .sanet import SANet, SANetSection
 from .vgg import VGGEncoder, frozen_copy
@@ -40,22 +41,27 @@ def available() -> list[str]:
 
 register(AdaIN)
 register(SANet)
+register(MCCNet)
 registry.DEFAULTS.setdefault("model.name", AdaIN.name)
 
 
-def build(cfg: ModelSection) -> DiststModel:
+def build(cfg: ModelSection, part_weights: bool = True) -> DiststModel:
     """The model ``cfg`` names, built from its channel plan, with any local weight files loaded strictly.
 
     A style-transfer model with ``encoder == 'frozen'`` (the reference set-up) leaves its encoder without
-    gradients. ``cfg.init_from`` is not read here: ``train()`` loads it (``models.io``).
+    gradients. ``cfg.init_from`` is not read here: ``train()`` loads it (``models.io``), and builds with
+    ``part_weights=False``: the parts' reference files (which a slimmed plan could not take) are then not loaded
+    into the model, while ``vgg_weights`` still makes its loss network.
     """
     model = model_class(cfg.name)(cfg)
     if isinstance(model, StyleTransferModel):
         assert isinstance(cfg, StyleTransferSection)
-        init_encoder(model.encoder, cfg.vgg_weights)
+        init_encoder(model.encoder, cfg.vgg_weights if part_weights else None)
+        model.encoder_source = cfg.vgg_weights if part_weights else None
         for path, part in ((cfg.decoder_weights, model.decoder), (cfg.transform_weights, model.transform)):
-            if path:
-                load_checked(part, read_state_dict(path), path)
+            if path and part_weights:
+                # A part whose official files hold unused weights (MCCNet's h conv) drops them by name.
+                load_checked(part, getattr(part, "reference_state", dict)(read_state_dict(path)), path)
         model.encoder.requires_grad_(cfg.encoder == "trainable")
     return model
 

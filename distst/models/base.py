@@ -124,6 +124,16 @@ class DiststModel(nn.Module, metaclass=ABCMeta):
     def groups(self) -> dict[str, nn.Module]:
         """The named parts that pruning, counting and freezing address."""
 
+    def channel_layers(self) -> dict[str, dict[str, nn.Module]]:
+        """Modules whose output channels a channel plan sets and channel pruning removes, by group and plan
+        layer name (a subset of the plan's layers). Default: none."""
+        return {}
+
+    def coupling_forward(self, size: int) -> Tensor:
+        """One forward pass on random ``size`` x ``size`` inputs that exercises every channel coupling (traced by
+        Torch-Pruning's dependency graph for physical slimming)."""
+        raise NotImplementedError(f"{self.name} does not support channel pruning")
+
     @abstractmethod
     def stages(self, train: TrainConfig) -> list[Stage]:
         """Optimizer stages in step order."""
@@ -196,6 +206,8 @@ class StyleTransferModel(DiststModel):
         self.transform = self.build_transform(self.plan)
         self.decoder = self.build_decoder(self.plan)
         self._reference_encoder = self.plan == self.default_plan(cfg.width)
+        #: The file the encoder's weights were loaded from (``build`` sets it), if any.
+        self.encoder_source: str | None = None
 
     @abstractmethod
     def build_transform(self, plan: Plan) -> nn.Module:
@@ -207,21 +219,34 @@ class StyleTransferModel(DiststModel):
     def groups(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "transform": self.transform, "decoder": self.decoder}
 
+    def channel_layers(self) -> dict[str, dict[str, nn.Module]]:
+        """The encoder's and decoder's resizable convs by plan layer name (the decoder's RGB conv is not)."""
+        decoder = {name: conv for name, conv in self.decoder.conv_layers().items() if name != "rgb"}
+        return {"encoder": self.encoder.conv_layers(), "decoder": decoder}
+
+    def coupling_forward(self, size: int) -> Tensor:
+        """A forward pass in which every channel coupling shows: alpha < 1 adds the transform's output to the
+        content features, which ties their channels."""
+        image = torch.rand(1, 3, size, size)
+        return self(image, image, alpha=0.5)
+
     def stages(self, train: TrainConfig) -> list[Stage]:
         return [Stage("main", ("encoder", "transform", "decoder"), lr=train.lr, lr_lambda=inverse_decay(train.lr_decay))]
 
     def loss_network(self) -> VGGEncoder:
         """The frozen loss VGG: a copy of the encoder as built (pretrained or He-initialised), before training.
 
-        A model built from a narrower plan (a slimmed one) still measures its losses with the reference-width
+        A model built from a narrower plan (a slimmed one), or one whose encoder was not loaded from
+        ``model.vgg_weights`` (it starts from a model file), still measures its losses with the reference-width
         VGG: one is built for it, from ``model.vgg_weights`` when given.
         """
-        if self._reference_encoder:
+        vgg_weights = self.cfg.vgg_weights  # type: ignore[attr-defined]
+        if self._reference_encoder and (not vgg_weights or self.encoder_source == vgg_weights):
             return frozen_copy(self.encoder)
         from . import init_encoder  # the registry's initialisation; imported late (it imports this module)
 
         vgg = VGGEncoder(self.encoder_depth, self.cfg.width)
-        init_encoder(vgg, self.cfg.vgg_weights)  # type: ignore[attr-defined]
+        init_encoder(vgg, vgg_weights)
         return frozen_copy(vgg)
 
     def loss_weights(self) -> dict[str, float]:

@@ -105,7 +105,7 @@ def build_for_training(cfg: Config, init_state: dict[str, torch.Tensor] | None =
                        ) -> tuple[DiststModel, torch.nn.Module | None]:
     """The model to train and its loss network: from the config's plan, then the weights of
     ``model.init_from`` (a model file) and ``init_state`` (rewound weights) if given."""
-    model = build(cfg.model)
+    model = build(cfg.model, part_weights=not cfg.model.init_from)  # the file's weights replace them
     loss_net = model.loss_network()  # from pretrained (or initial) weights, before any loading or rewinding
     start_state = read_model_file(cfg.model.init_from)[1] if cfg.model.init_from else None
     for state, source in ((start_state, cfg.model.init_from), (init_state, "the initial state")):
