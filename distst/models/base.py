@@ -154,6 +154,15 @@ class DiststModel(nn.Module, metaclass=ABCMeta):
     def errors(self, content: Tensor, style: Tensor, loss_net: nn.Module | None) -> dict[str, Tensor]:
         """Per-pair evaluation errors (shape N); their means are logged and summed into E."""
 
+    #: What decides whether a pruned level matches the dense one (lower is better): ``total_error`` (E, the
+    #: sum of the per-pair errors' means) or a key of ``set_metrics`` (a GAN's FID).
+    verdict_metric: ClassVar[str] = "total_error"
+
+    def set_metrics(self, held_out: Callable[[int], tuple[Tensor, Tensor]]) -> dict[str, float]:
+        """Metrics over whole held-out sets (FID, KID...), once per finished IMP level; ``held_out(n)`` gives the
+        first n held-out content and style images. None by default."""
+        return {}
+
     def check_input(self, *images: Tensor) -> None:
         for image in images:
             if image.dim() != 4 or image.shape[1] != 3:
