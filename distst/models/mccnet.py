@@ -1,0 +1,222 @@
+"""MCCNet (Deng et al., "Arbitrary Video Style Transfer via Multi-Channel Correlation", AAAI 2021).
+
+One multi-channel correlation module on relu4_1 features, then the reference decoder. The module projects the
+normalised content (``f``) and style (``g``) features, reduces the projected style G to one statistic per channel,
+FC_S = sum(G^2) / sum(G) over positions, mixes it with a linear layer (``fc``), scales the projected content by it
+channel by channel, and adds ``out_conv`` of that onto the content features.
+
+The encoder runs to relu4_1, all the module reads. The reference's relu5_1 serves only its losses, so only the
+frozen loss VGG goes on to relu5_1: the network that is trained, pruned, counted and shipped has no dead layers.
+Attribute names follow the reference, so its ``mcc_module_iter_*.pth`` loads strictly; that file also holds an
+``h`` conv the reference builds but never calls: its weights are dropped when an official file is read, and the
+conv is never built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from .base import StyleTransferModel, StyleTransferSection
+from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
+from .plan import Plan
+from .stats import blend, mean_variance_norm, per_sample_l2, style_error, style_loss
+from .vgg import VGGEncoder, frozen_copy, reference_plan
+
+#: Keys of the official transform file that belong to the unused ``h`` conv.
+UNUSED_REFERENCE_KEYS = ("MCCN.h.weight", "MCCN.h.bias")
+#: The reference draws the noise's standard deviation uniformly from this range, once per batch.
+NOISE_STD_RANGE = (0.01, 0.02)
+
+
+def channel_statistic(projected_style: Tensor) -> Tensor:
+    """FC_S: per sample and channel, the sum over positions of G^2 divided by the sum of G (N x K x ... -> N x K).
+
+    No epsilon, as in the reference. As ``g`` reads mean-variance-normalised features (zero mean per channel),
+    sum(G) is the number of positions times ``g``'s bias, so this is mean(G^2) / bias.
+    """
+    flat = projected_style.flatten(2)
+    return flat.square().sum(-1) / flat.sum(-1)
+
+
+class MCCModule(nn.Module):
+    """The reference ``MCCNet`` module, without its unused ``h`` conv.
+
+    ``key_channels`` (``channels`` in the reference) is the width of f, g and fc; out_conv maps back to
+    ``channels`` for the residual addition.
+    """
+
+    def __init__(self, channels: int, key_channels: int | None = None) -> None:
+        super().__init__()
+        key_channels = key_channels or channels
+        self.f = nn.Conv2d(channels, key_channels, (1, 1))
+        self.g = nn.Conv2d(channels, key_channels, (1, 1))
+        self.out_conv = nn.Conv2d(key_channels, channels, (1, 1))
+        self.fc = nn.Linear(key_channels, key_channels)
+
+    def forward(self, content: Tensor, style: Tensor) -> Tensor:
+        keys = self.f(mean_variance_norm(content))  # N x K x Hc x Wc
+        weights = self.fc(channel_statistic(self.g(mean_variance_norm(style))))  # N x K
+        # Shaped by -1, never the input's channel count, so pruned or slimmed widths flow through.
+        return self.out_conv(keys * weights.view(weights.shape[0], -1, 1, 1)) + content
+
+
+class MCCTransform(nn.Module):
+    """The reference ``MCC_Module``: the module on relu4_1 features, under the attribute name ``MCCN``."""
+
+    def __init__(self, channels: int, key_channels: int | None = None) -> None:
+        super().__init__()
+        self.MCCN = MCCModule(channels, key_channels)
+
+    def forward(self, content4_1: Tensor, style4_1: Tensor) -> Tensor:
+        return self.MCCN(content4_1, style4_1)
+
+    @staticmethod
+    def reference_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """An official transform file's state without the unused ``h`` conv (every other key is checked strictly)."""
+        return {k: v for k, v in state.items() if k not in UNUSED_REFERENCE_KEYS}
+
+
+@dataclass
+class _Pass:
+    """Everything MCCNet's losses and errors are made of, for one batch of pairs."""
+
+    output: Tensor
+    out_feats: list[Tensor]
+    content_feats: list[Tensor]
+    style_feats: list[Tensor]
+    identity_content: Tensor
+    identity_style: Tensor
+    identity_content_feats: list[Tensor]
+    identity_style_feats: list[Tensor]
+
+
+class MCCNetSection(StyleTransferSection):
+    """``model.*`` for MCCNet: its reference loss weights."""
+
+    name: Literal["mccnet"] = "mccnet"
+    content_weight: float = Field(3.0, ge=0)
+    style_weight: float = Field(10.0, ge=0)
+    identity1_weight: float = Field(70.0, ge=0, description="identity loss on images")
+    identity2_weight: float = Field(1.0, ge=0, description="identity loss on features")
+    noise_weight: float = Field(3000.0, ge=0, description="output change under small Gaussian input noise")
+    tv_weight: float = Field(1.0e-4, ge=0, description="total variation of the output (a sum, as the reference)")
+
+
+class MCCNet(StyleTransferModel):
+    name = "mccnet"
+    section = MCCNetSection
+    encoder_depth = "relu4_1"
+    #: The frozen loss VGG's depth: content loss at relu4_1 and relu5_1, style and identity losses at all five taps.
+    loss_depth = "relu5_1"
+    input_multiple = 8  # the identity losses compare decoder outputs with the inputs pixel for pixel
+    min_size = 16
+
+    def __init__(self, cfg: MCCNetSection | None = None) -> None:
+        super().__init__(cfg or MCCNetSection())
+
+    def build_transform(self, plan: Plan) -> nn.Module:
+        return MCCTransform(plan["encoder"]["conv4_1"], plan["transform"]["MCCN.key"])
+
+    @classmethod
+    def reference_plan(cls) -> Plan:
+        # No check_plan: out_conv's output width is the encoder's conv4_1 width by construction, so every plan
+        # fits the residual addition (pruning it prunes encoder conv4_1 and the decoder input with it).
+        return {"encoder": reference_plan(cls.encoder_depth), "transform": {"MCCN.key": 512},
+                "decoder": dict(DECODER_WIDTHS)}
+
+    def loss_network(self) -> VGGEncoder:
+        """A frozen VGG to relu5_1: the pretrained ``model.vgg_weights`` when given; else He-initialised, with the
+        layers up to relu4_1 taken from the encoder as built when it has the reference plan (the random features
+        the encoder computes are then the ones the losses measure, as with the other models' loss VGG)."""
+        from . import init_encoder  # the registry's initialisation; imported late (it imports this module)
+
+        vgg_weights = self.cfg.vgg_weights  # type: ignore[attr-defined]
+        vgg = VGGEncoder(self.loss_depth, self.cfg.width)
+        init_encoder(vgg, vgg_weights)
+        if not vgg_weights and self._reference_encoder:
+            vgg.load_state_dict({**vgg.state_dict(), **self.encoder.state_dict()})
+        return frozen_copy(vgg)
+
+    def stylize_features(self, content_feats: list[Tensor], style_feats: list[Tensor], alpha: float) -> Tensor:
+        """As the reference test script: alpha blends with the module's content-on-content output, not the raw
+        content features (alpha=0 decodes MCC(content, content))."""
+        stylized = self.transform(content_feats[-1], style_feats[-1])
+        if alpha == 1.0:
+            return stylized
+        return blend(stylized, self.transform(content_feats[-1], content_feats[-1]), alpha)
+
+    def loss_weights(self) -> dict[str, float]:
+        cfg = self.cfg
+        return {**super().loss_weights(), "identity1": cfg.identity1_weight,  # type: ignore[attr-defined]
+                "identity2": cfg.identity2_weight, "noise": cfg.noise_weight,  # type: ignore[attr-defined]
+                "tv": cfg.tv_weight}  # type: ignore[attr-defined]
+
+    def _pass(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> tuple[_Pass, list[Tensor]]:
+        """The pass, and the style's encoder features (the noise term reuses them)."""
+        self.check_input(content, style)
+        content_enc, style_enc = self.encode(content, "content"), self.encode(style, "style")
+        identity_content = self.decoder(self.transform(content_enc[-1], content_enc[-1]))
+        identity_style = self.decoder(self.transform(style_enc[-1], style_enc[-1]))
+        with torch.no_grad():
+            content_feats, style_feats = loss_net(content), loss_net(style)
+        transformed = self.transform(content_enc[-1], style_enc[-1])
+        self.features.record("transform", transformed)
+        output = self.decoder(transformed)
+        self.features.record("output", output)
+        return _Pass(
+            output=output,
+            out_feats=loss_net(output),
+            content_feats=content_feats,
+            style_feats=style_feats,
+            identity_content=identity_content,
+            identity_style=identity_style,
+            identity_content_feats=loss_net(identity_content),
+            identity_style_feats=loss_net(identity_style),
+        ), style_enc
+
+    def noisy_output(self, content: Tensor, style_enc: list[Tensor]) -> Tensor:
+        """The output for the content plus Gaussian noise, its std drawn from ``NOISE_STD_RANGE`` (torch's RNG,
+        so seeded training draws the same noise)."""
+        low, high = NOISE_STD_RANGE
+        std = low + (high - low) * torch.rand((), device=content.device)
+        noisy = content + std * torch.randn_like(content)
+        return self.decoder(self.transform(self.encoder(noisy)[-1], style_enc[-1]))
+
+    def loss_terms(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
+        p, style_enc = self._pass(content, style, loss_net)
+        mse = nn.functional.mse_loss
+        content_loss = sum(mse(mean_variance_norm(p.out_feats[i]), mean_variance_norm(p.content_feats[i]))
+                           for i in (3, 4))
+        identity2 = sum(mse(a, b) for a, b in zip(p.identity_content_feats, p.content_feats, strict=True))
+        identity2 = identity2 + sum(mse(a, b) for a, b in zip(p.identity_style_feats, p.style_feats, strict=True))
+        return {
+            "content": content_loss,
+            "style": style_loss(p.out_feats, p.style_feats),
+            "identity1": mse(p.identity_content, content) + mse(p.identity_style, style),
+            "identity2": identity2,
+            "noise": mse(self.noisy_output(content, style_enc), p.output),
+            "tv": total_variation(p.output),
+        }
+
+    def errors(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
+        """SANet's three errors (no noise term: evaluation draws no random numbers), so E is comparable."""
+        p, _ = self._pass(content, style, loss_net)
+        content_error = sum(per_sample_l2(mean_variance_norm(p.out_feats[i]) - mean_variance_norm(p.content_feats[i]))
+                            for i in (3, 4))
+        identity = per_sample_l2(p.identity_content - content) + per_sample_l2(p.identity_style - style)
+        for ours, refs in ((p.identity_content_feats, p.content_feats), (p.identity_style_feats, p.style_feats)):
+            identity = identity + sum(per_sample_l2(a - b) for a, b in zip(ours, refs, strict=True))
+        return {"content_error": content_error, "style_error": style_error(p.out_feats, p.style_feats),
+                "identity_error": identity}
+
+
+def total_variation(images: Tensor) -> Tensor:
+    """Sum of absolute differences of horizontal and vertical neighbours over the batch, as the reference (a sum,
+    hence its small weight)."""
+    return (images[..., :, 1:] - images[..., :, :-1]).abs().sum() + (images[..., 1:, :] - images[..., :-1, :]).abs().sum()
