@@ -27,6 +27,8 @@ COMMANDS = (
     "distst.commands.bench",
     "distst.commands.train",
     "distst.commands.imp",
+    "distst.commands.prune",
+    "distst.commands.slim",
     "distst.commands.report",
     "distst.commands.check",
     "distst.commands.tune",
@@ -34,7 +36,7 @@ COMMANDS = (
 
 # Commands whose work polls ``stop.PROCESS`` (checkpoint, exit 75). Every other command gets the default
 # signal behaviour back after parsing, so that SIGTERM still ends a `distst stylize` at once.
-STOPPABLE_COMMANDS = frozenset({"train", "imp"})
+STOPPABLE_COMMANDS = frozenset({"train", "imp", "prune"})
 
 DEBUG_ENV = "DISTST_DEBUG"  # DISTST_DEBUG=1: print the traceback of user errors too
 

@@ -25,6 +25,7 @@ import PIL
 import webdataset as wds
 
 from .encode import Encoded, EncodeOptions, Skipped, encode_item
+from .errors import DataError
 from .manifest import (
     MANIFEST_FORMAT,
     file_sha256,
@@ -34,7 +35,6 @@ from .manifest import (
     shard_file,
     write_json_atomic,
 )
-from .errors import DataError
 from .sources import SourceItem, find_sources
 
 TAR_MTIME = 0  # fixed member times and owners (TarWriter's defaults) make byte-identical shards possible

@@ -54,7 +54,7 @@ def trace_size(model: DiststModel) -> int:
 
 
 def dependency_graph(model: DiststModel) -> tp.DependencyGraph:
-    with _traceable(model):
+    with _traceable(model), torch.enable_grad():  # traced through autograd, whatever the caller's mode
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=trace_size(model), forward_fn=lambda m, size: m.coupling_forward(size))
 
@@ -110,7 +110,7 @@ def _pruned(model: DiststModel, selection: Selection) -> Iterator[tuple[nn.Modul
 def mask_channels(model: DiststModel, selection: Selection) -> DiststModel:
     """Zero the weights and biases of every output channel the selection removes, and of every output channel
     coupled to one (in place): the masked-but-unslimmed parent."""
-    graph = dependency_graph(model)  # traced with autograd on
+    graph = dependency_graph(model)
     with torch.no_grad():
         for module, pruned in list(_pruned(model, selection)):
             for target, idxs in _out_channel_targets(_group(graph, module, pruned)):

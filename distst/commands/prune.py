@@ -1,0 +1,56 @@
+"""``distst prune JOB.yaml [key=value ...]``: channel pruning (l2, iccp, cpst) end to end, ending in a slimmed model."""
+
+from __future__ import annotations
+
+import argparse
+
+from .launch import add_job_arguments, relaunch_if_requested
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="channel pruning (prune.method=l2|iccp|cpst) to a physically slimmed model",
+                       description="Runs the method's stages (dense training, regularised training, pruning steps, "
+                                   "fine-tuning) in the run directory and writes slim/model.pt, summary.json and "
+                                   "report/report.md; re-running resumes at the stage and step where it stopped. "
+                                   "Exits 75 after a SIGTERM/SIGUSR1 checkpoint.")
+    add_job_arguments(p, "prune.method=iccp prune.ratios=[0.3,0.857]")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import stop
+
+    stop.install_signal_handlers()  # before the slow imports, as in `distst imp`
+    from ..config import load_config
+    from ..preflight import require
+    from ..prune.channels import run_channel_pruning
+    from ..prune.channels.runner import validate
+    from ..train import EXIT_REQUEUE
+
+    cfg = load_config(args.job, args.overrides)
+    validate(cfg)
+    require(cfg, args.job)
+    relaunched = relaunch_if_requested(args, "prune")
+    if relaunched is not None:
+        return relaunched
+    from .. import rundir
+    from ..train.engine import prepare_process_env, setup_distributed
+
+    prepare_process_env()
+    setup_distributed()
+    run_dir = cfg.run_dir()
+    with rundir.exclusive(run_dir):
+        result = run_channel_pruning(cfg, run_dir)
+    if result.stopped:
+        return EXIT_REQUEUE
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        s = result.summary
+        print(f"{s['method']} finished: {run_dir}\n"
+              f"  channels removed {s['channels_removed']:.1%}, parameters removed {s['params_removed']:.1%}, "
+              f"{s['macs_speedup']:.2f}x fewer MACs\n"
+              f"  E dense {s['dense']['errors']['total_error']:.4g} -> slimmed "
+              f"{s['final']['errors'].get('total_error', float('nan')):.4g}\n"
+              f"  slimmed model: {run_dir / s['slim_model']}\n  report: {run_dir / 'report' / 'report.md'}")
+    return 0

@@ -1,0 +1,249 @@
+"""The three channel-pruning methods: their config sections, their schedules of stages, their channel choices.
+
+A method is a ``prune.method`` section that says which stages to run (``schedule``): train stages (the dense
+model, regularised "sparsify" training, fine-tuning) and prune stages that choose the channels to keep
+(``select``) and slim the model physically. ``runner.run_channel_pruning`` runs any schedule, resumably.
+
+- ``l2`` (Agrawal & Kavi, mobile AdaIN): filter-L2 ranking of chosen encoder layers, the mirrored decoder layers
+  cut to the same widths (by their own filter L2), in ``iterations`` steps with fine-tuning between.
+- ``iccp`` (network slimming with a correlation regulariser): per-channel scales trained with L1 + correlation,
+  each layer pruned by its own ranking at ``ratios[i]``, the encoder side then the decoder side, fine-tuned.
+- ``cpst`` (channel and xor losses): trained so that the same relu4_1 channels are off for every image; the
+  channels of least summed response on held-out images are removed from the encoder output (and the decoder's
+  input, which is coupled to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor
+
+from ... import registry
+from ...config import Config, MethodSection
+from ...models import DiststModel
+from ...train import Method
+from .regularisers import SCALES_FILE, ChannelScales, CpstLosses
+from .surgery import LayerKey, Selection, coupled_layers
+
+
+@dataclass
+class PruneInputs:
+    """What a prune stage's channel choice sees."""
+
+    cfg: Config
+    model: DiststModel
+    #: The last train stage's directory (its ``scales.pt``, for ICCP).
+    trained_dir: Path
+    #: Widths of the dense model (the first stage's), by group and layer.
+    dense_widths: dict[str, dict[str, int]]
+    #: Held-out images (content and style) for response-based choices.
+    images: Callable[[], Tensor]
+
+
+@dataclass
+class TrainStage:
+    name: str
+    steps: int
+    #: The method that trains in this stage (given the stage directory), or None for plain training.
+    method: Callable[[Path], Method] | None = None
+
+
+@dataclass
+class PruneStage:
+    name: str
+    select: Callable[[PruneInputs], Selection]
+
+
+Stage = TrainStage | PruneStage
+
+
+class ChannelSection(MethodSection):
+    """Keys every channel-pruning method has."""
+
+    #: The encoder is pruned, so it is trained ("plus" set-up with a separate frozen loss VGG).
+    trains_whole_network: ClassVar[bool] = True
+
+    finetune_steps: int = Field(100, ge=0, description="fine-tuning steps after each pruning step")
+    min_channels: int = Field(4, ge=1, description="floor on the channels any pruned layer keeps")
+
+    def schedule(self, cfg: Config) -> list[Stage]:
+        raise NotImplementedError
+
+    def check_layers(self, cfg: Config, layers: list[str], group: str, key: str) -> None:
+        valid = list(type(cfg.model).model_class.reference_plan().get(group, {}))
+        unknown = [layer for layer in layers if layer not in valid]
+        if unknown:
+            raise ValueError(f"prune.{key}: {cfg.model.name} has no {group} layer(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(valid)}")
+
+
+def kept_count(width: int, keep_fraction: float, floor: int) -> int:
+    """Channels a layer of ``width`` keeps: round(width * keep_fraction), at least ``floor`` (and at most width)."""
+    return min(width, max(floor, int(round(width * keep_fraction))))
+
+
+def _leaders(model: DiststModel, keys: set[LayerKey]) -> dict[LayerKey, list[LayerKey]]:
+    """For each coupled set touching ``keys``: its first member in ``keys`` -> every member."""
+    out = {}
+    for members in coupled_layers(model):
+        chosen = [m for m in members if m in keys]
+        if chosen:
+            out[chosen[0]] = members
+    return out
+
+
+def top_channels(scores: Tensor, count: int) -> list[int]:
+    """Indices of the ``count`` highest scores, ascending (ties: the lower index)."""
+    order = torch.argsort(-scores, stable=True)[:count]
+    return sorted(order.tolist())
+
+
+def filter_l2(module: torch.nn.Module) -> Tensor:
+    """L2 norm of each output filter (weights only: a bias is not a filter)."""
+    return module.weight.detach().flatten(1).norm(dim=1)
+
+
+def _select_by_scores(model: DiststModel, scores: dict[LayerKey, Tensor], keep: Callable[[LayerKey, int], int]
+                      ) -> Selection:
+    """Keep the highest-scoring channels of each coupled set (member scores summed)."""
+    selection: Selection = {}
+    for leader, members in _leaders(model, set(scores)).items():
+        total = sum(scores[m] for m in members if m in scores)
+        selection.setdefault(leader[0], {})[leader[1]] = top_channels(total, keep(leader, len(total)))
+    return selection
+
+
+# --- l2 ------------------------------------------------------------------------------------------
+
+class L2Section(ChannelSection):
+    """``prune.*`` for filter-L2 pruning of mirrored encoder/decoder layers (Agrawal & Kavi)."""
+
+    method: Literal["l2"] = "l2"
+    layers: list[str] = Field(["conv3_1", "conv3_2", "conv3_3", "conv3_4", "conv4_1"],
+                              description="encoder layers pruned (early layers are kept)")
+    ratio: float = Field(0.4, gt=0, lt=1, description="fraction of each layer's channels removed in all")
+    layer_ratios: dict[str, float] = Field({}, description="per-layer totals that override ratio")
+    iterations: int = Field(4, ge=1, description="pruning steps the totals are reached in")
+    mirror: bool = Field(True, description="cut the decoder layers of the same names to the same widths")
+
+    @field_validator("layer_ratios")
+    @classmethod
+    def _ratios_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0 < v < 1}
+        if bad:
+            raise ValueError(f"ratios must lie in (0, 1): {bad}")
+        return value
+
+    def resolve(self, cfg: Config) -> None:
+        self.check_layers(cfg, self.layers, "encoder", "layers")
+        self.check_layers(cfg, list(self.layer_ratios), "encoder", "layer_ratios")
+
+    def total_ratio(self, layer: str) -> float:
+        return self.layer_ratios.get(layer, self.ratio)
+
+    def schedule(self, cfg: Config) -> list[Stage]:
+        stages: list[Stage] = [TrainStage("dense", cfg.train.steps)]
+        for it in range(1, self.iterations + 1):
+            stages += [PruneStage(f"prune_{it}", lambda inputs, it=it: self.select(inputs, it)),
+                       TrainStage(f"finetune_{it}", self.finetune_steps)]
+        return stages
+
+    def select(self, inputs: PruneInputs, iteration: int) -> Selection:
+        """Widths after ``iteration`` of ``iterations``: dense * (1 - total)^(iteration / iterations)."""
+        model, dense = inputs.model, inputs.dense_widths
+        layers = model.channel_layers()
+
+        def keep(key: LayerKey, width: int) -> int:
+            fraction = (1.0 - self.total_ratio(key[1])) ** (iteration / self.iterations)
+            return min(width, kept_count(dense[key[0]][key[1]], fraction, self.min_channels))
+
+        scores = {("encoder", name): filter_l2(layers["encoder"][name]) for name in self.layers}
+        selection = _select_by_scores(model, scores, keep)
+        if self.mirror:
+            mirrored = {("decoder", name): filter_l2(layers["decoder"][name])
+                        for name in self.layers if name in layers.get("decoder", {})}
+            widths = {name: len(kept) for name, kept in selection.get("encoder", {}).items()}
+            selection.update(_select_by_scores(model, mirrored, lambda key, width: min(width, widths[key[1]])))
+        return selection
+
+
+# --- iccp ----------------------------------------------------------------------------------------
+
+class IccpSection(ChannelSection):
+    """``prune.*`` for ICCP: slimming scales, L1 + correlation regularisers, alternate encoder/decoder pruning."""
+
+    method: Literal["iccp"] = "iccp"
+    lam: float = Field(1e-4, ge=0, description="weight of the L1 penalty on the channel scales")
+    eta: float = Field(1e-7, ge=0, description="weight of the correlation regulariser")
+    ratios: list[float] = Field([0.3, 0.857], min_length=1,
+                                description="fraction of each layer's channels pruned per iteration "
+                                            "(total 1 - prod(1 - r))")
+    sides: list[Literal["encoder", "decoder"]] = Field(["encoder", "decoder"], min_length=1,
+                                                       description="the sides pruned in turn, in order")
+    sparsify_steps: int | None = Field(None, ge=1, description="regularised steps before each pruning "
+                                                               "(default train.steps)")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_in_range(cls, value: list[float]) -> list[float]:
+        if any(not 0 < r < 1 for r in value):
+            raise ValueError(f"every ratio must lie in (0, 1), got {value}")
+        return value
+
+    def schedule(self, cfg: Config) -> list[Stage]:
+        stages: list[Stage] = [TrainStage("dense", cfg.train.steps)]
+        sparsify = self.sparsify_steps or cfg.train.steps
+        for i, ratio in enumerate(self.ratios, start=1):
+            for side in self.sides:
+                stages += [
+                    TrainStage(f"sparsify_{i}_{side}", sparsify, lambda d, side=side: self.regulariser(cfg, side, d)),
+                    PruneStage(f"prune_{i}_{side}", lambda inputs, side=side, r=ratio: self.select(inputs, side, r)),
+                    TrainStage(f"finetune_{i}_{side}", self.finetune_steps),
+                ]
+        return stages
+
+    def regulariser(self, cfg: Config, side: str, stage_dir: Path) -> ChannelScales:
+        layers = list(type(cfg.model).model_class.reference_plan().get(side, {}))
+        return ChannelScales([(side, name) for name in layers], self.lam, self.eta, stage_dir)
+
+    def select(self, inputs: PruneInputs, side: str, ratio: float) -> Selection:
+        saved = torch.load(inputs.trained_dir / SCALES_FILE, weights_only=True)
+        scores = {(side, name): saved[f"{side}.{name}"].abs() for name in inputs.model.channel_layers()[side]}
+        return _select_by_scores(inputs.model, scores,
+                                 lambda key, width: kept_count(width, 1.0 - ratio, self.min_channels))
+
+
+# --- cpst ----------------------------------------------------------------------------------------
+
+class CpstSection(ChannelSection):
+    """``prune.*`` for CPST: channel and xor losses on relu4_1, then removal of the least-used channels."""
+
+    method: Literal["cpst"] = "cpst"
+    channel_weight: float = Field(1e4, ge=0, description="weight of the channel (soft l0) loss")
+    xor_weight: float = Field(500.0, ge=0, description="weight of the xor loss")
+    decorrelation_weight: float = Field(0.0, ge=0, description="weight of the optional decorrelation loss")
+    ratio: float = Field(0.5, gt=0, lt=1, description="fraction of the relu4_1 channels removed")
+
+    def schedule(self, cfg: Config) -> list[Stage]:
+        losses = CpstLosses(self.channel_weight, self.xor_weight, self.decorrelation_weight)
+        return [TrainStage("dense", cfg.train.steps), TrainStage("sparsify", cfg.train.steps, lambda _d: losses),
+                PruneStage("prune", self.select), TrainStage("finetune", self.finetune_steps)]
+
+    @torch.no_grad()
+    def select(self, inputs: PruneInputs) -> Selection:
+        """Rank channels by their summed response L2 over the held-out images (content and style)."""
+        model = inputs.model.eval()
+        feats = model.encoder(inputs.images())[model.encoder.tap_names.index("relu4_1")]
+        scores = {("encoder", "conv4_1"): feats.flatten(2).norm(dim=2).sum(dim=0)}
+        return _select_by_scores(model, scores,
+                                 lambda key, width: kept_count(width, 1.0 - self.ratio, self.min_channels))
+
+
+for _section in (L2Section, IccpSection, CpstSection):
+    registry.register_method_section(_section.model_fields["method"].default, _section)
