@@ -10,6 +10,7 @@ from .. import registry
 from ..config import ModelSection
 from .adain import AdaIN, AdaINSection
 from .base import DiststModel, FeatureRecorder, Stage, StyleTransferModel, StyleTransferSection
+from .cyclegan import CycleGAN
 from .mccnet import MCCNet
 from .plan import Plan, PlanError
 from .sanet import SANet, SANetSection
@@ -42,6 +43,7 @@ def available() -> list[str]:
 register(AdaIN)
 register(SANet)
 register(MCCNet)
+register(CycleGAN)
 registry.DEFAULTS.setdefault("model.name", AdaIN.name)
 
 

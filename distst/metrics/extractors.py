@@ -1,0 +1,110 @@
+"""Feature extractors for FID/KID, by name: ``inception`` (2048-d pool features of Inception v3 from a local
+weights file) and any a user or a test registers (``register_extractor``).
+
+Two Inception files are accepted, told apart by their classifier (1008 or 1000 classes):
+
+- pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``: the TensorFlow FID graph of TTUR (Heusel et al.),
+  whose pooling differs from torchvision's in four blocks (average pools exclude the padding; the last block
+  max-pools). FID from this file is comparable to published numbers (CycleGAN/GAN-ticket papers).
+- torchvision's ``inception_v3_google-0cc3c7bd.pth`` (ImageNet classifier): works, but its FIDs are not
+  comparable to papers (a different network); use it only to compare runs with each other.
+
+Both take images in [0, 1], resized to 299 x 299 (bilinear) and mapped to [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models.weights import WeightsError, read_state_dict
+
+ExtractorFactory = Callable[[str | None], nn.Module]
+EXTRACTORS: dict[str, ExtractorFactory] = {}
+
+INCEPTION_FILES = ("pt_inception-2015-12-05-6726825d.pth (pytorch-fid's release: paper-comparable FID) or "
+                   "torchvision's inception_v3_google-0cc3c7bd.pth")
+
+
+def register_extractor(name: str, factory: ExtractorFactory) -> None:
+    """``factory(weights_path_or_None)`` builds the extractor: images N x 3 x H x W in [0, 1] -> N x D."""
+    EXTRACTORS[name] = factory
+
+
+def build_extractor(name: str, weights: str | Path | None) -> nn.Module:
+    if name not in EXTRACTORS:
+        raise ValueError(f"unknown feature extractor {name!r}; registered: {', '.join(sorted(EXTRACTORS))}")
+    return EXTRACTORS[name](str(weights) if weights else None).eval().requires_grad_(False)
+
+
+def _tf_pool_branch(block: type[nn.Module], pool: Callable[[Tensor], Tensor]) -> type[nn.Module]:
+    """``block`` (a torchvision Inception block) whose pool branch pools as the TF FID graph does."""
+
+    class TFPoolBlock(block):  # type: ignore[valid-type, misc]
+        def _forward(self, x: Tensor) -> list[Tensor]:
+            outputs = super()._forward(x)
+            outputs[-1] = self.branch_pool(pool(x))  # torchvision's pool branch counts the padding
+            return outputs
+
+    TFPoolBlock.__name__ = f"TF{block.__name__}"
+    return TFPoolBlock
+
+
+def _avg_pool_without_padding(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+def _max_pool(x: Tensor) -> Tensor:
+    return F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+
+
+def inception_network(tf_fid: bool) -> nn.Module:
+    """Inception v3 without auxiliary head: the TF FID variant (1008 classes) or torchvision's (1000)."""
+    from torchvision.models import inception as tv
+
+    if not tf_fid:
+        return tv.Inception3(num_classes=1000, aux_logits=False, init_weights=False)
+    blocks = [tv.BasicConv2d, _tf_pool_branch(tv.InceptionA, _avg_pool_without_padding), tv.InceptionB,
+              _tf_pool_branch(tv.InceptionC, _avg_pool_without_padding), tv.InceptionD,
+              _tf_pool_branch(tv.InceptionE, _avg_pool_without_padding), tv.InceptionAux]
+    net = tv.Inception3(num_classes=1008, aux_logits=False, init_weights=False, inception_blocks=blocks)
+    net.Mixed_7c = _tf_pool_branch(tv.InceptionE, _max_pool)(2048)
+    return net
+
+
+class InceptionFeatures(nn.Module):
+    """2048-d average-pool features of an Inception v3 (the classifier is dropped)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        network.fc = nn.Identity()
+        self.network = network
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
+        return self.network(2 * x - 1)
+
+
+def inception_features(weights: str | None) -> nn.Module:
+    """The ``inception`` extractor from a local weights file (never downloaded)."""
+    if not weights:
+        raise WeightsError(f"FID needs a local Inception weights file: set model.inception_weights to "
+                           f"{INCEPTION_FILES} (distst never downloads weights)")
+    state = read_state_dict(weights)
+    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    classes = state.get("fc.weight", torch.empty(0)).shape[:1]
+    if tuple(classes) not in ((1008,), (1000,)):
+        raise WeightsError(f"{weights} is not an Inception v3 state dict (no fc.weight with 1008 or 1000 classes); "
+                           f"expected {INCEPTION_FILES}")
+    network = inception_network(tf_fid=classes[0] == 1008)
+    from ..models.weights import load_checked
+
+    load_checked(network, state, str(weights))
+    return InceptionFeatures(network)
+
+
+register_extractor("inception", inception_features)

@@ -1,0 +1,338 @@
+"""CycleGAN (Zhu et al., 2017) for unpaired photo -> painting translation: the GAN of the GAN lottery tickets
+(Chen et al., ICLR 2021).
+
+Two ResNet generators (``ab``: photo -> painting, ``ba``: painting -> photo; 7x7 conv, two stride-2 convs,
+residual blocks with reflection padding and instance norm, two transposed convs, 7x7 conv, tanh) and two 70x70
+PatchGAN discriminators (``a`` judges photos, ``b`` paintings); least-squares adversarial losses, cycle and
+identity L1 losses; Adam (0.5, 0.999) with a constant, then linearly decaying learning rate; an image history
+pool per discriminator. Written from the paper and the reference repository's description
+(junyanz/pytorch-CycleGAN-and-pix2pix), not copied.
+
+The loop's batches are (content, style) = (photos, paintings) in [0, 1]; images are mapped to [-1, 1] inside.
+The image pools are buffers of the discriminator group (fixed size: ``model.pool_size`` images of
+``model.pool_crop``, which defaults to ``data.crop``, plus a count), so DeepSpeed checkpoints carry them and a
+resume is bitwise; a model file holds them too, and loads strictly into a model built from its own section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from ..config import Config, ModelSection, TrainConfig
+from .base import DiststModel, Stage
+from .plan import Plan, merge_plan, scale_plan
+
+REFERENCE_BLOCKS = 9
+GENERATOR_WIDTHS = {"stem": 64, "down1": 128, "down2": 256, "up1": 128, "up2": 64}  # down2: the residual width
+DISCRIMINATOR_WIDTHS = {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512}
+GENERATORS = ("ab", "ba")  # photo -> painting, painting -> photo
+DISCRIMINATORS = ("a", "b")  # judges photos, judges paintings
+
+
+class CycleGANSection(ModelSection):
+    """``model.*`` for CycleGAN: the reference loss weights, history pool and schedule, and the FID verdict."""
+
+    groups: ClassVar[tuple[str, ...]] = ("generator", "discriminator")
+    default_prune_scope: ClassVar[tuple[str, ...]] = ("generator",)
+
+    name: Literal["cyclegan"] = "cyclegan"
+    blocks: int = Field(REFERENCE_BLOCKS, ge=1, le=64, description="residual blocks per generator (reference: 9)")
+    adversarial_weight: float = Field(1.0, ge=0, description="least-squares GAN loss of each generator")
+    cycle_weight: float = Field(10.0, ge=0, description="L1 cycle loss of each direction")
+    identity_weight: float = Field(5.0, ge=0, description="L1 identity loss (the reference's 0.5 x cycle weight)")
+    pool_size: int = Field(50, ge=0, description="generated images each discriminator's history pool holds")
+    pool_crop: int | None = Field(None, ge=8, description="side of the pooled images; default: data.crop")
+    decay_start: float = Field(0.5, ge=0, le=1, description="fraction of train.steps after which the learning "
+                                                             "rate decays linearly to zero (paper: 100 of 200 epochs)")
+    inception_weights: str | None = Field(None, description="local Inception v3 weights for FID/KID: pytorch-fid's "
+                                                            "pt_inception-2015-12-05-6726825d.pth (paper-comparable)")
+    feature_extractor: str = Field("inception", description="FID/KID feature extractor (distst.metrics registry)")
+    fid_images: int = Field(500, ge=2, description="held-out photos translated and real paintings compared for "
+                                                   "FID/KID (the first N of data.eval_content / data.eval_style)")
+
+    @field_validator("feature_extractor")
+    @classmethod
+    def _registered_extractor(cls, name: str) -> str:
+        from ..metrics import EXTRACTORS
+
+        if name not in EXTRACTORS:
+            raise ValueError(f"model.feature_extractor={name!r}: unknown; registered: {', '.join(sorted(EXTRACTORS))}")
+        return name
+
+    def resolve(self, cfg: Config) -> None:
+        if self.pool_crop is None:
+            self.pool_crop = cfg.data.crop
+
+
+def linear_decay(steps: int, start_fraction: float) -> Callable[[int], float]:
+    """1 until ``start_fraction * steps``, then linearly down to 0 at ``steps`` (the reference's schedule)."""
+    start = int(round(steps * start_fraction))
+    return lambda step: 1.0 if step < start else max(0.0, (steps - step) / max(1, steps - start))
+
+
+def _norm_act(channels: int, act: nn.Module) -> list[tuple[str, nn.Module]]:
+    # Instance norm without affine parameters or running statistics, as the reference.
+    return [("norm", nn.InstanceNorm2d(channels)), ("act", act)]
+
+
+class ResidualBlock(nn.Module):
+    """Two reflection-padded 3x3 convs with instance norm; ``inner`` is the hidden width (the plan's block)."""
+
+    def __init__(self, channels: int, inner: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(OrderedDict([
+            ("pad1", nn.ReflectionPad2d(1)), ("conv1", nn.Conv2d(channels, inner, 3)),
+            ("norm1", nn.InstanceNorm2d(inner)), ("act1", nn.ReLU()),
+            ("pad2", nn.ReflectionPad2d(1)), ("conv2", nn.Conv2d(inner, channels, 3)),
+            ("norm2", nn.InstanceNorm2d(channels)),
+        ]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Images in [-1, 1] -> images in [-1, 1] of the same size (a multiple of 4)."""
+
+    def __init__(self, widths: Mapping[str, int], blocks: int) -> None:
+        super().__init__()
+        stem, down1, res, up1, up2 = (widths[k] for k in ("stem", "down1", "down2", "up1", "up2"))
+        self.stem = nn.Sequential(OrderedDict([("pad", nn.ReflectionPad2d(3)), ("conv", nn.Conv2d(3, stem, 7)),
+                                               *_norm_act(stem, nn.ReLU())]))
+        self.down1 = nn.Sequential(OrderedDict([("conv", nn.Conv2d(stem, down1, 3, 2, 1)), *_norm_act(down1, nn.ReLU())]))
+        self.down2 = nn.Sequential(OrderedDict([("conv", nn.Conv2d(down1, res, 3, 2, 1)), *_norm_act(res, nn.ReLU())]))
+        self.blocks = nn.Sequential(*(ResidualBlock(res, widths[f"block{i}"]) for i in range(1, blocks + 1)))
+        self.up1 = nn.Sequential(OrderedDict([("conv", nn.ConvTranspose2d(res, up1, 3, 2, 1, output_padding=1)),
+                                              *_norm_act(up1, nn.ReLU())]))
+        self.up2 = nn.Sequential(OrderedDict([("conv", nn.ConvTranspose2d(up1, up2, 3, 2, 1, output_padding=1)),
+                                              *_norm_act(up2, nn.ReLU())]))
+        self.head = nn.Sequential(OrderedDict([("pad", nn.ReflectionPad2d(3)), ("conv", nn.Conv2d(up2, 3, 7)),
+                                               ("act", nn.Tanh())]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for part in (self.stem, self.down1, self.down2, self.blocks, self.up1, self.up2, self.head):
+            x = part(x)
+        return x
+
+
+class PatchDiscriminator(nn.Module):
+    """The 70x70 PatchGAN: a grid of real/fake scores, one per overlapping 70x70 patch."""
+
+    def __init__(self, widths: Mapping[str, int]) -> None:
+        super().__init__()
+        c1, c2, c3, c4 = (widths[f"conv{i}"] for i in range(1, 5))
+        layers: list[tuple[str, nn.Module]] = [("conv1", nn.Conv2d(3, c1, 4, 2, 1)), ("act1", nn.LeakyReLU(0.2))]
+        for i, (cin, cout, stride) in enumerate(((c1, c2, 2), (c2, c3, 2), (c3, c4, 1)), start=2):
+            layers += [(f"conv{i}", nn.Conv2d(cin, cout, 4, stride, 1)), (f"norm{i}", nn.InstanceNorm2d(cout)),
+                       (f"act{i}", nn.LeakyReLU(0.2))]
+        layers.append(("score", nn.Conv2d(c4, 1, 4, 1, 1)))
+        self.layers = nn.Sequential(OrderedDict(layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class ImagePool(nn.Module):
+    """The history of generated images a discriminator is shown (Shrivastava et al., 2017), as buffers.
+
+    While filling, every image is stored and shown; once full, each image is, with probability 1/2, swapped with
+    a random stored one (the stored one is shown), else shown itself. Draws use torch's RNG (checkpointed).
+    """
+
+    def __init__(self, size: int, side: int | None) -> None:
+        super().__init__()
+        self.register_buffer("images", torch.zeros(size, 3, side or 0, side or 0))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def query(self, images: Tensor) -> Tensor:
+        capacity = self.images.shape[0]
+        if capacity == 0:
+            return images
+        if self.images.shape[-2:] != images.shape[-2:]:
+            if int(self.count) or self.images.numel():
+                raise ValueError(f"image pool holds {tuple(self.images.shape[-2:])} images, got "
+                                 f"{tuple(images.shape[-2:])} (model.pool_crop must be data.crop)")
+            self.images = images.new_zeros(capacity, *images.shape[1:])  # a model built outside a job config
+        shown = []
+        for image in images.to(self.images.dtype):
+            filled = int(self.count)
+            if filled < capacity:
+                self.images[filled] = image
+                self.count += 1
+                shown.append(image)
+            elif float(torch.rand(())) < 0.5:
+                index = int(torch.randint(capacity, ()))
+                shown.append(self.images[index].clone())
+                self.images[index] = image
+            else:
+                shown.append(image)
+        return torch.stack(shown).to(images.dtype)
+
+
+class Discriminators(nn.Module):
+    """The discriminator group: both PatchGANs and the pools of generated images they are shown."""
+
+    def __init__(self, plan: Mapping[str, int], pool_size: int, pool_crop: int | None) -> None:
+        super().__init__()
+        for name in DISCRIMINATORS:
+            widths = {layer: plan[f"{name}.{layer}"] for layer in DISCRIMINATOR_WIDTHS}
+            self.add_module(name, PatchDiscriminator(widths))
+        for name in DISCRIMINATORS:
+            self.add_module(f"pool_{name}", ImagePool(pool_size, pool_crop))
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No gradients for ``module``'s parameters inside (the generator stage must not touch the discriminators'
+    gradients, which the discriminator stage accumulates next)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _init_normal(module: nn.Module) -> None:
+    """The reference's 'normal' initialisation: conv weights N(0, 0.02), biases zero."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def _least_squares(score: Tensor, real: bool) -> Tensor:
+    return F.mse_loss(score, torch.full_like(score, 1.0 if real else 0.0))
+
+
+class CycleGAN(DiststModel):
+    name = "cyclegan"
+    section = CycleGANSection
+    input_multiple = 4  # two stride-2 convs, then two transposed ones
+    min_size = 32  # the PatchGAN's last instance norm needs more than one position
+    verdict_metric = "fid"
+    feature_names = ("output", *(f"discriminator.{d}/{io}" for d in DISCRIMINATORS for io in ("input", "output")))
+
+    def __init__(self, cfg: CycleGANSection | None = None) -> None:
+        cfg = cfg or CycleGANSection()
+        super().__init__(cfg)
+        generator = self.plan["generator"]
+        self.generator = nn.ModuleDict({
+            g: ResnetGenerator({k.removeprefix(f"{g}."): v for k, v in generator.items() if k.startswith(f"{g}.")},
+                               cfg.blocks)
+            for g in GENERATORS})
+        self.discriminator = Discriminators(self.plan["discriminator"], cfg.pool_size, cfg.pool_crop)
+        self.apply(_init_normal)
+        self._fakes: tuple[Tensor, Tensor] | None = None
+
+    # --- plan ------------------------------------------------------------------------------------------
+    @classmethod
+    def reference_plan(cls, blocks: int = REFERENCE_BLOCKS) -> Plan:
+        """Per generator: stem, down1, down2 (the residual width), each block's hidden width, up1, up2; per
+        discriminator: its four hidden convs."""
+        generator = {}
+        for g in GENERATORS:
+            widths = dict(GENERATOR_WIDTHS, **{f"block{i}": GENERATOR_WIDTHS["down2"] for i in range(1, blocks + 1)})
+            generator.update({f"{g}.{k}": v for k, v in widths.items()})
+        return {"generator": generator,
+                "discriminator": {f"{d}.{k}": v for d in DISCRIMINATORS for k, v in DISCRIMINATOR_WIDTHS.items()}}
+
+    @classmethod
+    def resolve_plan(cls, cfg: ModelSection) -> Plan:
+        plan = merge_plan(scale_plan(cls.reference_plan(cfg.blocks), cfg.width), cfg.plan, cls.name)  # type: ignore[attr-defined]
+        cls.check_plan(plan)
+        return plan
+
+    # --- what the trainer asks -------------------------------------------------------------------------
+    def groups(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def stages(self, train: TrainConfig) -> list[Stage]:
+        decay = linear_decay(train.steps, self.cfg.decay_start)  # type: ignore[attr-defined]
+        return [Stage("generator", ("generator",), lr=train.lr, betas=(0.5, 0.999), lr_lambda=decay),
+                Stage("discriminator", ("discriminator",), lr=train.lr, betas=(0.5, 0.999), lr_lambda=decay)]
+
+    def loss_weights(self) -> dict[str, float]:
+        cfg: Any = self.cfg
+        return {"adversarial_ab": cfg.adversarial_weight, "adversarial_ba": cfg.adversarial_weight,
+                "cycle_photo": cfg.cycle_weight, "cycle_painting": cfg.cycle_weight,
+                "identity_photo": cfg.identity_weight, "identity_painting": cfg.identity_weight,
+                **{f"d_{d}_{kind}": 0.5 for d in DISCRIMINATORS for kind in ("real", "fake")}}
+
+    def forward(self, content: Tensor, style: Tensor | None = None, alpha: float = 1.0) -> Tensor:
+        """Photos in [0, 1] -> paintings in [0, 1] (``style`` and ``alpha`` are not used: the style is learnt)."""
+        self.check_input(content)
+        out = (self.generator["ab"](content * 2 - 1) + 1) / 2
+        self.features.record("output", out)
+        return out
+
+    def stage_losses(self, stage: str, batch: tuple[Tensor, ...], loss_net: nn.Module | None) -> dict[str, Tensor]:
+        photo, painting = (t * 2 - 1 for t in batch)
+        if stage == "generator":
+            return self._generator_losses(photo, painting)
+        if self._fakes is None:
+            raise RuntimeError("the discriminator stage needs the generator stage's images: it runs first")
+        fake_photo, fake_painting = self._fakes
+        self._fakes = None
+        d = self.discriminator
+        real_a, fake_a = self._judge("a", photo, d.pool_a.query(fake_photo))
+        real_b, fake_b = self._judge("b", painting, d.pool_b.query(fake_painting))
+        return {"d_a_real": _least_squares(real_a, True), "d_a_fake": _least_squares(fake_a, False),
+                "d_b_real": _least_squares(real_b, True), "d_b_fake": _least_squares(fake_b, False)}
+
+    def _generator_losses(self, photo: Tensor, painting: Tensor) -> dict[str, Tensor]:
+        ab, ba = self.generator["ab"], self.generator["ba"]
+        fake_painting, fake_photo = ab(photo), ba(painting)
+        self.features.record("output", (fake_painting + 1) / 2)
+        with frozen(self.discriminator):
+            terms = {"adversarial_ab": _least_squares(self.discriminator.b(fake_painting), True),
+                     "adversarial_ba": _least_squares(self.discriminator.a(fake_photo), True)}
+        terms["cycle_photo"] = F.l1_loss(ba(fake_painting), photo)
+        terms["cycle_painting"] = F.l1_loss(ab(fake_photo), painting)
+        if self.cfg.identity_weight:  # type: ignore[attr-defined]
+            terms["identity_photo"] = F.l1_loss(ba(photo), photo)
+            terms["identity_painting"] = F.l1_loss(ab(painting), painting)
+        self._fakes = (fake_photo.detach(), fake_painting.detach())
+        return terms
+
+    def _judge(self, name: str, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores of real and (pooled) generated images by discriminator ``name``, in one forward pass."""
+        images = torch.cat([real, fake])
+        scores = getattr(self.discriminator, name)(images)
+        self.features.record(f"discriminator.{name}/input", images)
+        self.features.record(f"discriminator.{name}/output", scores)
+        return scores[: len(real)], scores[len(real):]
+
+    def errors(self, content: Tensor, style: Tensor, loss_net: nn.Module | None) -> dict[str, Tensor]:
+        """Per-pair cycle errors (mean absolute error in [0, 1] image units): photo -> painting -> photo and
+        painting -> photo -> painting. The GAN's verdict is FID (``set_metrics``), not these."""
+        ab, ba = self.generator["ab"], self.generator["ba"]
+        photo, painting = content * 2 - 1, style * 2 - 1
+        return {"photo_cycle_error": (ba(ab(photo)) - photo).abs().mean(dim=(1, 2, 3)) / 2,
+                "painting_cycle_error": (ab(ba(painting)) - painting).abs().mean(dim=(1, 2, 3)) / 2}
+
+    @torch.no_grad()
+    def set_metrics(self, held_out: Callable[[int], tuple[Tensor, Tensor]], batch_size: int = 16) -> dict[str, float]:
+        """FID and KID of the held-out photos translated to paintings against held-out real paintings."""
+        from ..metrics import build_extractor, set_scores
+
+        cfg: Any = self.cfg
+        device = next(self.parameters()).device
+        extractor = build_extractor(cfg.feature_extractor, cfg.inception_weights).to(device)
+        photos, paintings = held_out(cfg.fid_images)
+        was_training = self.training
+        self.eval()
+        fakes = torch.cat([self(photos[i:i + batch_size].to(device)).clamp(0, 1)
+                           for i in range(0, len(photos), batch_size)])
+        self.train(was_training)
+        return {**set_scores(extractor, paintings, fakes, batch_size), "fid_images": float(len(photos))}
