@@ -105,7 +105,7 @@ def test_channel_statistic_by_hand() -> None:
 
 def test_channel_statistic_of_projected_normalised_style_is_mean_square_over_bias() -> None:
     # g reads zero-mean channels, so sum(G) = positions x bias
-    module = MCCModule(4, key_channels=3)
+    module = MCCModule(4, key_channels=3, style_channels=3)
     style = torch.randn(2, 4, 5, 6)
     projected = module.g(mean_variance_norm(style))
     expected = projected.square().mean(dim=(2, 3)) / module.g.bias
@@ -134,7 +134,7 @@ def test_module_forward_with_identity_weights_by_hand() -> None:
 
 def test_module_forward_equals_its_closed_form_with_random_weights() -> None:
     torch.manual_seed(0)
-    module = MCCModule(3, key_channels=5)  # a key width unlike the channels: the reshape must not read C
+    module = MCCModule(3, key_channels=5, style_channels=4)  # widths unlike the channels: reshapes must not read C
     content, style = torch.randn(2, 3, 4, 3), torch.randn(2, 3, 2, 5)
     wf, wg, wo = (m.weight.flatten(1) for m in (module.f, module.g, module.out_conv))
     keys = torch.einsum("kc,nchw->nkhw", wf, mean_variance_norm(content)) + module.f.bias.view(1, -1, 1, 1)
@@ -186,11 +186,13 @@ def test_loss_vgg_continues_the_encoder_as_built() -> None:
 
 
 def test_a_narrower_plan_builds_trains_and_runs() -> None:
-    plan = {"encoder": {"conv4_1": 40, "conv3_1": 20}, "transform": {"MCCN.key": 6}, "decoder": {"conv3_4": 7}}
+    plan = {"encoder": {"conv4_1": 40, "conv3_1": 20}, "transform": {"MCCN.f": 6, "MCCN.g": 5},
+            "decoder": {"conv3_4": 7}}
     model = build(model_section(name="mccnet", width=0.125, plan=plan))
     mcc = model.transform.MCCN
     assert model.encoder.out_channels == 40 and model.decoder.conv_layers()["conv3_4"].in_channels == 40
-    assert (mcc.f.out_channels, mcc.g.out_channels, mcc.fc.in_features, mcc.out_conv.in_channels) == (6, 6, 6, 6)
+    assert (mcc.f.out_channels, mcc.fc.out_features, mcc.out_conv.in_channels) == (6, 6, 6)
+    assert (mcc.g.out_channels, mcc.fc.in_features) == (5, 5)
     assert mcc.out_conv.out_channels == 40
     content, style = torch.rand(1, 3, 32, 40), torch.rand(1, 3, 48, 32)
     assert model(content, style).shape == (1, 3, 32, 40)

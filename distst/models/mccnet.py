@@ -47,17 +47,18 @@ def channel_statistic(projected_style: Tensor) -> Tensor:
 class MCCModule(nn.Module):
     """The reference ``MCCNet`` module, without its unused ``h`` conv.
 
-    ``key_channels`` (``channels`` in the reference) is the width of f, g and fc; out_conv maps back to
-    ``channels`` for the residual addition.
+    ``f`` and ``g`` project to ``key_channels`` and ``style_channels`` (both ``channels`` in the reference);
+    ``fc`` maps the style statistic to one weight per key channel; out_conv maps back to ``channels`` for the
+    residual addition.
     """
 
-    def __init__(self, channels: int, key_channels: int | None = None) -> None:
+    def __init__(self, channels: int, key_channels: int | None = None, style_channels: int | None = None) -> None:
         super().__init__()
-        key_channels = key_channels or channels
+        key_channels, style_channels = key_channels or channels, style_channels or channels
         self.f = nn.Conv2d(channels, key_channels, (1, 1))
-        self.g = nn.Conv2d(channels, key_channels, (1, 1))
+        self.g = nn.Conv2d(channels, style_channels, (1, 1))
         self.out_conv = nn.Conv2d(key_channels, channels, (1, 1))
-        self.fc = nn.Linear(key_channels, key_channels)
+        self.fc = nn.Linear(style_channels, key_channels)
 
     def forward(self, content: Tensor, style: Tensor) -> Tensor:
         keys = self.f(mean_variance_norm(content))  # N x K x Hc x Wc
@@ -69,9 +70,10 @@ class MCCModule(nn.Module):
 class MCCTransform(nn.Module):
     """The reference ``MCC_Module``: the module on relu4_1 features, under the attribute name ``MCCN``."""
 
-    def __init__(self, channels: int, key_channels: int | None = None) -> None:
+    def __init__(self, channels: int, widths: Mapping[str, int] | None = None) -> None:
         super().__init__()
-        self.MCCN = MCCModule(channels, key_channels)
+        widths = widths or {}
+        self.MCCN = MCCModule(channels, widths.get("MCCN.f"), widths.get("MCCN.g"))
 
     def forward(self, content4_1: Tensor, style4_1: Tensor) -> Tensor:
         return self.MCCN(content4_1, style4_1)
@@ -121,13 +123,14 @@ class MCCNet(StyleTransferModel):
         super().__init__(cfg or MCCNetSection())
 
     def build_transform(self, plan: Plan) -> nn.Module:
-        return MCCTransform(plan["encoder"]["conv4_1"], plan["transform"]["MCCN.key"])
+        return MCCTransform(plan["encoder"]["conv4_1"], plan["transform"])
 
     @classmethod
     def reference_plan(cls) -> Plan:
-        # No check_plan: out_conv's output width is the encoder's conv4_1 width by construction, so every plan
-        # fits the residual addition (pruning it prunes encoder conv4_1 and the decoder input with it).
-        return {"encoder": reference_plan(cls.encoder_depth), "transform": {"MCCN.key": 512},
+        # The widths of f (with fc's output and out_conv's input) and of g (with fc's input). No check_plan:
+        # out_conv's output width is the encoder's conv4_1 width by construction, so every plan fits the residual
+        # addition (pruning it prunes encoder conv4_1 and the decoder input with it).
+        return {"encoder": reference_plan(cls.encoder_depth), "transform": {"MCCN.f": 512, "MCCN.g": 512},
                 "decoder": dict(DECODER_WIDTHS)}
 
     def loss_network(self) -> VGGEncoder:
