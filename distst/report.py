@@ -17,6 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 ERRORS = (("total_error", "E (total)"), ("content_error", "content error"), ("style_error", "style error"))
+#: Plots of a run whose verdict is a set metric (a GAN's FID), with KID and the cycle errors' E beside it.
+SET_PLOTS = (("fid", "FID"), ("kid", "KID"), ("total_error", "E (cycle errors)"))
+LABELS = {"total_error": "E", "fid": "FID", "kid": "KID", "kid_std": "KID std", "fid_images": "images"}
 
 
 class ReportError(ValueError):
@@ -38,28 +41,47 @@ def _verdicts(summary: dict[str, Any]) -> dict[int, bool]:
     return {row["level"]: row["matching"] for row in summary.get("levels", [])}
 
 
+def metric_columns(levels: list[dict[str, Any]]) -> list[str]:
+    """The levels' evaluation values in table order: per-pair errors, E last of them, then set metrics."""
+    keys: list[str] = []
+    for lv in levels:
+        keys += [k for k in lv if k.endswith("_error") and k != "total_error" and k not in keys]
+    keys += ["total_error"] if any("total_error" in lv for lv in levels) else []
+    for lv in levels:
+        keys += [k for k in lv.get("set_metrics", []) if k not in keys and k != "fid_images"]
+    return keys
+
+
+def _label(key: str) -> str:
+    return LABELS.get(key, key.replace("_", " "))
+
+
 def markdown_table(summary: dict[str, Any], levels: list[dict[str, Any]]) -> str:
     verdicts = _verdicts(summary)
     groups = sorted({g for lv in levels for g in lv.get("sparsity_groups", {})})
-    identity = any("identity_error" in lv for lv in levels)  # SANet's E includes its identity losses
-    head = ["level", "sparsity", *(f"{g} sparsity" for g in groups), "content error", "style error",
-            *(["identity error"] if identity else []), "E", "matching", "steps", "wall s"]
+    columns = metric_columns(levels)  # SANet's E includes its identity losses; a GAN adds FID and KID
+    head = ["level", "sparsity", *(f"{g} sparsity" for g in groups), *map(_label, columns), "matching", "steps",
+            "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lv in levels:
         match = verdicts.get(lv["level"])
         cells = [str(lv["level"]), f"{lv['sparsity']:.2%}", *(f"{lv['sparsity_groups'].get(g, 0):.2%}" for g in groups),
-                 f"{lv['content_error']:.4g}", f"{lv['style_error']:.4g}",
-                 *([f"{lv.get('identity_error', float('nan')):.4g}"] if identity else []), f"{lv['total_error']:.4g}",
+                 *(f"{lv.get(key, float('nan')):.4g}" for key in columns),
                  {True: "yes", False: "no", None: "?"}[match], str(lv["steps"]), f"{lv['wall_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_errors(levels: list[dict[str, Any]], path: Path) -> Path:
-    """E, content and style error against sparsity, each with the dense model's value as a line."""
-    fig, axes = plt.subplots(1, len(ERRORS), figsize=(4.2 * len(ERRORS), 3.4), constrained_layout=True)
+def plot_errors(levels: list[dict[str, Any]], path: Path,
+                plotted: tuple[tuple[str, str], ...] = ERRORS) -> Path:
+    """Each ``plotted`` metric (E, content and style error by default) against sparsity, with the dense model's
+    value as a line."""
+    plotted = tuple((key, label) for key, label in plotted if all(key in lv for lv in levels))
+    fig, axes = plt.subplots(1, len(plotted), figsize=(4.2 * len(plotted), 3.4), constrained_layout=True,
+                             squeeze=False)
+    axes = axes[0]
     sparsity = [100 * lv["sparsity"] for lv in levels]
-    for ax, (key, label) in zip(axes, ERRORS, strict=True):
+    for ax, (key, label) in zip(axes, plotted, strict=True):
         ax.plot(sparsity, [lv[key] for lv in levels], "o-", color="tab:blue", label="IMP levels")
         ax.axhline(levels[0][key], color="tab:red", linestyle="--", label="dense")
         ax.set_xlabel("sparsity (% of prunable weights)")
@@ -118,36 +140,47 @@ def write_report(run_dir: str | Path) -> Path:
     summary, levels = load_run(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    errors_png = plot_errors(levels, out / "errors_vs_sparsity.png")
+    verdict = summary.get("verdict", "total_error")
+    by_error = verdict == "total_error"
+    name = "E" if by_error else _label(verdict)
+    errors_png = plot_errors(levels, out / ("errors_vs_sparsity.png" if by_error else f"{verdict}_vs_sparsity.png"),
+                             ERRORS if by_error else SET_PLOTS)
     groups_png = plot_group_sparsity(levels, out / "group_sparsity.png")
     grid_png = image_grid(run_dir, levels, out / "samples.png")
     extreme = summary.get("extreme_sparsity")
+    setup = (f"encoder {summary.get('encoder', '?')}" if "encoder" in summary or by_error else
+             f"discriminator: {summary.get('discriminator', '?')}")
     lines = [
         f"# IMP report: {run_dir}",
         "",
-        f"Model **{summary.get('model', '?')}**, encoder {summary.get('encoder', '?')}, scope "
+        f"Model **{summary.get('model', '?')}**, {setup}, scope "
         f"{', '.join(summary.get('scope', []))}, rate {summary.get('rate', '?')} per round"
         f"{' (layerwise)' if summary.get('layerwise') else ' (global)'}, rewind to step {summary.get('rewind_step', '?')}, "
         f"control: {summary.get('control', 'none')}.",
         "",
-        f"Extreme sparsity (highest level still matching the dense E"
+        f"Extreme sparsity (highest level still matching the dense {name}"
         f"{' within ' + format(summary['matching_tolerance'], '.0%') if summary.get('matching_tolerance') else ''}): "
         f"**{extreme:.2%}**" if extreme else
-        ("**No matching subnetwork**: no pruned level reaches the dense E." if len(levels) > 1
+        (f"**No matching subnetwork**: no pruned level reaches the dense {name}." if len(levels) > 1
          else "No pruned level has finished yet."),
         "",
         f"E is measured on {summary.get('eval_pairs', '?')} held-out pairs at {summary.get('eval_size', '?')} px "
-        "(an L2 norm over C x H x W: compare runs only at the same size).",
+        "(an L2 norm over C x H x W: compare runs only at the same size)." if by_error else
+        f"{name} decides (lower is better; KID beside it): {int(levels[0].get('fid_images', 0))} held-out inputs "
+        f"translated against as many held-out real images at {summary.get('eval_size', '?')} px; the cycle errors' "
+        "E is shown but does not decide.",
         "" if summary.get("complete") else "\n_The run is not finished: levels still to come are missing._",
         "",
         markdown_table(summary, levels),
         "",
-        f"![errors against sparsity]({errors_png.name})",
+        f"![{'errors' if by_error else name} against sparsity]({errors_png.name})",
         "",
         f"![sparsity per group]({groups_png.name})",
     ]
     if grid_png:
-        lines += ["", "Held-out pairs (top), then each level's stylisations:", "", f"![samples]({grid_png.name})"]
+        caption = ("Held-out pairs (top), then each level's stylisations:" if by_error else
+                   "Held-out inputs and real targets (top), then each level's translations of the inputs:")
+        lines += ["", caption, "", f"![samples]({grid_png.name})"]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report

@@ -1,10 +1,12 @@
-"""Lottery tickets for style transfer: iterative magnitude pruning (IMP) with weight rewinding.
+"""Lottery tickets: iterative magnitude pruning (IMP) with weight rewinding, for style transfer and GANs.
 
 Level 0 trains the dense model and keeps its weights at step ``prune.rewind_step``. Level k prunes
 ``prune.rate`` of level k-1's remaining weights by magnitude (globally, or per layer), rewinds the survivors
-to the kept weights and retrains for ``train.steps``. A level is "matching" when its E is at most the dense
-E (times 1 + ``prune.matching_tolerance``); the extreme sparsity is the highest matching pruned level's
-(0 when none matches).
+to the kept weights and retrains for ``train.steps``. A level is "matching" when its value of the model's
+verdict metric (``verdict_metric``: E for style transfer, FID for a GAN, from its ``set_metrics``) is at most
+the dense level's (times 1 + ``prune.matching_tolerance``); the extreme sparsity is the highest matching
+pruned level's (0 when none matches). A GAN's discriminator is treated as ``prune.discriminator`` says
+(``discriminator.py``).
 
 Run directory: ``level_<k>/`` (mask.pt, model.pt, metrics.json, samples.png, the level's checkpoints and
 metrics.jsonl) and ``summary.json``. Re-running resumes: finished levels are skipped, the current level
@@ -21,20 +23,24 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from .. import atomic, registry
 from ..config import Config, ConfigError, MethodSection
 from ..data import eval_pairs
+from ..data.errors import DataError
+from ..data.loader import first_images
 from ..evaluate import fp32_state_dict, stylize_pairs
 from ..images import save_image
-from ..models import DiststModel, build
-from ..models.io import load_model
+from ..models import DiststModel, build, model_class
+from ..models.io import load_model, read_model_file
+from ..models.weights import load_checked
 from ..report import write_report
 from ..stop import StopRequest
 from ..track import Tracker
 from ..train import Method, MethodList, TrainContext, train
 from ..train.engine import setup_distributed
+from . import discriminator
 from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, random_subset, sparsity_report
 
 REWIND_FILE = "rewind.pt"
@@ -55,9 +61,27 @@ class ImpSection(MethodSection):
                                                       "encoder, transform, decoder)")
     layerwise: bool = Field(False, description="prune the same rate in every layer instead of globally")
     control: Literal["none", "random_prune", "random_reinit", "one_shot"] = "none"
-    matching_tolerance: float = Field(0.0, ge=0, description="relative slack on the dense E for 'matching'")
+    matching_tolerance: float = Field(0.0, ge=0, description="relative slack on the dense E (or FID) for "
+                                                             "'matching'")
+    discriminator: Literal["reset", "finetune", "prune", "distill"] | None = Field(
+        None, description="GANs: reset (dense, rewound each level; default), finetune (kept from the previous "
+                          "level), prune (pruned and rewound with the generator), distill (reset + KD from the "
+                          "dense run's discriminator)")
+    distill_weight: float | None = Field(None, ge=0, description="weight of the distillation loss (default 1.0 "
+                                                                 "with prune.discriminator=distill)")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_gan_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent rather than null for models without a discriminator: their configs, config hashes and run
+        # directories stay what they were before GANs came.
+        data = handler(self)
+        for key in ("discriminator", "distill_weight"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
     def resolve(self, cfg: Config) -> None:
+        discriminator.resolve_option(self, cfg)
         groups = type(cfg.model).groups
         if self.scope is None:
             self.scope = list(type(cfg.model).default_prune_scope)
@@ -131,7 +155,10 @@ def _compute_masks(cfg: Config, run_dir: Path, level: int) -> Masks:
     previous = 0 if cfg.prune.control == "one_shot" else level - 1
     model = _trained(run_dir / f"level_{previous}")
     prior = _load_masks(run_dir, previous) if previous else full_masks(model, cfg.prune.scope)
-    masks = prune_magnitude(model, prior, cfg.prune.rate, pruning_depth(cfg, level), cfg.prune.layerwise)
+    masks: Masks = {}
+    for groups in discriminator.ranking_sets(cfg):
+        ranked = {name: mask for name, mask in prior.items() if name.split(".", 1)[0] in groups}
+        masks.update(prune_magnitude(model, ranked, cfg.prune.rate, pruning_depth(cfg, level), cfg.prune.layerwise))
     if cfg.prune.control == "random_prune":
         generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + level)
         masks = {name: random_subset(prior[name], int(mask.sum()), generator) for name, mask in masks.items()}
@@ -168,6 +195,8 @@ def _initial_state(cfg: Config, run_dir: Path, level: int, masks: Masks) -> dict
         torch.manual_seed(cfg.train.seed + 7919 * level)  # a different init per level, reproducible
         fresh = build(_without_weight_files(cfg)).state_dict()
         state.update({f"{name}.weight": fresh[f"{name}.weight"] for name in masks})
+    if level > 0:
+        discriminator.carry_over(cfg, state, run_dir / f"level_{level - 1}")
     for name, mask in masks.items():
         state[f"{name}.weight"] = state[f"{name}.weight"] * mask
     return state
@@ -183,33 +212,62 @@ def _samples_row(cfg: Config, level_dir: Path) -> None:
                    level_dir.parent / "pairs.png")
 
 
-def _level_metrics(level: int, masks: Masks, summary: dict[str, Any]) -> dict[str, Any]:
+def _set_metrics(cfg: Config, level_dir: Path, device: torch.device) -> dict[str, float]:
+    """The trained level's metrics over whole held-out sets (a GAN's FID and KID), if its model has any."""
+    if model_class(cfg.model.name).set_metrics is DiststModel.set_metrics:
+        return {}  # style transfer: nothing to build or read
+    section, state = read_model_file(level_dir / "model.pt")
+    # The job's own evaluation keys (extractor, its weights, image count) with the file's plan.
+    model = model_class(section.name)(cfg.model.model_copy(update={"plan": section.plan}))
+    load_checked(model, state, str(level_dir / "model.pt"))
+    size = cfg.data.eval_size or cfg.data.crop
+
+    def held_out(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return (first_images(cfg.data.eval_content or cfg.data.content, count, size),
+                    first_images(cfg.data.eval_style or cfg.data.style, count, size))
+        except DataError as err:
+            raise ConfigError(f"{cfg.model.name}'s held-out set metrics need {count} images of each held-out set "
+                              f"(model.fid_images): {err}") from None
+
+    return model.to(device).set_metrics(held_out)
+
+
+def _level_metrics(level: int, masks: Masks, summary: dict[str, Any], set_metrics: dict[str, float]
+                   ) -> dict[str, Any]:
     report = sparsity_report(masks)
-    return {"level": level, "sparsity": report["sparsity"], "sparsity_groups": report["groups"],
-            "sparsity_layers": report["layers"], "prunable_weights": report["prunable_weights"],
-            "remaining_weights": report["remaining_weights"], **summary["final"], "steps": summary["steps"],
-            "wall_s": summary["wall_s"], "images_per_s": summary["images_per_s"]}
+    found = {"level": level, "sparsity": report["sparsity"], "sparsity_groups": report["groups"],
+             "sparsity_layers": report["layers"], "prunable_weights": report["prunable_weights"],
+             "remaining_weights": report["remaining_weights"], **summary["final"], "steps": summary["steps"],
+             "wall_s": summary["wall_s"], "images_per_s": summary["images_per_s"]}
+    if set_metrics:
+        found.update(set_metrics, set_metrics=sorted(set_metrics))
+    return found
+
+
+def _row(lv: dict[str, Any]) -> dict[str, Any]:
+    """A level's evaluation values: the per-pair error means (``*_error``, E included) and any set metrics."""
+    keys = [k for k in lv if k.endswith("_error")] + list(lv.get("set_metrics", []))
+    return {"level": lv["level"], "sparsity": lv["sparsity"], **{k: lv[k] for k in keys}}
 
 
 def imp_summary(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """``summary.json`` from the finished levels' metrics: per-level verdicts and the extreme sparsity."""
     levels = [json.loads((run_dir / f"level_{k}" / LEVEL_METRICS).read_text())
               for k in planned_levels(cfg) if (run_dir / f"level_{k}" / LEVEL_METRICS).is_file()]
-    dense = levels[0]["total_error"] if levels else None
+    verdict = model_class(cfg.model.name).verdict_metric
+    dense = levels[0][verdict] if levels else None
     bound = dense * (1.0 + cfg.prune.matching_tolerance) if dense is not None else None
-    rows = []
-    for lv in levels:
-        row = {key: lv[key] for key in ("level", "sparsity", "content_error", "style_error", "total_error")}
-        if "identity_error" in lv:
-            row["identity_error"] = lv["identity_error"]
-        row["matching"] = bool(lv["total_error"] <= bound)
-        rows.append(row)
+    rows = [{**_row(lv), "matching": bool(lv[verdict] <= bound)} for lv in levels]
     matching = [r["sparsity"] for r in rows if r["matching"] and r["level"] > 0]  # the dense level proves nothing
+    model_keys = {key: getattr(cfg.model, key) for key in ("encoder",) if hasattr(cfg.model, key)}
+    gan_keys = {key: getattr(cfg.prune, key) for key in ("discriminator", "distill_weight")
+                if getattr(cfg.prune, key, None) is not None}
     return {
         "model": cfg.model.name, "method": "imp", "control": cfg.prune.control, "rate": cfg.prune.rate,
         "rounds": cfg.prune.rounds, "scope": cfg.prune.scope, "layerwise": cfg.prune.layerwise,
-        "rewind_step": cfg.prune.rewind_step, "encoder": cfg.model.encoder,
-        "matching_tolerance": cfg.prune.matching_tolerance, "dense_total_error": dense,
+        "rewind_step": cfg.prune.rewind_step, **model_keys, **gan_keys, "verdict": verdict,
+        "matching_tolerance": cfg.prune.matching_tolerance, f"dense_{verdict}": dense,
         # E is an L2 norm over C x H x W: comparable only at the same evaluation size and pairs.
         "eval_size": cfg.data.eval_size or cfg.data.crop, "eval_pairs": cfg.data.eval_pairs,
         "levels": rows, "extreme_sparsity": max(matching) if matching else 0.0,
@@ -241,13 +299,17 @@ def run_imp(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
             init_state = None
         else:
             method, init_state = masked, _initial_state(cfg, run_dir, level, masks)
+            if getattr(cfg.prune, "discriminator", None) == "distill":
+                teacher = _trained(run_dir / "level_0").groups()[discriminator.GROUP]
+                method = MethodList([masked, discriminator.DiscriminatorDistillation(teacher, cfg.prune.distill_weight)])
         result = train(cfg, level_dir, method, init_state=init_state, run_name=f"{job}/level_{level}",
                        run_group=group, stop=stop)
         if result.stopped:
             return ImpResult(stopped=True, summary=imp_summary(cfg, run_dir))
         if info.is_main:
             _samples_row(cfg, level_dir)
-            atomic.write_json(level_dir / LEVEL_METRICS, _level_metrics(level, masks, result.summary))
+            set_metrics = _set_metrics(cfg, level_dir, info.device)
+            atomic.write_json(level_dir / LEVEL_METRICS, _level_metrics(level, masks, result.summary, set_metrics))
         dist.barrier()
         _report_level(cfg, run_dir, level, info.is_main, on_level)
     summary = imp_summary(cfg, run_dir)
@@ -273,7 +335,7 @@ def publish(cfg: Config, run_dir: Path, summary: dict[str, Any], group: str) -> 
     report = write_report(run_dir)
     tracker = Tracker(cfg.tracking, run_dir, config=cfg.model_dump(mode="json"), name=f"{group}/summary",
                       group=group, enabled=True, job_type="imp-summary", resume_step=None, metrics_file=None)
-    columns = ["level", "sparsity", "content_error", "style_error", "total_error", "matching"]
+    columns = list(summary["levels"][0]) if summary["levels"] else ["level", "sparsity", "matching"]
     tracker.log_table("imp/levels", columns, [[row[c] for c in columns] for row in summary["levels"]])
     for image in sorted(report.parent.glob("*.png")):
         tracker.log_image(f"imp/{image.stem}", image, step=None)
