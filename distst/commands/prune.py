@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if dist.get_rank() == 0:
         s = result.summary
         print(f"{s['method']} finished: {run_dir}\n"
-              f"  channels removed {s['channels_removed']:.1%}, parameters removed {s['params_removed']:.1%}, "
+              f"  channels removed {s['channels_removed_in_scope']:.1%} of the pruned layers', parameters removed {s['params_removed']:.1%}, "
               f"{s['macs_speedup']:.2f}x fewer MACs\n"
               f"  E dense {s['dense']['errors']['total_error']:.4g} -> slimmed "
               f"{s['final']['errors'].get('total_error', float('nan')):.4g}\n"

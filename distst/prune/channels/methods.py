@@ -75,6 +75,10 @@ class ChannelSection(MethodSection):
     def schedule(self, cfg: Config) -> list[Stage]:
         raise NotImplementedError
 
+    def scope(self, cfg: Config) -> list[LayerKey]:
+        """The channel layers this method prunes (as configured; coupled layers follow them)."""
+        raise NotImplementedError
+
     def check_layers(self, cfg: Config, layers: list[str], group: str, key: str) -> None:
         valid = list(type(cfg.model).model_class.reference_plan().get(group, {}))
         unknown = [layer for layer in layers if layer not in valid]
@@ -144,6 +148,11 @@ class L2Section(ChannelSection):
         self.check_layers(cfg, self.layers, "encoder", "layers")
         self.check_layers(cfg, list(self.layer_ratios), "encoder", "layer_ratios")
 
+    def scope(self, cfg: Config) -> list[LayerKey]:
+        decoder = type(cfg.model).model_class.reference_plan().get("decoder", {}) if self.mirror else {}
+        return [("encoder", name) for name in self.layers] + [("decoder", name) for name in self.layers
+                                                               if name in decoder]
+
     def total_ratio(self, layer: str) -> float:
         return self.layer_ratios.get(layer, self.ratio)
 
@@ -208,9 +217,12 @@ class IccpSection(ChannelSection):
                 ]
         return stages
 
+    def scope(self, cfg: Config) -> list[LayerKey]:
+        plan = type(cfg.model).model_class.reference_plan()
+        return [(side, name) for side in self.sides for name in plan.get(side, {})]
+
     def regulariser(self, cfg: Config, side: str, stage_dir: Path) -> ChannelScales:
-        layers = list(type(cfg.model).model_class.reference_plan().get(side, {}))
-        return ChannelScales([(side, name) for name in layers], self.lam, self.eta, stage_dir)
+        return ChannelScales([key for key in self.scope(cfg) if key[0] == side], self.lam, self.eta, stage_dir)
 
     def select(self, inputs: PruneInputs, side: str, ratio: float) -> Selection:
         saved = torch.load(inputs.trained_dir / SCALES_FILE, weights_only=True)
@@ -229,6 +241,9 @@ class CpstSection(ChannelSection):
     xor_weight: float = Field(500.0, ge=0, description="weight of the xor loss")
     decorrelation_weight: float = Field(0.0, ge=0, description="weight of the optional decorrelation loss")
     ratio: float = Field(0.5, gt=0, lt=1, description="fraction of the relu4_1 channels removed")
+
+    def scope(self, cfg: Config) -> list[LayerKey]:
+        return [("encoder", "conv4_1")]
 
     def schedule(self, cfg: Config) -> list[Stage]:
         losses = CpstLosses(self.channel_weight, self.xor_weight, self.decorrelation_weight)

@@ -77,7 +77,8 @@ def write_report(run_dir: Path) -> Path:
     lines = [
         f"# Channel pruning report ({summary['method']}, {summary['model']}): {run_dir}",
         "",
-        f"Channels removed **{summary['channels_removed']:.1%}**, parameters removed "
+        f"Channels removed **{summary['channels_removed_in_scope']:.1%}** of the pruned layers' "
+        f"({summary['channels_removed']:.1%} of all channel layers'), parameters removed "
         f"**{summary['params_removed']:.1%}** ({dense['params']['total']:,} -> {final['params']['total']:,}), "
         f"MACs **{summary['macs_speedup']:.2f}x** fewer ({dense['macs']['total'] / 1e9:.3f} -> "
         f"{final['macs']['total'] / 1e9:.3f} GMACs at {summary['eval_size']} px).",

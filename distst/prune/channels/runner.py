@@ -137,7 +137,8 @@ def run_channel_pruning(cfg: Config, run_dir: Path, *, stop: StopRequest | None 
         if not done.is_file():
             record: dict[str, Any] = {"index": index, "stage": stage.name}
             if isinstance(stage, TrainStage):
-                overrides: dict[str, Any] = {"train.steps": stage.steps}
+                # Each stage its own data order (a fine-tuning stage does not replay the dense stage's batches).
+                overrides: dict[str, Any] = {"train.steps": stage.steps, "data.seed": cfg.data.seed + index}
                 if current is not None:
                     overrides["model.init_from"] = str(current)
                 method = stage.method(stage_dir) if stage.method else None
@@ -173,10 +174,12 @@ def run_channel_pruning(cfg: Config, run_dir: Path, *, stop: StopRequest | None 
     return ChannelResult(stopped=False, summary=summary)
 
 
-def _fraction_removed(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> float:
-    total = sum(sum(layers.values()) for layers in before.values())
-    kept = sum(sum(layers.values()) for layers in after.values())
-    return 1.0 - kept / total if total else 0.0
+def _fraction_removed(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]],
+                      keys: list[tuple[str, str]] | None = None) -> float:
+    """Fraction of the channels of ``keys`` (default: every channel layer) removed."""
+    keys = keys if keys is not None else [(g, n) for g, layers in before.items() for n in layers]
+    total = sum(before[g][n] for g, n in keys)
+    return 1.0 - sum(after[g][n] for g, n in keys) / total if total else 0.0
 
 
 def channel_summary(cfg: Config, run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -199,6 +202,8 @@ def channel_summary(cfg: Config, run_dir: Path, records: list[dict[str, Any]]) -
         "dense": {k: dense[k] for k in ("widths", "params", "macs")} | {"errors": dense["errors"]},
         "final": {k: final[k] for k in ("widths", "params", "macs")} | {"errors": final_errors},
         "channels_removed": _fraction_removed(dense["widths"], final["widths"]),
+        "scope": [f"{g}.{n}" for g, n in cfg.prune.scope(cfg)],
+        "channels_removed_in_scope": _fraction_removed(dense["widths"], final["widths"], cfg.prune.scope(cfg)),
         "params_removed": 1.0 - final["params"]["total"] / dense["params"]["total"],
         "macs_speedup": dense["macs"]["total"] / final["macs"]["total"],
         "pruning_steps": steps,
