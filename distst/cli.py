@@ -32,6 +32,7 @@ COMMANDS = (
     "distst.commands.report",
     "distst.commands.check",
     "distst.commands.tune",
+    "distst.commands.export",
 )
 
 # Commands whose work polls ``stop.PROCESS`` (checkpoint, exit 75). Every other command gets the default

@@ -1,0 +1,104 @@
+"""``distst export CHECKPOINT --out DIR [--int8] [--calibration SHARDS] [--opset N]``: ONNX graphs of a model file."""
+
+from __future__ import annotations
+
+import argparse
+
+REPORT = "int8_report.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="ONNX graphs (whole forward and the cached-style pair) of a model file, "
+                                      "optionally int8",
+                       description="Writes forward.onnx (content, style -> image), style.onnx (style -> the "
+                                   "transform's style inputs) and stylize_cached.onnx (content + those inputs -> "
+                                   "image) with dynamic height and width, and manifest.json. --int8 adds "
+                                   "*.int8.onnx (ONNX Runtime static quantisation, calibrated on held-out shards) "
+                                   "and int8_report.json (E of torch, fp32 and int8 on held-out pairs, file sizes).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a distst model file (or a run directory with model.pt)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
+    p.add_argument("--int8", action="store_true", help="also write int8 graphs (needs --calibration)")
+    p.add_argument("--calibration", metavar="SHARDS", help="held-out content shards (brace pattern) to calibrate on")
+    p.add_argument("--calibration-style", metavar="SHARDS", help="held-out style shards (default: --calibration)")
+    p.add_argument("--calibration-pairs", type=int, default=8, help="pairs to calibrate on (default 8)")
+    p.add_argument("--eval-pairs", type=int, default=4,
+                   help="further pairs of the same shards to measure E on, fp32 vs int8 (default 4; 0: skip)")
+    p.add_argument("--size", type=int, default=256, help="calibration and evaluation image size (default 256)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+
+    if args.int8 and not args.calibration:
+        raise UserError("--int8 needs --calibration SHARDS (held-out content shards; and --calibration-style)")
+    if args.calibration_pairs < 1 or args.eval_pairs < 0 or args.size < 16:
+        raise UserError("--calibration-pairs must be at least 1, --eval-pairs at least 0, --size at least 16")
+    import json
+    from pathlib import Path
+
+    from ..export import ExportError, export_model
+    from ..export.onnx_export import DEFAULT_OPSET
+
+    out = Path(args.out)
+    try:
+        calib = _calibration(args) if args.int8 else None  # read first: a bad pattern fails before exporting
+        manifest = export_model(args.checkpoint, out, opset=args.opset or DEFAULT_OPSET)
+        report = _int8(args, out, calib) if calib is not None else None
+    except ExportError as err:
+        raise UserError(str(err)) from None
+    manifest = json.loads((out / "manifest.json").read_text()) if report is not None else manifest
+    print(f"wrote {', '.join(sorted(f for v in manifest['variants'].values() for f in v.values()))} and "
+          f"manifest.json to {out}")
+    if report is not None:
+        (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        _print_report(report)
+    return 0
+
+
+def _calibration(args: argparse.Namespace) -> object:
+    from ..export.quantize import read_calibration
+
+    return read_calibration(args.calibration, args.calibration_style, args.calibration_pairs + args.eval_pairs,
+                            args.size)
+
+
+def _int8(args: argparse.Namespace, out: object, calib: object) -> dict:
+    from ..export.errors import compare_errors
+    from ..export.quantize import Calibration, quantize_export
+
+    assert isinstance(calib, Calibration)
+    n = args.calibration_pairs
+    manifest = quantize_export(out, Calibration(calib.content[:n], calib.style[:n]))
+    sizes = {variant: {role: (out / name).stat().st_size for role, name in files.items()}  # type: ignore[operator]
+             for variant, files in manifest["variants"].items()}
+    report: dict = {"source": str(args.checkpoint), "file_bytes": sizes, "calibration_pairs": n,
+                    "eval_pairs": args.eval_pairs, "size": args.size}
+    if args.eval_pairs:
+        from ..export import ExportError
+
+        try:
+            report["errors"] = compare_errors(args.checkpoint, out, calib.content[n:], calib.style[n:])  # type: ignore[arg-type]
+        except ExportError as err:
+            report["errors_skipped"] = str(err)
+    return report
+
+
+def _print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"int8 vs fp32 ({report['eval_pairs']} held-out pairs at {report['size']} px; "
+                        "E = content + style error)")
+    for col in ("graph", "forward MB", "E", "content error", "style error"):
+        table.add_column(col, justify="left" if col == "graph" else "right")
+    errors = report.get("errors", {})
+    for name in ("torch", "fp32", "int8"):
+        e = errors.get(name, {})
+        size = report["file_bytes"].get(name, {}).get("forward")
+        table.add_row(name, f"{size / 1e6:.2f}" if size else "", *(f"{e[k]:.4g}" if k in e else "" for k in
+                                                                  ("total_error", "content_error", "style_error")))
+    Console().print(table)
+    if "errors_skipped" in report:
+        print(f"E not measured: {report['errors_skipped']}")

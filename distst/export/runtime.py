@@ -1,0 +1,84 @@
+"""Running exported graphs with ONNX Runtime: the whole forward and the cached-style pair, as an app would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .onnx_export import GRAPHS, MANIFEST, ExportError, read_manifest, variant_name
+
+
+def session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session; ``threads`` fixes intra-op threads (and one inter-op thread)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        raise ExportError(f"{path} is not a loadable ONNX graph: {str(err).splitlines()[0]}") from None
+
+
+def locate(path: str | Path) -> tuple[Path, str, dict[str, Any] | None]:
+    """(export dir, variant, manifest) of an ``.onnx`` file; the manifest is None for a foreign graph."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file {path} does not exist")
+    manifest_path = path.parent / MANIFEST
+    if not manifest_path.is_file():
+        return path.parent, "fp32", None
+    manifest = read_manifest(path.parent)
+    for variant, files in manifest.get("variants", {}).items():
+        if path.name in files.values():
+            return path.parent, variant, manifest
+    return path.parent, "fp32", None
+
+
+class OnnxStylizer:
+    """The graphs of one export variant (``fp32``, ``int8``) loaded in ONNX Runtime sessions."""
+
+    def __init__(self, out_dir: str | Path, variant: str = "fp32", threads: int | None = None) -> None:
+        self.dir = Path(out_dir)
+        self.manifest = read_manifest(self.dir)
+        files = self.manifest["variants"].get(variant)
+        if files is None:
+            raise ExportError(f"{self.dir} has no {variant} graphs; variants: {', '.join(self.manifest['variants'])}")
+        self.variant = variant
+        self.paths = {role: self.dir / name for role, name in files.items()}
+        self.sessions = {role: session(p, threads) for role, p in self.paths.items()}
+
+    @classmethod
+    def from_file(cls, path: str | Path, threads: int | None = None) -> OnnxStylizer:
+        out_dir, variant, manifest = locate(path)
+        if manifest is None:
+            raise ExportError(f"{path} has no distst {MANIFEST} beside it (export it with distst export)")
+        return cls(out_dir, variant, threads)
+
+    def forward(self, content: Tensor, style: Tensor) -> Tensor:
+        out = self.sessions["forward"].run(None, {"content": _np(content), "style": _np(style)})[0]
+        return torch.from_numpy(out)
+
+    def style_inputs(self, style: Tensor) -> dict[str, np.ndarray]:
+        names = self.manifest["style_cache"]["names"]
+        return dict(zip(names, self.sessions["style"].run(None, {"style": _np(style)}), strict=True))
+
+    def stylize_cached(self, content: Tensor, cached: dict[str, np.ndarray]) -> Tensor:
+        return torch.from_numpy(self.sessions["stylize"].run(None, {"content": _np(content), **cached})[0])
+
+    def file_bytes(self, role: str = "forward") -> int:
+        return self.paths[role].stat().st_size
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().float().contiguous().numpy()
+
+
+__all__ = ["GRAPHS", "OnnxStylizer", "locate", "session", "variant_name"]
