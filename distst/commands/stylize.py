@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the weights (default 1.0)")
     p.add_argument("--vgg", help="local vgg_normalised.pth")
     p.add_argument("--decoder", help="local decoder .pth (reference layout)")
-    p.add_argument("--transform", help="local transform .pth (SANet transformer_iter_*.pth)")
+    p.add_argument("--transform", help="local transform .pth (SANet transformer_iter_*.pth, MCCNet mcc_module_iter_*.pth)")
     p.add_argument("--checkpoint", help="distst model file (model.pt) or run directory; replaces --vgg/--decoder")
     p.add_argument("--allow-random", action="store_true",
                    help="stylise even though some model part has no weight file (random weights: for tests)")
