@@ -144,13 +144,21 @@ class ImagePool(nn.Module):
     """The history of generated images a discriminator is shown (Shrivastava et al., 2017), as buffers.
 
     While filling, every image is stored and shown; once full, each image is, with probability 1/2, swapped with
-    a random stored one (the stored one is shown), else shown itself. Draws use torch's RNG (checkpointed).
+    a random stored one (the stored one is shown), else shown itself. The draws come from the pool's own
+    generator, whose state is a buffer too: the global RNG is also drawn from by whatever runs between a
+    checkpoint's restore and the next step (a data iterator's seed), so only an own stream resumes bitwise.
     """
 
     def __init__(self, size: int, side: int | None) -> None:
         super().__init__()
         self.register_buffer("images", torch.zeros(size, 3, side or 0, side or 0))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        seed = int(torch.randint(2**62, ()))  # from the global RNG at build time: follows train.seed
+        self.register_buffer("rng", torch.Generator().manual_seed(seed).get_state())
+
+    def _draw(self, generator: torch.Generator, high: int | None = None) -> float:
+        return float(torch.rand((), generator=generator)) if high is None else \
+            int(torch.randint(high, (), generator=generator))
 
     @torch.no_grad()
     def query(self, images: Tensor) -> Tensor:
@@ -162,6 +170,7 @@ class ImagePool(nn.Module):
                 raise ValueError(f"image pool holds {tuple(self.images.shape[-2:])} images, got "
                                  f"{tuple(images.shape[-2:])} (model.pool_crop must be data.crop)")
             self.images = images.new_zeros(capacity, *images.shape[1:])  # a model built outside a job config
+        generator = torch.Generator().set_state(self.rng.cpu())
         shown = []
         for image in images.to(self.images.dtype):
             filled = int(self.count)
@@ -169,12 +178,13 @@ class ImagePool(nn.Module):
                 self.images[filled] = image
                 self.count += 1
                 shown.append(image)
-            elif float(torch.rand(())) < 0.5:
-                index = int(torch.randint(capacity, ()))
+            elif self._draw(generator) < 0.5:
+                index = int(self._draw(generator, capacity))
                 shown.append(self.images[index].clone())
                 self.images[index] = image
             else:
                 shown.append(image)
+        self.rng.copy_(generator.get_state())
         return torch.stack(shown).to(images.dtype)
 
 

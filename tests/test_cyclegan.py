@@ -1,0 +1,184 @@
+"""CycleGAN: the reference layouts and parameter counts, the channel plan, the two-stage training through the one
+trainer (declared order, no gradient leak into the discriminators), the schedule, the image pool, and a stop and
+resume that is bitwise equal (generators, discriminators, both optimizers, pools)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_config
+from torch import nn
+from toy_models import same_weights
+
+from distst.config import ConfigError, TrainConfig, build_config, model_section
+from distst.models import build
+from distst.models.cyclegan import CycleGAN, ImagePool, PatchDiscriminator, ResnetGenerator
+from distst.models.io import load_model, save_model
+from distst.stop import StopRequest
+from distst.train import GradientAccess, Method, TrainContext, train
+
+# The reference architecture written out (Zhu et al. 2017; ngf = ndf = 64, 9 blocks): (type, in, out, kernel, stride)
+REFERENCE_GENERATOR = [
+    ("Conv2d", 3, 64, 7, 1), ("Conv2d", 64, 128, 3, 2), ("Conv2d", 128, 256, 3, 2),
+    *[("Conv2d", 256, 256, 3, 1)] * 18,
+    ("ConvTranspose2d", 256, 128, 3, 2), ("ConvTranspose2d", 128, 64, 3, 2), ("Conv2d", 64, 3, 7, 1),
+]
+REFERENCE_PATCHGAN = [("Conv2d", 3, 64, 4, 2), ("Conv2d", 64, 128, 4, 2), ("Conv2d", 128, 256, 4, 2),
+                      ("Conv2d", 256, 512, 4, 1), ("Conv2d", 512, 1, 4, 1)]
+TINY = {"model__name": "cyclegan", "model__width": 0.0625, "model__blocks": 1, "model__pool_size": 3,
+        "train__lr": 2e-4}
+
+
+def layout(module: nn.Module) -> list[tuple[str, int, int, int, int]]:
+    return [(type(m).__name__, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0])
+            for m in module.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+
+
+def params(rows: list[tuple[str, int, int, int, int]]) -> int:
+    return sum(cin * cout * k * k + cout for _, cin, cout, k, _ in rows)  # every conv has a bias (instance norm)
+
+
+def test_reference_layouts_and_parameter_counts() -> None:
+    plan = CycleGAN.reference_plan()
+    generator = ResnetGenerator({k.removeprefix("ab."): v for k, v in plan["generator"].items() if k[:3] == "ab."}, 9)
+    discriminator = PatchDiscriminator({k.removeprefix("a."): v for k, v in plan["discriminator"].items()
+                                        if k[:2] == "a."})
+    assert layout(generator) == REFERENCE_GENERATOR and layout(discriminator) == REFERENCE_PATCHGAN
+    assert sum(p.numel() for p in generator.parameters()) == params(REFERENCE_GENERATOR) == 11_378_179  # ~11.4 M
+    assert sum(p.numel() for p in discriminator.parameters()) == params(REFERENCE_PATCHGAN) == 2_764_737
+    norms = [m for m in generator.modules() if isinstance(m, nn.InstanceNorm2d)]
+    assert len(norms) == 1 + 2 + 18 + 2 and not any(m.affine or m.track_running_stats for m in norms)
+    assert sum(isinstance(m, nn.ReflectionPad2d) for m in generator.modules()) == 2 + 18
+
+
+def test_width_and_blocks_scale_the_plan_and_sizes_are_kept() -> None:
+    model = build(model_section(name="cyclegan", width=0.0625, blocks=2, pool_crop=32))
+    assert model.plan["generator"]["ab.down2"] == 16 and model.plan["generator"]["ba.block2"] == 16
+    assert "ab.block3" not in model.plan["generator"] and model.plan["discriminator"]["b.conv4"] == 32
+    assert set(model.groups()) == {"generator", "discriminator"}
+    x = torch.rand(2, 3, 36, 44)
+    out = model(x)
+    assert out.shape == x.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+    slim = build(model_section(name="cyclegan", width=0.0625, blocks=2, plan={"generator": {"ab.block1": 5}}))
+    assert slim.generator["ab"].blocks[0].body.conv1.out_channels == 5
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model(torch.rand(1, 3, 34, 34))
+    with pytest.raises(ConfigError, match=r"model.feature_extractor='fid9000': unknown"):
+        build_config({}, ["model.name=cyclegan", "model.feature_extractor=fid9000"])
+
+
+def test_learning_rate_is_constant_then_decays_linearly_to_zero() -> None:
+    model = build(model_section(name="cyclegan", width=0.0625, blocks=1, decay_start=0.6))
+    stages = model.stages(TrainConfig(steps=10, lr=2e-4))
+    assert [(s.name, s.groups, s.lr, s.betas) for s in stages] == [
+        ("generator", ("generator",), 2e-4, (0.5, 0.999)), ("discriminator", ("discriminator",), 2e-4, (0.5, 0.999))]
+    assert [stages[1].lr_lambda(step) for step in range(11)] == pytest.approx(
+        [1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25, 0])
+
+
+def test_image_pool_fills_then_swaps_half_the_time() -> None:
+    pool = ImagePool(3, 8)
+    first = torch.rand(3, 3, 8, 8)
+    assert torch.equal(pool.query(first), first) and int(pool.count) == 3 and torch.equal(pool.images, first)
+    shown_stored = 0
+    for _ in range(40):
+        before = pool.images.clone()
+        new = torch.rand(1, 3, 8, 8)
+        shown = pool.query(new)[0]
+        if torch.equal(shown, new[0]):
+            assert torch.equal(pool.images, before)  # shown itself, pool unchanged
+        else:  # an old image is shown and the new one takes its place
+            index = next(i for i in range(3) if torch.equal(before[i], shown))
+            assert torch.equal(pool.images[index], new[0])
+            shown_stored += 1
+    assert 8 <= shown_stored <= 32 and int(pool.count) == 3
+    assert torch.equal(ImagePool(0, 8).query(first), first)  # pool_size 0: no history
+
+
+def test_model_files_keep_the_pools_and_load_strictly(tmp_path: Path) -> None:
+    model = build(model_section(name="cyclegan", width=0.0625, blocks=1, pool_size=2, pool_crop=32))
+    model.discriminator.pool_b.query(torch.rand(1, 3, 32, 32))
+    save_model(model, tmp_path / "model.pt")
+    loaded, section = load_model(tmp_path / "model.pt")
+    assert section.pool_crop == 32 and same_weights(loaded.state_dict(), model.state_dict())
+    assert int(loaded.discriminator.pool_b.count) == 1
+
+
+class StageProbe(Method):
+    """Records the stage order and whether a discriminator gradient exists when the generator stage steps."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.leaked: list[bool] = []
+
+    def edit_gradients(self, ctx: TrainContext, stage: str, grads: GradientAccess) -> None:
+        self.order.append(stage)
+        if stage == "generator":
+            self.leaked.append(any(p.grad is not None and bool(p.grad.any())
+                                   for p in ctx.model.discriminator.parameters()))
+
+
+def test_two_optimizers_step_in_order_and_the_generator_stage_leaves_the_discriminators_alone(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "run", **TINY, train__steps=2, train__eval_every=2, train__checkpoint_every=2)
+    torch.manual_seed(cfg.train.seed)
+    before = build(cfg.model).state_dict()
+    probe = StageProbe()
+    result = train(cfg, tmp_path / "run", probe)
+    assert probe.order == ["generator", "discriminator"] * 2 and probe.leaked == [False, False]
+    after = load_model(tmp_path / "run")[0].state_dict()
+    for prefix in ("generator.ab.", "generator.ba.", "discriminator.a.", "discriminator.b."):
+        assert any(not torch.equal(v, before[k]) for k, v in after.items() if k.startswith(prefix)), prefix
+    assert int(after["discriminator.pool_a.count"]) == 3  # 2 images per step, capacity 3
+    assert set(result.summary["final"]) == {"photo_cycle_error", "painting_cycle_error", "total_error"}
+
+
+class StopAt(Method):
+    def __init__(self, step: int, request: StopRequest) -> None:
+        self.step, self.request = step, request
+
+    def after_optimizer_step(self, ctx: TrainContext) -> None:
+        if ctx.step == self.step:
+            self.request.set("test")
+
+
+def _checkpoint(run: Path, stage: str) -> dict:
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    path = run / "checkpoints" / "step_00000004" / stage / "mp_rank_00_model_states.pt"
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+        return torch.load(path, weights_only=True)
+
+
+def _flat(tree: object) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for k in sorted(tree, key=str) for t in _flat(tree[k])]
+    if isinstance(tree, list | tuple):
+        return [t for item in tree for t in _flat(item)]
+    return []
+
+
+@pytest.mark.slow
+def test_stop_and_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path: Path) -> None:
+    settings = {**TINY, "train__steps": 4, "train__deterministic": "true", "train__checkpoint_every": 4,
+                "train__eval_every": 4}
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(tiny_config(straight, **settings), straight)
+    request = StopRequest()
+    first = train(tiny_config(stopped, **settings), stopped, StopAt(2, request), stop=request)
+    assert first.stopped and first.steps == 2
+    train(tiny_config(stopped, **settings), stopped)
+    a, b = load_model(straight)[0].state_dict(), load_model(stopped)[0].state_dict()
+    assert same_weights(a, b) and int(a["discriminator.pool_b.count"]) == 3
+    assert any(not torch.equal(a["discriminator.pool_b.images"][i], a["discriminator.pool_a.images"][i])
+               for i in range(3))
+    for stage in ("generator", "discriminator"):
+        x, y = _checkpoint(straight, stage), _checkpoint(stopped, stage)
+        assert x["optimizer"]["state"] and len(_flat(x["optimizer"])) == len(_flat(y["optimizer"]))
+        assert all(torch.equal(s, t) for s, t in zip(_flat(x["optimizer"]), _flat(y["optimizer"]), strict=True))
+        assert x["lr_scheduler"] == y["lr_scheduler"]
