@@ -162,7 +162,7 @@ def problems(cfg: Config, run_dir: Path | None = None) -> list[str]:
             found += _shard_problems(key, pattern)
     if not found:  # counting evaluation images needs readable shards
         found += _eval_problems(cfg)
-    for key in ("vgg_weights", "decoder_weights", "transform_weights"):
+    for key in ("vgg_weights", "decoder_weights", "transform_weights", "inception_weights"):
         path = getattr(cfg.model, key, None)
         if path and not Path(path).is_file():
             found.append(f"model.{key}: {path} does not exist (distst never downloads weights; see README)")

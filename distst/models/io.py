@@ -19,7 +19,7 @@ from .weights import WeightsError, load_checked
 FORMAT = "distst-model/2"
 READABLE = ("distst-model/1", FORMAT)
 # Where weights came from is not part of a model file: the file is the weights.
-_NOT_SAVED = {"vgg_weights", "decoder_weights", "transform_weights", "init_from"}
+_NOT_SAVED = {"vgg_weights", "decoder_weights", "transform_weights", "inception_weights", "init_from"}
 
 
 def save_model(model: DiststModel, path: str | Path) -> Path:
