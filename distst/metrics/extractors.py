@@ -1,5 +1,6 @@
 """Feature extractors for FID/KID, by name: ``inception`` (2048-d pool features of Inception v3 from a local
-weights file) and any a user or a test registers (``register_extractor``).
+weights file), ``random_conv`` (a fixed, seeded random conv net: offline smoke runs only, its numbers compare
+with nothing) and any a user or a test registers (``register_extractor``).
 
 Two Inception files are accepted, told apart by their classifier (1008 or 1000 classes):
 
@@ -107,4 +108,17 @@ def inception_features(weights: str | None) -> nn.Module:
     return InceptionFeatures(network)
 
 
+def random_conv_features(weights: str | None) -> nn.Module:
+    """A fixed random conv net (64-d average-pooled features, seeded, global RNG untouched): lets a run without
+    Inception weights (the CPU demo job) go through the whole FID verdict; not comparable to anything."""
+    generator = torch.Generator().manual_seed(2015)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with torch.no_grad():
+        for param in net.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) / max(1, param[0].numel()) ** 0.5)
+    return net
+
+
 register_extractor("inception", inception_features)
+register_extractor("random_conv", random_conv_features)
