@@ -9,6 +9,9 @@ image plus those inputs to the stylised image. What is cached is chosen per mode
 - SANet: the style's relu4_1 and relu5_1 features. The attention's key/value projections (1x1 convs) stay
   in the content graph: they are under a tenth of the style side's MACs (the VGG to relu5_1 is the rest), and
   keeping them there keeps one definition of the attention (the model's own module).
+- MCCNet: the style's relu4_1 features, for the same reason (its ``g`` conv, FC_S and ``fc`` are a small part
+  of the style side; caching their K-vector output would need the module split into a style half and a
+  content half).
 - any other encoder/transform/decoder model: every encoder tap of the style (its ``stylize_features`` sees
   exactly what the full forward gives it).
 
@@ -55,6 +58,7 @@ class StyleCache:
 STYLE_CACHES: dict[str, StyleCache] = {
     "adain": StyleCache(("style_mean", "style_std"), ("relu4_1",), stats=True),
     "sanet": StyleCache(("style_relu4_1", "style_relu5_1"), ("relu4_1", "relu5_1")),
+    "mccnet": StyleCache(("style_relu4_1",), ("relu4_1",)),
 }
 
 

@@ -101,12 +101,13 @@ def quantize_export(out_dir: str | Path, calib: Calibration) -> dict[str, Any]:
 
 
 def int8_weight_count(path: str | Path) -> int:
-    """Elements of int8 initializers in an ONNX graph (0 for an fp32 graph)."""
+    """Elements of int8 weight tensors (initializers of two or more dimensions: not the per-channel zero points)
+    in an ONNX graph; 0 for an fp32 graph."""
     import onnx
     from onnx import TensorProto
 
     graph = onnx.load(str(path)).graph
-    return sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == TensorProto.INT8)
+    return sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == TensorProto.INT8 and len(t.dims) > 1)
 
 
 def relative_error(a: Tensor, b: Tensor) -> float:
