@@ -12,10 +12,13 @@ from typing import Any
 
 MODEL_SECTIONS: dict[str, Any] = {}
 METHOD_SECTIONS: dict[str, Any] = {}
+#: ``prune.method`` -> ``factory(cfg) -> distst.train.Method`` for methods that are one training run, so that
+#: ``distst train`` runs them (methods with stages of their own have their own command: imp, prune).
+METHOD_FACTORIES: dict[str, Any] = {}
 #: What ``model.name`` and ``prune.method`` are when a job leaves them out (set by the built-in packages).
 DEFAULTS: dict[str, str] = {"prune.method": "none"}
 # Packages whose import registers the built-in models and methods.
-BUILTINS = ("distst.models", "distst.prune")
+BUILTINS = ("distst.models", "distst.prune", "distst.quant")
 
 
 def _add(table: dict[str, Any], kind: str, name: str, section: Any) -> None:
@@ -32,6 +35,17 @@ def register_model_section(name: str, section: Any) -> None:
 def register_method_section(name: str, section: Any) -> None:
     """``section`` (a ``distst.config.MethodSection`` subclass) is what ``prune.method=<name>`` validates against."""
     _add(METHOD_SECTIONS, "method", name, section)
+
+
+def register_method_factory(name: str, factory: Any) -> None:
+    """``factory(cfg)`` builds the ``distst.train.Method`` of ``prune.method=<name>`` for ``distst train``."""
+    _add(METHOD_FACTORIES, "method factory", name, factory)
+
+
+def method_factory(name: str) -> Any:
+    """The registered factory of ``prune.method=<name>``, or None."""
+    load_builtins()
+    return METHOD_FACTORIES.get(name)
 
 
 def load_builtins() -> None:

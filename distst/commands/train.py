@@ -31,9 +31,12 @@ def run(args: argparse.Namespace) -> int:
     from ..train.engine import prepare_process_env
 
     prepare_process_env()
-    if cfg.prune.method != "none":
+    from ..registry import method_factory
+
+    factory = method_factory(cfg.prune.method)
+    if cfg.prune.method != "none" and factory is None:
         from ..cli import UserError
 
         raise UserError(f"prune.method={cfg.prune.method} runs through its own command (distst imp ...)")
-    result = train(cfg, cfg.run_dir())
+    result = train(cfg, cfg.run_dir(), factory(cfg) if factory else None)
     return EXIT_REQUEUE if result.stopped else 0
