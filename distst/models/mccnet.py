@@ -15,17 +15,16 @@ conv is never built.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from .base import StyleTransferModel, StyleTransferSection
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
+from .identity import IdentitySection, IdentityTrainedModel
 from .plan import Plan
-from .stats import blend, mean_variance_norm, per_sample_l2, style_error, style_loss
+from .stats import blend, mean_variance_norm
 from .vgg import VGGEncoder, frozen_copy, reference_plan
 
 #: Keys of the official transform file that belong to the unused ``h`` conv.
@@ -84,33 +83,18 @@ class MCCTransform(nn.Module):
         return {k: v for k, v in state.items() if k not in UNUSED_REFERENCE_KEYS}
 
 
-@dataclass
-class _Pass:
-    """Everything MCCNet's losses and errors are made of, for one batch of pairs."""
-
-    output: Tensor
-    out_feats: list[Tensor]
-    content_feats: list[Tensor]
-    style_feats: list[Tensor]
-    identity_content: Tensor
-    identity_style: Tensor
-    identity_content_feats: list[Tensor]
-    identity_style_feats: list[Tensor]
-
-
-class MCCNetSection(StyleTransferSection):
+class MCCNetSection(IdentitySection):
     """``model.*`` for MCCNet: its reference loss weights."""
 
     name: Literal["mccnet"] = "mccnet"
     content_weight: float = Field(3.0, ge=0)
     style_weight: float = Field(10.0, ge=0)
     identity1_weight: float = Field(70.0, ge=0, description="identity loss on images")
-    identity2_weight: float = Field(1.0, ge=0, description="identity loss on features")
     noise_weight: float = Field(3000.0, ge=0, description="output change under small Gaussian input noise")
     tv_weight: float = Field(1.0e-4, ge=0, description="total variation of the output (a sum, as the reference)")
 
 
-class MCCNet(StyleTransferModel):
+class MCCNet(IdentityTrainedModel):
     name = "mccnet"
     section = MCCNetSection
     encoder_depth = "relu4_1"
@@ -154,34 +138,12 @@ class MCCNet(StyleTransferModel):
             return stylized
         return blend(stylized, self.transform(content_feats[-1], content_feats[-1]), alpha)
 
-    def loss_weights(self) -> dict[str, float]:
-        cfg = self.cfg
-        return {**super().loss_weights(), "identity1": cfg.identity1_weight,  # type: ignore[attr-defined]
-                "identity2": cfg.identity2_weight, "noise": cfg.noise_weight,  # type: ignore[attr-defined]
-                "tv": cfg.tv_weight}  # type: ignore[attr-defined]
+    def transform_features(self, content_enc: list[Tensor], style_enc: list[Tensor]) -> Tensor:
+        return self.transform(content_enc[-1], style_enc[-1])
 
-    def _pass(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> tuple[_Pass, list[Tensor]]:
-        """The pass, and the style's encoder features (the noise term reuses them)."""
-        self.check_input(content, style)
-        content_enc, style_enc = self.encode(content, "content"), self.encode(style, "style")
-        identity_content = self.decoder(self.transform(content_enc[-1], content_enc[-1]))
-        identity_style = self.decoder(self.transform(style_enc[-1], style_enc[-1]))
-        with torch.no_grad():
-            content_feats, style_feats = loss_net(content), loss_net(style)
-        transformed = self.transform(content_enc[-1], style_enc[-1])
-        self.features.record("transform", transformed)
-        output = self.decoder(transformed)
-        self.features.record("output", output)
-        return _Pass(
-            output=output,
-            out_feats=loss_net(output),
-            content_feats=content_feats,
-            style_feats=style_feats,
-            identity_content=identity_content,
-            identity_style=identity_style,
-            identity_content_feats=loss_net(identity_content),
-            identity_style_feats=loss_net(identity_style),
-        ), style_enc
+    def loss_weights(self) -> dict[str, float]:
+        return {**super().loss_weights(), "noise": self.cfg.noise_weight,  # type: ignore[attr-defined]
+                "tv": self.cfg.tv_weight}  # type: ignore[attr-defined]
 
     def noisy_output(self, content: Tensor, style_enc: list[Tensor]) -> Tensor:
         """The output for the content plus Gaussian noise, its std drawn from ``NOISE_STD_RANGE`` (torch's RNG,
@@ -192,31 +154,12 @@ class MCCNet(StyleTransferModel):
         return self.decoder(self.transform(self.encoder(noisy)[-1], style_enc[-1]))
 
     def loss_terms(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
-        p, style_enc = self._pass(content, style, loss_net)
-        mse = nn.functional.mse_loss
-        content_loss = sum(mse(mean_variance_norm(p.out_feats[i]), mean_variance_norm(p.content_feats[i]))
-                           for i in (3, 4))
-        identity2 = sum(mse(a, b) for a, b in zip(p.identity_content_feats, p.content_feats, strict=True))
-        identity2 = identity2 + sum(mse(a, b) for a, b in zip(p.identity_style_feats, p.style_feats, strict=True))
-        return {
-            "content": content_loss,
-            "style": style_loss(p.out_feats, p.style_feats),
-            "identity1": mse(p.identity_content, content) + mse(p.identity_style, style),
-            "identity2": identity2,
-            "noise": mse(self.noisy_output(content, style_enc), p.output),
-            "tv": total_variation(p.output),
-        }
-
-    def errors(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
-        """SANet's three errors (no noise term: evaluation draws no random numbers), so E is comparable."""
-        p, _ = self._pass(content, style, loss_net)
-        content_error = sum(per_sample_l2(mean_variance_norm(p.out_feats[i]) - mean_variance_norm(p.content_feats[i]))
-                            for i in (3, 4))
-        identity = per_sample_l2(p.identity_content - content) + per_sample_l2(p.identity_style - style)
-        for ours, refs in ((p.identity_content_feats, p.content_feats), (p.identity_style_feats, p.style_feats)):
-            identity = identity + sum(per_sample_l2(a - b) for a, b in zip(ours, refs, strict=True))
-        return {"content_error": content_error, "style_error": style_error(p.out_feats, p.style_feats),
-                "identity_error": identity}
+        """SANet's identity-trained terms plus noise stability and total variation. ``errors`` are SANet's three
+        (no noise term: evaluation draws no random numbers), so E is comparable."""
+        p = self.identity_pass(content, style, loss_net)
+        return {**self.identity_losses(p, content, style),
+                "noise": nn.functional.mse_loss(self.noisy_output(content, p.style_enc), p.output),
+                "tv": total_variation(p.output)}
 
 
 def total_variation(images: Tensor) -> Tensor:

@@ -5,18 +5,17 @@ Attribute names follow the reference so that its ``transformer_iter_*.pth`` file
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from .base import StyleTransferModel, StyleTransferSection
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
+from .identity import IdentitySection, IdentityTrainedModel
 from .plan import Plan, require_equal
-from .stats import blend, mean_variance_norm, per_sample_l2, style_error, style_loss
-from .vgg import VGGEncoder, reference_plan
+from .stats import blend, mean_variance_norm
+from .vgg import reference_plan
 
 
 class SANetModule(nn.Module):
@@ -59,29 +58,14 @@ class SANetTransform(nn.Module):
         return self.merge_conv(self.merge_conv_pad(merged))
 
 
-@dataclass
-class _Pass:
-    """Everything SANet's losses and errors are made of, for one batch of pairs."""
-
-    out_feats: list[Tensor]
-    content_feats: list[Tensor]
-    style_feats: list[Tensor]
-    identity_content: Tensor
-    identity_style: Tensor
-    identity_content_feats: list[Tensor]
-    identity_style_feats: list[Tensor]
-
-
-class SANetSection(StyleTransferSection):
+class SANetSection(IdentitySection):
     """``model.*`` for SANet: its reference loss weights (content 1, style 3, identity 50 and 1)."""
 
     name: Literal["sanet"] = "sanet"
     style_weight: float = Field(3.0, ge=0)
-    identity1_weight: float = Field(50.0, ge=0, description="identity loss on images")
-    identity2_weight: float = Field(1.0, ge=0, description="identity loss on features")
 
 
-class SANet(StyleTransferModel):
+class SANet(IdentityTrainedModel):
     name = "sanet"
     section = SANetSection
     encoder_depth = "relu5_1"
@@ -104,57 +88,8 @@ class SANet(StyleTransferModel):
         require_equal(plan, ("encoder", "conv4_1"), ("encoder", "conv5_1"),
                       "SANet adds its relu4_1 and relu5_1 attention branches")
 
-    def _transform(self, content_feats: list[Tensor], style_feats: list[Tensor]) -> Tensor:
-        return self.transform(content_feats[3], style_feats[3], content_feats[4], style_feats[4])
+    def transform_features(self, content_enc: list[Tensor], style_enc: list[Tensor]) -> Tensor:
+        return self.transform(content_enc[3], style_enc[3], content_enc[4], style_enc[4])
 
     def stylize_features(self, content_feats: list[Tensor], style_feats: list[Tensor], alpha: float) -> Tensor:
-        return blend(self._transform(content_feats, style_feats), content_feats[3], alpha)
-
-    def loss_weights(self) -> dict[str, float]:
-        return {**super().loss_weights(),
-                "identity1": self.cfg.identity1_weight, "identity2": self.cfg.identity2_weight}  # type: ignore[attr-defined]
-
-    def _pass(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> _Pass:
-        self.check_input(content, style)
-        content_enc, style_enc = self.encode(content, "content"), self.encode(style, "style")
-        identity_content = self.decoder(self._transform(content_enc, content_enc))
-        identity_style = self.decoder(self._transform(style_enc, style_enc))
-        with torch.no_grad():
-            content_feats, style_feats = loss_net(content), loss_net(style)
-        transformed = self._transform(content_enc, style_enc)
-        self.features.record("transform", transformed)
-        output = self.decoder(transformed)
-        self.features.record("output", output)
-        return _Pass(
-            out_feats=loss_net(output),
-            content_feats=content_feats,
-            style_feats=style_feats,
-            identity_content=identity_content,
-            identity_style=identity_style,
-            identity_content_feats=loss_net(identity_content),
-            identity_style_feats=loss_net(identity_style),
-        )
-
-    def loss_terms(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
-        p = self._pass(content, style, loss_net)
-        mse = nn.functional.mse_loss
-        content_loss = sum(mse(mean_variance_norm(p.out_feats[i]), mean_variance_norm(p.content_feats[i]))
-                           for i in (3, 4))
-        identity2 = sum(mse(a, b) for a, b in zip(p.identity_content_feats, p.content_feats, strict=True))
-        identity2 = identity2 + sum(mse(a, b) for a, b in zip(p.identity_style_feats, p.style_feats, strict=True))
-        return {
-            "content": content_loss,
-            "style": style_loss(p.out_feats, p.style_feats),
-            "identity1": mse(p.identity_content, content) + mse(p.identity_style, style),
-            "identity2": identity2,
-        }
-
-    def errors(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
-        p = self._pass(content, style, loss_net)
-        content_error = sum(per_sample_l2(mean_variance_norm(p.out_feats[i]) - mean_variance_norm(p.content_feats[i]))
-                            for i in (3, 4))
-        identity = per_sample_l2(p.identity_content - content) + per_sample_l2(p.identity_style - style)
-        for ours, refs in ((p.identity_content_feats, p.content_feats), (p.identity_style_feats, p.style_feats)):
-            identity = identity + sum(per_sample_l2(a - b) for a, b in zip(ours, refs, strict=True))
-        return {"content_error": content_error, "style_error": style_error(p.out_feats, p.style_feats),
-                "identity_error": identity}
+        return blend(self.transform_features(content_feats, style_feats), content_feats[3], alpha)
