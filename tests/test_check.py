@@ -9,9 +9,12 @@ from distst.cli import main
 
 
 def test_the_local_jobs_pass(capsys: pytest.CaptureFixture) -> None:
-    for job in ("adain", "sanet", "imp_adain", "imp_sanet"):
-        assert main(["check", str(REPO / "jobs" / "local" / f"{job}.yaml")]) == 0
-    assert capsys.readouterr().out.count(": ok (") == 4
+    jobs = sorted((REPO / "jobs" / "local").glob("*.yaml"))
+    assert {"adain", "sanet", "mccnet", "imp_adain", "imp_sanet", "l2_adain", "iccp_adain", "iccp_mccnet",
+            "cpst_adain"} <= {job.stem for job in jobs}
+    for job in jobs:
+        assert main(["check", str(job)]) == 0, job
+    assert capsys.readouterr().out.count(": ok (") == len(jobs)
 
 
 def test_missing_shards_and_weights_are_each_named(tmp_path, capsys: pytest.CaptureFixture) -> None:
