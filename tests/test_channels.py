@@ -220,6 +220,7 @@ def test_distst_prune_end_to_end_resumes_and_slims(tmp_path):
     slim_file = run / "slim" / "model.pt"
     model, _ = load_model(slim_file)
     assert widths(model)["encoder"]["conv4_1"] == 32 and widths(model)["decoder"] == widths(_model("adain"))["decoder"]
+    assert "| prune_1_encoder | prune |" in run_distst("report", str(run)).stdout
     # Done stages are skipped: a rerun trains nothing and gives the same summary.
     again = run_distst(*args)
     assert "finished step" not in again.stdout + again.stderr

@@ -1,8 +1,9 @@
-"""``distst report RUN_DIR``: Markdown + PNG report of an IMP run."""
+"""``distst report RUN_DIR``: Markdown + PNG report of an IMP run or a channel-pruning run."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,12 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..cli import UserError
 
     if not Path(args.run_dir).is_dir():
         raise UserError(f"run directory {args.run_dir} does not exist")
+    if (Path(args.run_dir) / "summary.json").is_file() and list(Path(args.run_dir).glob("[0-9][0-9]_*/stage.json")):
+        return _channel_report(Path(args.run_dir))
     from ..report import ReportError, load_run, markdown_table, write_report
 
     try:
@@ -26,5 +27,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     summary, levels = load_run(Path(args.run_dir))
     print(markdown_table(summary, levels))
+    print(f"\nreport: {path}")
+    return 0
+
+
+def _channel_report(run_dir: Path) -> int:
+    import json
+
+    from ..prune.channels.report import markdown_table, write_report
+
+    path = write_report(run_dir)
+    print(markdown_table(json.loads((run_dir / "summary.json").read_text())))
     print(f"\nreport: {path}")
     return 0
