@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "data": "distst.data.bench",
     "tune": "distst.sweep.bench",
     "faults": "distst.bench_faults",
+    "latency": "distst.bench_latency",
 }
 
 

@@ -1,0 +1,61 @@
+"""distst bench latency: model files and exported ONNX graphs side by side, ratios to the first entry,
+parameters and MACs from the model, E from the files beside them, JSON; bad inputs as one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distst import bench_latency
+from distst.cli import main
+from distst.config import model_section
+from distst.export import export_model
+from distst.models import build, param_counts
+from distst.models.complexity import macs
+from distst.models.io import save_model
+
+
+def test_median_ms_excludes_warm_up_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # perf_counter readings (s): two timed runs of 0.010 s and 0.030 s and one of 0.020 s after a warm-up.
+    clock = iter([0.0, 0.010, 1.0, 1.030, 2.0, 2.020])
+    monkeypatch.setattr(bench_latency.time, "perf_counter", lambda: next(clock))
+    calls = []
+    assert bench_latency.median_ms(lambda: calls.append(1), repeats=3, warmup=2) == pytest.approx(20.0)
+    assert len(calls) == 5
+
+
+def test_latency_of_a_model_file_and_its_onnx_graph(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build(model_section(name="adain", width=0.125))
+    run_dir = tmp_path / "run"
+    model_file = save_model(model, run_dir / "model.pt")
+    (run_dir / "summary.json").write_text(json.dumps({"final": {"total_error": 12.5}}))
+    export_model(model_file, tmp_path / "onnx")
+    out = tmp_path / "latency.json"
+    assert main(["bench", "latency", "--checkpoint", str(run_dir), "--checkpoint", str(tmp_path / "onnx" / "forward.onnx"),
+                 "--size", "40", "--style-size", "24", "--repeats", "2", "--warmup", "1", "--threads", "1",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    torch_row, onnx_row = report["rows"]
+    assert [torch_row["runtime"], onnx_row["runtime"]] == ["torch", "onnx fp32"]
+    assert torch_row["speedup"] == 1.0 and onnx_row["speedup"] == pytest.approx(torch_row["full_ms"] / onnx_row["full_ms"])
+    assert onnx_row["smaller"] == pytest.approx(model_file.stat().st_size / (tmp_path / "onnx" / "forward.onnx").stat().st_size)
+    for row in (torch_row, onnx_row):
+        assert row["params"] == param_counts(model)["total"]
+        assert row["macs"] == macs(model, 40, 24)["total"]
+        assert row["full_ms"] > 0 and row["cached_ms"] > 0
+        assert row["error"] == 12.5  # the run's E: the fp32 graph is the same network
+    assert torch_row["file_bytes"] == model_file.stat().st_size
+
+
+def test_bad_entries_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "latency", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(b"not a graph")
+    assert main(["bench", "latency", "--checkpoint", str(foreign), "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "manifest.json" in err
