@@ -13,9 +13,11 @@ EXIT_RESUME = 75
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tune", help="run a Ray Tune sweep (tune/*.yaml): each trial a distst IMP run",
+    p = sub.add_parser("tune", help="run a Ray Tune sweep (tune/*.yaml): each trial a distst IMP or "
+                                    "channel-pruning run",
                        description="Runs the sweep on a local Ray instance (started here) or on a running cluster "
-                                   "(--address). Writes results.csv, results.md, e_vs_sparsity.png and the trials' "
+                                   "(--address). Writes results.csv, results.md, a plot of E (e_vs_sparsity.png "
+                                   "for IMP, e_vs_macs.png for channel pruning) and the trials' "
                                    "run directories (trials/<trial id>) to runs/tune/<sweep name>/ unless --out. "
                                    "SIGINT/SIGUSR1 end it cleanly (exit 75); --resume continues it.")
     p.add_argument("sweep", help="sweep file (see tune/)")

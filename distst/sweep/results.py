@@ -1,5 +1,6 @@
 """The sweep's results: one row per trial (parameters, final metrics, run directory), best first, as CSV and
-Markdown, and for IMP sweeps E against sparsity with one line per configuration; also sent to W&B."""
+Markdown, and E against the kind's x metric (IMP: sparsity; channel pruning: MACs) with one line per trial;
+also sent to W&B."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from typing import Any
 
 from ..track import Tracker
 from .spec import SweepSpec
-from .trial import ATTEMPTS_FILE, finished_levels
-
-METRIC_COLUMNS = ("level", "sparsity", "total_error", "extreme_sparsity", "matching", "dense_total_error")
+from .trial import ATTEMPTS_FILE
 
 
 def _number(value: Any) -> float | None:
@@ -22,7 +21,8 @@ def _number(value: Any) -> float | None:
 def trial_rows(spec: SweepSpec, results: Any, sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per trial, best first by the sweep's objective (trials without it last)."""
     rows = []
-    levels = spec.max_levels()
+    columns = spec.kind().table_columns
+    iterations = spec.max_iterations()
     for result in results:
         config = dict(result.config or {})
         metrics = dict(result.metrics or {})
@@ -31,14 +31,14 @@ def trial_rows(spec: SweepSpec, results: Any, sweep_dir: Path) -> list[dict[str,
         reached = int(metrics.get("training_iteration", 0) or 0)
         if result.error is not None:
             status = "error"
-        elif reached < levels:
+        elif reached < iterations:
             status = "stopped early"
         else:
             status = "done"
         attempts = (run_dir / ATTEMPTS_FILE)
         row = {"trial": trial_id, "status": status,
                **{key: config.get(key) for key in spec.space},
-               **{key: metrics.get(key) for key in METRIC_COLUMNS},
+               **{key: metrics.get(key) for key in columns},
                "attempts": len(attempts.read_text().splitlines()) if attempts.is_file() else 0,
                "run_dir": str(run_dir)}
         rows.append(row)
@@ -77,28 +77,34 @@ def _label(row: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(f"{k.split('.')[-1]}={_cell(row[k])}" for k in keys) or row["trial"]
 
 
-def plot_error_vs_sparsity(rows: list[dict[str, Any]], spec: SweepSpec, path: Path) -> Path | None:
-    """E against sparsity, one line per trial (labelled by its parameters); None when no level finished."""
+def plot_error_curves(rows: list[dict[str, Any]], spec: SweepSpec, path: Path) -> Path | None:
+    """E against the kind's x metric (IMP: sparsity, channel pruning: MACs), one line per trial (labelled by
+    its parameters); None when no trial finished a Tune iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    base = spec.base_config()
+    kind = spec.kind()
+    curve = kind.curve
     figure, axes = plt.subplots(figsize=(7, 4.5))
     drawn = 0
     for row in rows:
-        levels = finished_levels(Path(row["run_dir"]))
-        if not levels:
+        points = kind.rows(base, Path(row["run_dir"]))
+        if not points:
             continue
-        axes.plot([100 * lv["sparsity"] for lv in levels], [lv["total_error"] for lv in levels], marker="o",
+        axes.plot([curve.scale * p[curve.x] for p in points], [p["total_error"] for p in points], marker="o",
                   label=_label(row, list(spec.space)))
         drawn += 1
     if not drawn:
         plt.close(figure)
         return None
-    axes.set_xlabel("sparsity (% of prunable weights)")
+    if curve.log_x:
+        axes.set_xscale("log")
+    axes.set_xlabel(curve.label)
     axes.set_ylabel("E = content + style error (lower is better)")
-    axes.set_title(f"{spec.sweep_name}: E against sparsity")
+    axes.set_title(f"{spec.sweep_name}: E against {curve.x}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()
@@ -117,7 +123,7 @@ def publish(rows: list[dict[str, Any]], spec: SweepSpec, sweep_dir: Path, plot: 
     columns = [c for c in (rows[0] if rows else {}) if c != "run_dir"]
     tracker.log_table("tune/results", columns, [[_cell(row[c]) for c in columns] for row in rows])
     if plot is not None:
-        tracker.log_image("tune/e_vs_sparsity", plot, step=None)
+        tracker.log_image(f"tune/{plot.stem}", plot, step=None)
     if rows:
         tracker.summary({"best_trial": rows[0]["trial"], f"best_{spec.objective.metric}": rows[0].get(spec.objective.metric)})
     where = tracker.where()
@@ -128,6 +134,6 @@ def publish(rows: list[dict[str, Any]], spec: SweepSpec, sweep_dir: Path, plot: 
 def write_results(spec: SweepSpec, results: Any, sweep_dir: Path) -> dict[str, Any]:
     rows = trial_rows(spec, results, sweep_dir)
     csv_path, md_path = write_tables(rows, sweep_dir)
-    plot = plot_error_vs_sparsity(rows, spec, sweep_dir / "e_vs_sparsity.png")
+    plot = plot_error_curves(rows, spec, sweep_dir / spec.kind().curve.file)
     return {"rows": rows, "csv": csv_path, "markdown": md_path, "plot": plot,
             "wandb": publish(rows, spec, sweep_dir, plot)}

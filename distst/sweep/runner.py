@@ -48,9 +48,15 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 def search_algorithm(spec: SweepSpec) -> Any:
     if spec.search.algorithm != "optuna":
         return None  # Tune's BasicVariantGenerator: grids crossed, other domains sampled
+    import warnings
+
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    # A {choice: [[0.3, 0.857], ...]} of lists (prune.ratios) is fine for Optuna's in-memory study, which is
+    # all Tune uses; its warning is about persistent storage only.
+    warnings.filterwarnings("ignore", message="Choices for a categorical distribution should be",
+                            category=UserWarning)
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=spec.search.seed))
 
 
@@ -59,8 +65,8 @@ def scheduler(spec: SweepSpec) -> Any:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    # One Tune iteration = one IMP level, so the rungs are levels.
-    return ASHAScheduler(time_attr="training_iteration", max_t=spec.max_levels(),
+    # One Tune iteration = one row of the trial's kind (IMP level, channel-pruning train stage): the rungs.
+    return ASHAScheduler(time_attr="training_iteration", max_t=spec.max_iterations(),
                          grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
 
 
@@ -68,7 +74,7 @@ def trial_setup(spec: SweepSpec, sweep_dir: Path) -> TrialSetup:
     fault = spec.fault_injection
     return TrialSetup(sweep_name=spec.sweep_name, sweep_dir=str(sweep_dir.resolve()), cwd=os.getcwd(),
                       job=str(Path(spec.job).resolve()), fixed=dict(spec.overrides), cpus=spec.resources.cpus, gpus=spec.resources.gpus,
-                      processes=spec.resources.processes,
+                      processes=spec.resources.processes, macs_budget=spec.objective.macs_budget,
                       fail_once_after_level=fault.fail_once_after_level if fault else None,
                       fail_trials=tuple(fault.trials) if fault else ())
 

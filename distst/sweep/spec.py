@@ -3,27 +3,30 @@
 A sweep names the same dotted keys as a job's command line (``prune.rate``, ``train.seed``); every key and
 every value in the space is checked against the job's config tree before Ray starts, so a typo fails at
 once with the config's own "unknown key (did you mean ...)" message. Keys of the sweep file itself get the
-same treatment.
+same treatment. The base job's kind (``kinds``: IMP or channel pruning) says what the trials report.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import Config, ConfigError, load_config, with_overrides
+from .kinds import TrialKind, kind_of
 
 # One key per domain, e.g. {grid: [0.2, 0.3]} or {loguniform: [1e-4, 1e-2]}.
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint", "value")
 RANGE_DOMAINS = ("uniform", "loguniform", "randint")
-#: Metrics an IMP trial reports after every level (``training_iteration`` = level + 1).
-IMP_METRICS = ("total_error", "content_error", "style_error", "sparsity", "extreme_sparsity", "matching", "level",
-               "dense_total_error", "training_iteration")
+#: Up to this many combinations of the space's listed values are built to find the longest trial (ASHA's max_t);
+#: beyond it each key is varied alone (configs are cheap, but not free).
+MAX_COMBINATIONS = 256
 
 
 class SweepSection(BaseModel):
@@ -31,8 +34,22 @@ class SweepSection(BaseModel):
 
 
 class Objective(SweepSection):
-    metric: str = Field("extreme_sparsity", description="a metric every trial reports (see IMP_METRICS)")
+    metric: str = Field("extreme_sparsity", description="a metric every trial reports (its kind's metrics)")
     mode: Literal["min", "max"] = "max"
+    macs_budget: int | None = Field(None, ge=1, description="channel pruning: MACs of one stylisation at the job's "
+                                                            "data.eval_size (or crop) that budgeted_error allows")
+
+    @field_validator("macs_budget", mode="before")
+    @classmethod
+    def _exponent_notation(cls, value: object) -> object:
+        # YAML reads 1.5e9 (no sign in the exponent) as a string; an integral number in any notation is meant.
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            return int(number) if number.is_integer() else number
+        return value
 
 
 class Search(SweepSection):
@@ -45,9 +62,11 @@ class Search(SweepSection):
 
 class Scheduler(SweepSection):
     name: Literal["fifo", "asha"] = "fifo"
-    grace_period: int = Field(1, ge=1, description="levels every trial runs before ASHA may stop it")
+    grace_period: int = Field(1, ge=1, description="Tune iterations (IMP levels, channel-pruning train stages) "
+                                                   "every trial runs before ASHA may stop it")
     reduction_factor: float = Field(2.0, gt=1)
-    max_t: int | None = Field(None, ge=1, description="levels of the longest trial; default: prune.rounds + 1")
+    max_t: int | None = Field(None, ge=1, description="Tune iterations of the longest trial; default: from the "
+                                                       "job and the space (IMP: prune.rounds + 1)")
 
 
 class Resources(SweepSection):
@@ -57,7 +76,8 @@ class Resources(SweepSection):
 
 
 class FaultInjection(SweepSection):
-    """Test-only: make chosen trials fail once, right after reporting a level, to exercise retries."""
+    """Test-only: make chosen trials fail once, right after reporting a Tune iteration (IMP level, channel-pruning
+    train stage; 0 = the first), to exercise retries."""
 
     fail_once_after_level: int = Field(0, ge=0)
     trials: list[int] = Field(default_factory=lambda: [0], description="trial indices (order of creation)")
@@ -95,13 +115,28 @@ class SweepSpec(SweepSection):
     def trial_config(self, params: Mapping[str, Any]) -> Config:
         return with_overrides(self.base_config(), dict(params))
 
-    def max_levels(self) -> int:
+    def kind(self) -> TrialKind:
+        return kind_of(self.base_config())
+
+    def max_iterations(self) -> int:
+        """Tune iterations of the longest trial (ASHA's max_t): ``scheduler.max_t``, else the most any
+        combination of the space's listed values (ranges: their ends) makes the base job report."""
         if self.scheduler.max_t is not None:
             return self.scheduler.max_t
-        rounds = [self.base_config().prune.rounds]
-        if "prune.rounds" in self.space:
-            rounds += [v for v in _domain_values(self.space["prune.rounds"]) if isinstance(v, int)]
-        return max(rounds) + 1
+        base = self.base_config()
+        kind = kind_of(base)
+        choices = [[(key, value) for value in _domain_values(domain)] for key, domain in self.space.items()]
+        if math.prod(len(c) for c in choices) <= MAX_COMBINATIONS:
+            combinations = [dict(combo) for combo in itertools.product(*choices)]
+        else:
+            combinations = [{key: value} for choice in choices for key, value in choice]
+        most = kind.iterations(base)
+        for overrides in combinations:
+            try:
+                most = max(most, kind.iterations(with_overrides(base, overrides)))
+            except ConfigError:
+                continue  # each value is valid alone (checked at load); a clashing combination is no trial
+        return most
 
 
 def _domain_values(domain: Mapping[str, Any]) -> list[Any]:
@@ -160,23 +195,38 @@ def _check_domain(key: str, domain: Any) -> None:
 
 
 def _check_against_job(spec: SweepSpec) -> None:
-    """Every dotted key and every listed value must make a valid job (ranges: both ends)."""
+    """Every dotted key and every listed value must make a valid job of the base job's kind (ranges: both ends),
+    and the objective must be a metric that kind reports."""
     base = spec.base_config()
+    try:
+        kind = kind_of(base)
+    except ConfigError as err:
+        raise ConfigError(f"job {spec.job}: {err}") from None
     for key, domain in spec.space.items():
         _check_domain(key, domain)
         for value in _domain_values(domain):
             try:
-                with_overrides(base, {key: value})
+                trial = with_overrides(base, {key: value})
             except ConfigError as err:
                 message = str(err).removeprefix("invalid config:").strip()
                 raise ConfigError(message if message.startswith(key) else f"space.{key}={value!r}: {message}") from None
-    if spec.objective.metric not in IMP_METRICS:
-        near = difflib.get_close_matches(spec.objective.metric, IMP_METRICS, n=1)
+            if not kind.accepts(trial):
+                raise ConfigError(f"space.{key}={value!r}: makes a prune.method={trial.prune.method} job, not a "
+                                  f"{kind.label} one as {spec.job}; every trial of a sweep is of one kind")
+    _check_objective(spec.objective, kind)
+
+
+def _check_objective(objective: Objective, kind: TrialKind) -> None:
+    if objective.metric not in kind.metrics:
+        near = difflib.get_close_matches(objective.metric, kind.metrics, n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
-        raise ConfigError(f"objective.metric: unknown metric '{spec.objective.metric}'{hint}; "
-                          f"IMP trials report: {', '.join(IMP_METRICS)}")
-    if base.prune.method != "imp":
-        raise ConfigError(f"job {spec.job}: sweeps run IMP trials; set prune.method: imp (got {base.prune.method})")
+        raise ConfigError(f"objective.metric: unknown metric '{objective.metric}'{hint}; "
+                          f"{kind.label} trials report: {', '.join(kind.metrics)}")
+    if objective.macs_budget is None and objective.metric == "budgeted_error":
+        raise ConfigError("objective.macs_budget: required when objective.metric is budgeted_error (MACs of one "
+                          "stylisation at the job's data.eval_size or crop, e.g. 1500000000)")
+    if objective.macs_budget is not None and "budgeted_error" not in kind.metrics:
+        raise ConfigError(f"objective.macs_budget: {kind.label} trials report no budgeted_error; remove the budget")
 
 
 def load_sweep(path: str | Path) -> SweepSpec:

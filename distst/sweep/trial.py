@@ -1,15 +1,16 @@
-"""One Ray Tune trial = one distst IMP run in its own run directory, reported level by level.
+"""One Ray Tune trial = one distst run (IMP or channel pruning: its ``kinds.TrialKind``) in its own run
+directory, reported one Tune iteration (IMP level, channel-pruning train stage) at a time.
 
-The trial's training runs in a helper thread (one process) or in a Ray Train ``TorchTrainer`` (several
-processes; Ray Train forms the gloo/NCCL group and DeepSpeed runs inside its workers). The Tune function's own
-thread watches the run directory and reports each finished level (E, sparsity, matching, extreme sparsity so
-far) with a Tune checkpoint that only *points at* the run directory: distst's own checkpoints there are what a
-retried or resumed trial continues from, so no model file is ever copied.
+The trial's job runs in a helper thread (one process) or in a Ray Train ``TorchTrainer`` (several processes;
+Ray Train forms the gloo/NCCL group and DeepSpeed runs inside its workers). The Tune function's own thread
+watches the run directory and reports each row the kind finds there (IMP: E, sparsity, matching, extreme
+sparsity so far; channel pruning: E, MACs, parameters, budgeted E) with a Tune checkpoint that only *points
+at* the run directory: distst's own checkpoints there are what a retried or resumed trial continues from, so
+no model file is ever copied.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 from .. import stop
 from ..config import Config, load_config, with_overrides
+from .kinds import kind_of
 
 POINTER_FILE = "distst_run.json"
 #: Written by rank 0 of a multi-process trial: the id of Ray Train's worker placement group (see release.py).
@@ -45,6 +47,9 @@ class TrialSetup:
     cpus: float = 1.0
     gpus: float = 0.0
     processes: int = 1
+    #: objective.macs_budget (channel-pruning trials report budgeted_error with it).
+    macs_budget: int | None = None
+    #: Test-only fault: the Tune iteration index (0 = first row) after which chosen trials fail once.
     fail_once_after_level: int | None = None
     fail_trials: tuple[int, ...] = field(default_factory=tuple)
 
@@ -63,44 +68,31 @@ class TrialSetup:
         return max(1, math.floor(self.cpus / self.processes + 1e-9))
 
 
-# --- level metrics from the run directory ------------------------------------------------------
+# --- reporting -----------------------------------------------------------------------------------
 
-def finished_levels(run_dir: Path, matching_tolerance: float = 0.0) -> list[dict[str, Any]]:
-    """Every finished level (``level_<k>/metrics.json``), in order, with the dense E, whether it is matching
-    (E at most the dense E times 1 + tolerance, as ``distst imp``) and the extreme sparsity so far."""
-    rows: list[dict[str, Any]] = []
-    while (run_dir / f"level_{len(rows)}" / "metrics.json").is_file():
-        level = json.loads((run_dir / f"level_{len(rows)}" / "metrics.json").read_text())
-        rows.append({key: level[key] for key in ("level", "sparsity", "total_error", "content_error", "style_error")})
-    best = 0.0
-    for row in rows:
-        row["dense_total_error"] = rows[0]["total_error"]
-        row["matching"] = int(row["total_error"] <= rows[0]["total_error"] * (1.0 + matching_tolerance))
-        best = max(best, row["sparsity"]) if row["matching"] else best
-        row["extreme_sparsity"] = best
-    return rows
-
-
-def report_level(row: dict[str, Any], run_dir: Path) -> None:
-    """``tune.report`` with a checkpoint that holds only where the distst run lives and the level reached
+def report_row(row: dict[str, Any], iteration: int, run_dir: Path) -> None:
+    """``tune.report`` with a checkpoint that holds only where the distst run lives and the row reached
     (Tune copies it into its trial folder before returning, so the temporary folder can go)."""
     from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="distst-pointer-") as folder:
-        (Path(folder) / POINTER_FILE).write_text(json.dumps({"run_dir": str(run_dir), "level": row["level"]}))
+        (Path(folder) / POINTER_FILE).write_text(json.dumps({"run_dir": str(run_dir), "iteration": iteration}))
         tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def reported_level(checkpoint: Any) -> int:
-    """The last level a previous attempt reported (-1: none)."""
+def reported_iteration(checkpoint: Any) -> int:
+    """The index of the last row a previous attempt reported (-1: none)."""
     if checkpoint is None:
         return -1
     with checkpoint.as_directory() as folder:
         path = Path(folder) / POINTER_FILE
-        return int(json.loads(path.read_text())["level"]) if path.is_file() else -1
+        if not path.is_file():
+            return -1
+        pointer = json.loads(path.read_text())
+        return int(pointer.get("iteration", pointer.get("level", -1)))  # "level": sweeps started before kinds
 
 
-# --- running the IMP run -----------------------------------------------------------------------
+# --- running the job -----------------------------------------------------------------------------
 
 #: A Ray worker started inside an srun step (slurm/tune.sh) inherits that step's task variables; a trial is
 #: not that Slurm task (it is a world of one, or Ray Train's world), so they must not be mapped to its rank.
@@ -122,29 +114,6 @@ def prepare_process_env(single_process: bool = False) -> None:
         engine.prepare_process_env()
 
 
-def _run_imp(cfg: Config, run_dir: Path, request: stop.StopRequest) -> bool:
-    """Run (or resume) IMP; True when it stopped on request before the end."""
-    from ..prune import run_imp
-
-    if "stop" in inspect.signature(run_imp).parameters:
-        return run_imp(cfg, run_dir, stop=request).stopped
-    # Until run_imp takes a request: the trainer polls the process-wide one (a trial owns its process).
-    stop.PROCESS.clear()
-    watcher = threading.Thread(target=_forward_stop, args=(request,), daemon=True)
-    watcher.start()
-    try:
-        return run_imp(cfg, run_dir).stopped
-    finally:
-        request.set("trial ended")  # ends the forwarder
-
-
-def _forward_stop(request: stop.StopRequest) -> None:
-    while not request.is_set():
-        time.sleep(0.2)
-    if request.reason != "trial ended":
-        stop.PROCESS.set(request.reason or "stop requested")
-
-
 class Background(threading.Thread):
     """Runs ``target`` and keeps its exception for the Tune thread to re-raise (so Tune sees the failure)."""
 
@@ -161,12 +130,10 @@ class Background(threading.Thread):
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
-    """A Ray Train worker: one rank of the trial's IMP run (Ray Train has formed the process group)."""
+    """A Ray Train worker: one rank of the trial's run (Ray Train has formed the process group)."""
     import ray.train
     import ray.util
     import torch
-
-    from ..prune import run_imp
 
     context = ray.train.get_context()
     os.chdir(loop_config["cwd"])
@@ -182,7 +149,9 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         if group is not None:
             (run_dir / PLACEMENT_GROUP_FILE).write_text(group.id.hex())
     setup: TrialSetup = loop_config["setup"]
-    run_imp(setup.trial_config(loop_config["params"], loop_config["trial_id"]), run_dir)
+    cfg = setup.trial_config(loop_config["params"], loop_config["trial_id"])
+    # No stop request: a stopped multi-process trial's workers end with its actor (release.py frees them).
+    kind_of(cfg).run(cfg, run_dir, None)
 
 
 def _torch_trainer(setup: TrialSetup, params: dict[str, Any], run_dir: Path, trial_id: str) -> Any:
@@ -219,12 +188,13 @@ def _trial_index(trial_id: str) -> int:
 def _log_attempt(run_dir: Path, trial_id: str, resumed_from: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with (run_dir / ATTEMPTS_FILE).open("a") as f:
+        # "level": the Tune iteration index (an IMP level; a channel-pruning train stage's row).
         f.write(json.dumps({"trial": trial_id, "pid": os.getpid(), "time": time.time(),
                             "resumed_after_level": resumed_from}) + "\n")
 
 
 def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
-    """Tune function trainable: run one IMP trial, report each finished level, stop when Tune says so."""
+    """Tune function trainable: run one trial, report each finished row (Tune iteration), stop when Tune says so."""
     import torch
     from ray import tune
 
@@ -234,19 +204,20 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     run_dir = setup.run_dir(trial_id)
     cfg = setup.trial_config(params, trial_id)
-    last_reported = reported_level(tune.get_checkpoint())
+    kind = kind_of(cfg)
+    last_reported = reported_iteration(tune.get_checkpoint())
     _log_attempt(run_dir, trial_id, last_reported)
 
     request = stop.StopRequest()
     if setup.processes == 1:
         torch.set_num_threads(setup.torch_threads())
         prepare_process_env(single_process=True)
-        worker = Background(lambda: _run_imp(cfg, run_dir, request), name=f"imp-{trial_id}")
+        worker = Background(lambda: kind.run(cfg, run_dir, request), name=f"run-{trial_id}")
     else:
         trainer = _torch_trainer(setup, params, run_dir, trial_id)
         worker = Background(trainer.fit, name=f"train-{trial_id}")
 
-    # One W&B run per trial (the per-level runs come from distst's trainer), in the sweep's group.
+    # One W&B run per trial (the per-level/per-stage runs come from distst's trainer), in the sweep's group.
     tracker = Tracker(cfg.tracking, run_dir, config={**cfg.model_dump(mode="json"), "sweep": dict(params),
                                                      "trial_id": trial_id},
                       name=f"{setup.sweep_name}/{trial_id}", group=setup.sweep_name, enabled=True,
@@ -256,17 +227,18 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     try:
         while True:
             alive = worker.is_alive()
-            for row in finished_levels(run_dir, cfg.prune.matching_tolerance):
-                if row["level"] <= last_reported:
+            for iteration, row in enumerate(kind.rows(cfg, run_dir, setup.macs_budget)):
+                if iteration <= last_reported:
                     continue
-                tracker.log({f"imp/{k}": v for k, v in row.items()}, step=row["level"])
-                report_level(row, run_dir)
-                last_reported = row["level"]
-                if fault is not None and row["level"] == fault and not (run_dir / FAULT_MARKER).exists():
+                tracker.log({f"{kind.log_prefix}/{k}": v for k, v in row.items()}, step=iteration)
+                report_row(row, iteration, run_dir)
+                last_reported = iteration
+                if fault is not None and iteration == fault and not (run_dir / FAULT_MARKER).exists():
                     (run_dir / FAULT_MARKER).write_text(trial_id)
                     request.set("injected fault")
                     worker.join()
-                    raise RuntimeError(f"injected fault after level {fault} (sweep fault_injection, test only)")
+                    raise RuntimeError(f"injected fault after {kind.iteration} {fault} (sweep fault_injection, "
+                                       "test only)")
             if not alive:
                 break
             time.sleep(POLL_S)
@@ -279,5 +251,5 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
         request.set("stopped by Ray Tune")
         raise
     finally:
-        tracker.summary({"levels_reported": last_reported + 1})
+        tracker.summary({"iterations_reported": last_reported + 1})
         tracker.finish()
