@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "tune": "distst.sweep.bench",
     "faults": "distst.bench_faults",
     "latency": "distst.bench_latency",
+    "table": "distst.bench_table",
 }
 
 

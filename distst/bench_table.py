@@ -1,0 +1,142 @@
+"""``distst bench table``: the README's results table, regenerated from model files.
+
+Exports the dense model to ONNX fp32, and each slimmed model to ONNX fp32 and int8 (calibrated on held-out
+shards, with E of fp32 and int8 on further held-out pairs), then measures every row with ``distst bench
+latency`` at each content/style size pair (default 384/256, a phone-app size, and 512/512) with the given
+threads. Rows: dense torch, dense ONNX, the ticket (torch), each slimmed model (torch) and its int8 graph.
+E: the run's own (``summary.json`` beside the model file), and for int8 graphs the fp32 -> int8 pair measured
+on the same held-out pairs. Without ``--dense`` a randomly initialised width-1.0 AdaIN stands in (timing only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .bench_latency import SAMPLE_CONTENT, SAMPLE_STYLE, Row, measure
+
+HELP = "the README results table: dense torch/ONNX, ticket, slimmed and slimmed int8 at 384/256 and 512/512"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dense", metavar="MODEL", help="the dense model file (default: a random width-1.0 AdaIN)")
+    p.add_argument("--ticket", metavar="MODEL", help="a lottery-ticket model file (an IMP level's model.pt)")
+    p.add_argument("--slim", action="append", default=[], metavar="MODEL", help="a slimmed model file; repeatable")
+    p.add_argument("--calibration", default=SAMPLE_CONTENT, help="held-out content shards for int8 calibration")
+    p.add_argument("--calibration-style", default=SAMPLE_STYLE, help="held-out style shards")
+    p.add_argument("--sizes", default="384/256,512/512", help="content/style size pairs (default 384/256,512/512)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--work", default="runs/bench_table", help="where exports go (default runs/bench_table)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the Markdown table to FILE")
+    p.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    from .cli import UserError
+
+    try:
+        pairs = [tuple(int(v) for v in item.split("/")) for item in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 or min(p) < 16 for p in pairs):
+        raise UserError(f"--sizes {text!r}: give content/style pairs of at least 16, e.g. 384/256,512/512")
+    return pairs  # type: ignore[return-value]
+
+
+def _entries(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
+    """(row label, path to measure) for every row, exporting what needs exporting."""
+    import torch
+
+    from .config import model_section
+    from .export import export_model
+    from .export.errors import compare_errors
+    from .export.quantize import quantize_export, read_calibration
+    from .models import build
+    from .models.io import save_model
+
+    dense = Path(args.dense) if args.dense else None
+    if dense is None:
+        torch.manual_seed(0)
+        dense = save_model(build(model_section(name="adain", width=1.0)), work / "dense_random" / "model.pt")
+    export_model(dense, work / "dense")
+    entries = [("dense", dense), ("dense", work / "dense" / "forward.onnx")]
+    if args.ticket:
+        entries.append(("ticket", Path(args.ticket)))
+    calibration = read_calibration(args.calibration, args.calibration_style, 12, 256) if args.slim else None
+    for i, slim in enumerate(map(Path, args.slim)):
+        out = work / f"slim_{i}"
+        export_model(slim, out)
+        assert calibration is not None
+        quantize_export(out, type(calibration)(calibration.content[:8], calibration.style[:8]))
+        report: dict[str, Any] = {"source": str(slim)}
+        try:
+            report["errors"] = compare_errors(slim, out, calibration.content[8:], calibration.style[8:])
+        except ValueError as err:  # a model whose errors() cannot run on a graph (see export.errors)
+            report["errors_skipped"] = str(err)
+        (out / "int8_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        entries += [(f"slimmed {i + 1}", slim), (f"slimmed {i + 1}", out / "forward.int8.onnx")]
+    return entries
+
+
+def markdown(labels: list[str], by_size: dict[tuple[int, int], list[Row]], threads: int) -> str:
+    sizes = list(by_size)
+    first = by_size[sizes[0]]
+    head = ["model", "runtime", "params", "GMACs", "file MB", "smaller", "E"]
+    for c, s in sizes:
+        head += [f"ms {c}/{s} (cached style)", f"speed-up {c}/{s}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, label in enumerate(labels):
+        row = first[i]
+        cells = [label, row.runtime, f"{row.params:,}", f"{row.macs / 1e9:.2f} @{sizes[0][0]}",
+                 f"{row.file_bytes / 1e6:.2f}", f"{row.smaller:.1f}x", _e(row)]
+        for size in sizes:
+            r = by_size[size][i]
+            cells += [f"{r.full_ms:.0f} ({r.cached_ms:.0f})", f"{r.speedup:.1f}x ({r.cached_speedup:.1f}x)"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\nCPU, {threads} threads; median ms of the full forward (content + style) and, in brackets, with "
+                 "the style's inputs cached; ratios to dense torch. E: the run's (summary.json); int8 rows: "
+                 "fp32 -> int8 on the same held-out pairs.")
+    return "\n".join(lines)
+
+
+def _e(row: Row) -> str:
+    if row.runtime == "onnx int8":
+        fp32 = row.extra.get("fp32_error")
+        return f"{fp32:.4g} -> {row.error:.4g}" if fp32 is not None and row.error is not None else ""
+    return f"{row.error:.4g}" if row.error is not None else ""
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .cli import UserError
+    from .export import ExportError
+
+    sizes = _sizes(args.sizes)
+    for path in [args.dense, args.ticket, *args.slim]:
+        if path and not Path(path).exists():
+            raise UserError(f"{path} does not exist")
+    work = Path(args.work)
+    try:
+        entries = _entries(args, work)
+        by_size = {size: measure([p for _, p in entries], *size, args.threads, args.repeats, args.warmup)
+                   for size in sizes}
+    except ExportError as err:
+        raise UserError(str(err)) from None
+    for rows in by_size.values():
+        for row in rows:
+            if row.runtime == "onnx int8":
+                report = json.loads((Path(row.label).parent / "int8_report.json").read_text())
+                row.extra["fp32_error"] = report.get("errors", {}).get("fp32", {}).get("total_error")
+    text = markdown([label for label, _ in entries], by_size, args.threads)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({f"{c}/{s}": [asdict(r) for r in rows] for (c, s), rows
+                                               in by_size.items()}, indent=2) + "\n")
+    return 0
