@@ -53,6 +53,17 @@ def test_reference_layouts_and_parameter_counts() -> None:
     assert sum(isinstance(m, nn.ReflectionPad2d) for m in generator.modules()) == 2 + 18
 
 
+def test_macs_of_a_translation_are_the_generators_conv_sum() -> None:
+    from distst.models.complexity import macs
+
+    model = build(model_section(name="cyclegan", width=0.125, blocks=2))
+    # output side of each conv for a 256 px photo (a transposed conv: its input side), in layer order
+    sides = [256, 128, 64, *[64] * 4, 64, 128, 256]
+    rows = layout(model.generator["ab"])
+    expected = sum(cin * cout * k * k * side * side for (_, cin, cout, k, _), side in zip(rows, sides, strict=True))
+    assert macs(model, 256) == {"generator": expected, "discriminator": 0, "total": expected}
+
+
 def test_width_and_blocks_scale_the_plan_and_sizes_are_kept() -> None:
     model = build(model_section(name="cyclegan", width=0.0625, blocks=2, pool_crop=32))
     assert model.plan["generator"]["ab.down2"] == 16 and model.plan["generator"]["ba.block2"] == 16

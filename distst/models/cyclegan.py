@@ -193,6 +193,14 @@ class ImagePool(nn.Module):
         return torch.stack(shown).to(images.dtype)
 
 
+class Generators(nn.ModuleDict):
+    """The generator group: ``ab`` (photo -> painting) and ``ba`` (painting -> photo). Called as a module, so that
+    hooks and MAC counts see the group."""
+
+    def forward(self, images: Tensor, direction: str) -> Tensor:
+        return self[direction](images)
+
+
 class Discriminators(nn.Module):
     """The discriminator group: both PatchGANs and the pools of generated images they are shown."""
 
@@ -203,6 +211,9 @@ class Discriminators(nn.Module):
             self.add_module(name, PatchDiscriminator(widths))
         for name in DISCRIMINATORS:
             self.add_module(f"pool_{name}", ImagePool(pool_size, pool_crop))
+
+    def forward(self, images: Tensor, name: str) -> Tensor:
+        return getattr(self, name)(images)
 
 
 @contextlib.contextmanager
@@ -242,7 +253,7 @@ class CycleGAN(DiststModel):
         cfg = cfg or CycleGANSection()
         super().__init__(cfg)
         generator = self.plan["generator"]
-        self.generator = nn.ModuleDict({
+        self.generator = Generators({
             g: ResnetGenerator({k.removeprefix(f"{g}."): v for k, v in generator.items() if k.startswith(f"{g}.")},
                                cfg.blocks)
             for g in GENERATORS})
@@ -287,7 +298,7 @@ class CycleGAN(DiststModel):
     def forward(self, content: Tensor, style: Tensor | None = None, alpha: float = 1.0) -> Tensor:
         """Photos in [0, 1] -> paintings in [0, 1] (``style`` and ``alpha`` are not used: the style is learnt)."""
         self.check_input(content)
-        out = (self.generator["ab"](content * 2 - 1) + 1) / 2
+        out = (self.generator(content * 2 - 1, "ab") + 1) / 2
         self.features.record("output", out)
         return out
 
@@ -306,24 +317,24 @@ class CycleGAN(DiststModel):
                 "d_b_real": _least_squares(real_b, True), "d_b_fake": _least_squares(fake_b, False)}
 
     def _generator_losses(self, photo: Tensor, painting: Tensor) -> dict[str, Tensor]:
-        ab, ba = self.generator["ab"], self.generator["ba"]
-        fake_painting, fake_photo = ab(photo), ba(painting)
+        g, d = self.generator, self.discriminator
+        fake_painting, fake_photo = g(photo, "ab"), g(painting, "ba")
         self.features.record("output", (fake_painting + 1) / 2)
-        with frozen(self.discriminator):
-            terms = {"adversarial_ab": _least_squares(self.discriminator.b(fake_painting), True),
-                     "adversarial_ba": _least_squares(self.discriminator.a(fake_photo), True)}
-        terms["cycle_photo"] = F.l1_loss(ba(fake_painting), photo)
-        terms["cycle_painting"] = F.l1_loss(ab(fake_photo), painting)
+        with frozen(d):
+            terms = {"adversarial_ab": _least_squares(d(fake_painting, "b"), True),
+                     "adversarial_ba": _least_squares(d(fake_photo, "a"), True)}
+        terms["cycle_photo"] = F.l1_loss(g(fake_painting, "ba"), photo)
+        terms["cycle_painting"] = F.l1_loss(g(fake_photo, "ab"), painting)
         if self.cfg.identity_weight:  # type: ignore[attr-defined]
-            terms["identity_photo"] = F.l1_loss(ba(photo), photo)
-            terms["identity_painting"] = F.l1_loss(ab(painting), painting)
+            terms["identity_photo"] = F.l1_loss(g(photo, "ba"), photo)
+            terms["identity_painting"] = F.l1_loss(g(painting, "ab"), painting)
         self._fakes = (fake_photo.detach(), fake_painting.detach())
         return terms
 
     def _judge(self, name: str, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
         """Scores of real and (pooled) generated images by discriminator ``name``, in one forward pass."""
         images = torch.cat([real, fake])
-        scores = getattr(self.discriminator, name)(images)
+        scores = self.discriminator(images, name)
         self.features.record(f"discriminator.{name}/input", images)
         self.features.record(f"discriminator.{name}/output", scores)
         return scores[: len(real)], scores[len(real):]
@@ -331,10 +342,10 @@ class CycleGAN(DiststModel):
     def errors(self, content: Tensor, style: Tensor, loss_net: nn.Module | None) -> dict[str, Tensor]:
         """Per-pair cycle errors (mean absolute error in [0, 1] image units): photo -> painting -> photo and
         painting -> photo -> painting. The GAN's verdict is FID (``set_metrics``), not these."""
-        ab, ba = self.generator["ab"], self.generator["ba"]
+        g = self.generator
         photo, painting = content * 2 - 1, style * 2 - 1
-        return {"photo_cycle_error": (ba(ab(photo)) - photo).abs().mean(dim=(1, 2, 3)) / 2,
-                "painting_cycle_error": (ab(ba(painting)) - painting).abs().mean(dim=(1, 2, 3)) / 2}
+        return {"photo_cycle_error": (g(g(photo, "ab"), "ba") - photo).abs().mean(dim=(1, 2, 3)) / 2,
+                "painting_cycle_error": (g(g(painting, "ba"), "ab") - painting).abs().mean(dim=(1, 2, 3)) / 2}
 
     @torch.no_grad()
     def set_metrics(self, held_out: Callable[[int], tuple[Tensor, Tensor]], batch_size: int = 16) -> dict[str, float]:
