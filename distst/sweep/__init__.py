@@ -1,5 +1,6 @@
-"""Ray Tune sweeps of distst runs: sweep files (``spec``), the trial (``trial``), the Tune set-up (``runner``),
-the placement-group fix (``release``) and the results table and plot (``results``).
+"""Ray Tune sweeps of distst runs: sweep files (``spec``), what a trial runs and reports (``kinds``: IMP levels,
+channel-pruning train stages), the trial (``trial``), the Tune set-up (``runner``), the placement-group fix
+(``release``) and the results table and plot (``results``).
 
 Nothing is imported here: building the CLI imports ``sweep.bench``, which must not pull in pydantic or Ray.
 """

@@ -130,13 +130,13 @@ class SweepSpec(SweepSection):
             combinations = [dict(combo) for combo in itertools.product(*choices)]
         else:
             combinations = [{key: value} for choice in choices for key, value in choice]
-        most = kind.iterations(base)
-        for overrides in combinations:
+        counts = []
+        for overrides in combinations:  # the base job's own value of a searched key is no trial's
             try:
-                most = max(most, kind.iterations(with_overrides(base, overrides)))
+                counts.append(kind.iterations(with_overrides(base, overrides)))
             except ConfigError:
                 continue  # each value is valid alone (checked at load); a clashing combination is no trial
-        return most
+        return max(counts, default=kind.iterations(base))
 
 
 def _domain_values(domain: Mapping[str, Any]) -> list[Any]:
