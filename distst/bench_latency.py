@@ -4,7 +4,8 @@ Each entry is a distst model file (or run directory: torch), an ``.onnx`` graph 
 (ONNX Runtime; its manifest names the cached-style pair and the source model), or an export directory (its
 fp32 graphs). Two timings per entry, median of ``--repeats`` after ``--warmup`` untimed runs: the full forward
 (content and style), and the content side alone with the style's inputs computed once beforehand (an app that
-keeps a style). Also parameters, MACs (``distst.models.complexity``), file size (the model file, or the
+keeps a style). Entries are timed round-robin, one run each per round, so that load changes on a shared
+machine spread over all of them. Also parameters, MACs (``distst.models.complexity``), file size (the model file, or the
 single-graph ``forward*.onnx``), E where known, and each entry's speed and size ratio to the first.
 
 Without ``--checkpoint`` it measures a randomly initialised dense AdaIN at ``--width`` as torch, ONNX fp32
@@ -38,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median; default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--width", type=float, default=1.0, help="width of the default random AdaIN (default 1.0)")
+    p.add_argument("--profile", action="store_true",
+                   help="ONNX entries: also print ONNX Runtime's time per operator type (full forward)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
 
 
@@ -58,14 +61,26 @@ class Row:
 
 
 def median_ms(run: Callable[[], Any], repeats: int, warmup: int) -> float:
+    """Median wall ms of ``repeats`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    return statistics.median(_timed(run) for _ in range(repeats))
+
+
+def _timed(run: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    run()
+    return (time.perf_counter() - started) * 1000
+
+
+@dataclass
+class Prepared:
+    """One entry, loaded and ready: its two timed calls and the row it fills."""
+
+    row: Row
+    full: Callable[[], Any]
+    cached: Callable[[], Any]
+    profile: Callable[[], dict[str, float]] | None = None
 
 
 def _images(multiple: int, min_size: int, size: int, style_size: int) -> tuple[Any, Any]:
@@ -77,12 +92,13 @@ def _images(multiple: int, min_size: int, size: int, style_size: int) -> tuple[A
 
 
 def _known_error(model_file: Path) -> float | None:
-    """E from ``summary.json`` beside the model file (a run directory's), if any."""
+    """E from ``summary.json`` beside the model file, if any: a training run's ``final.total_error``, or a
+    channel-pruning run's ``final.errors.total_error`` (``RUN_DIR/slim/``)."""
     summary = model_file.parent / "summary.json"
     if not summary.is_file():
         return None
     final = json.loads(summary.read_text()).get("final") or {}
-    value = final.get("total_error")
+    value = final.get("total_error", (final.get("errors") or {}).get("total_error"))
     return float(value) if value is not None else None
 
 
@@ -90,7 +106,7 @@ def _model_path(path: Path) -> Path:
     return path / "model.pt" if path.is_dir() else path
 
 
-def bench_torch(path: Path, size: int, style_size: int, threads: int, repeats: int, warmup: int) -> Row:
+def prepare_torch(path: Path, size: int, style_size: int, threads: int) -> Prepared:
     import torch
 
     from .export.graphs import style_cache
@@ -102,35 +118,44 @@ def bench_torch(path: Path, size: int, style_size: int, threads: int, repeats: i
     model, _ = load_model(path)
     model.eval()
     content, style = _images(model.input_multiple, model.min_size, size, style_size)
-    with torch.inference_mode():
-        full = median_ms(lambda: model(content, style), repeats, warmup)
-        cached_ms = full
-        if isinstance(model, StyleTransferModel):
-            cache = style_cache(model)
+
+    @torch.inference_mode()
+    def full() -> Any:
+        return model(content, style)
+
+    cached_call = full
+    if isinstance(model, StyleTransferModel):
+        cache = style_cache(model)
+        with torch.inference_mode():
             cached = cache.from_style(model, model.encoder(style))
-            cached_ms = median_ms(lambda: model.decoder(cache.transform(model, model.encoder(content), cached)),
-                                  repeats, warmup)
+
+        @torch.inference_mode()
+        def cached_call() -> Any:
+            return model.decoder(cache.transform(model, model.encoder(content), cached))
+
     file = _model_path(path)
-    return Row(str(path), "torch", full, cached_ms, param_counts(model)["total"],
-               macs(model, content.shape[-1], style.shape[-1])["total"], file.stat().st_size, _known_error(file))
+    row = Row(str(path), "torch", 0.0, 0.0, param_counts(model)["total"],
+              macs(model, content.shape[-1], style.shape[-1])["total"], file.stat().st_size, _known_error(file))
+    return Prepared(row, full, cached_call)
 
 
-def bench_onnx(path: Path, size: int, style_size: int, threads: int, repeats: int, warmup: int) -> Row:
+def prepare_onnx(path: Path, size: int, style_size: int, threads: int) -> Prepared:
     from .config import model_section
-    from .export.runtime import OnnxStylizer
+    from .export.runtime import OnnxStylizer, profile_by_operator
     from .models import build
     from .models.complexity import macs
 
     runner = OnnxStylizer(path, "fp32", threads) if path.is_dir() else OnnxStylizer.from_file(path, threads)
     manifest = runner.manifest
     content, style = _images(manifest["input_multiple"], manifest["min_size"], size, style_size)
-    full = median_ms(lambda: runner.forward(content, style), repeats, warmup)
     cached = runner.style_inputs(style)
-    cached_ms = median_ms(lambda: runner.stylize_cached(content, cached), repeats, warmup)
-    shadow = build(model_section(**manifest["model"]))  # the architecture, for MACs (same as the graph's)
+    shadow = build(model_section(**manifest["model"]))  # the architecture, for MACs (the graph's own)
     error = _onnx_error(runner.dir, runner.variant, Path(manifest["source"]))
-    return Row(str(path), f"onnx {runner.variant}", full, cached_ms, int(manifest["params"]["total"]),
-               macs(shadow, content.shape[-1], style.shape[-1])["total"], runner.file_bytes("forward"), error)
+    row = Row(str(path), f"onnx {runner.variant}", 0.0, 0.0, int(manifest["params"]["total"]),
+              macs(shadow, content.shape[-1], style.shape[-1])["total"], runner.file_bytes("forward"), error)
+    feeds = {"content": content.numpy(), "style": style.numpy()}
+    return Prepared(row, lambda: runner.forward(content, style), lambda: runner.stylize_cached(content, cached),
+                    lambda: profile_by_operator(runner.paths["forward"], feeds, threads))
 
 
 def _onnx_error(out_dir: Path, variant: str, source: Path) -> float | None:
@@ -142,11 +167,11 @@ def _onnx_error(out_dir: Path, variant: str, source: Path) -> float | None:
     return _known_error(_model_path(source)) if variant == "fp32" and source.exists() else None
 
 
-def bench_path(path: str | Path, size: int, style_size: int, threads: int, repeats: int, warmup: int) -> Row:
+def prepare(path: str | Path, size: int, style_size: int, threads: int) -> Prepared:
     path = Path(path)
-    onnx = path.suffix == ".onnx" or (path.is_dir() and (path / "manifest.json").is_file())
-    bench = bench_onnx if onnx else bench_torch
-    return bench(path, size, style_size, threads, repeats, warmup)
+    if path.suffix == ".onnx" or (path.is_dir() and (path / "manifest.json").is_file()):
+        return prepare_onnx(path, size, style_size, threads)
+    return prepare_torch(path, size, style_size, threads)
 
 
 def with_ratios(rows: list[Row]) -> list[Row]:
@@ -175,9 +200,25 @@ def default_entries(out_dir: Path, width: float) -> list[Path]:
     return [model_file, out_dir / "onnx" / "forward.onnx", out_dir / "onnx" / "forward.int8.onnx"]
 
 
-def measure(paths: list[str | Path], size: int, style_size: int, threads: int, repeats: int, warmup: int
-            ) -> list[Row]:
-    return with_ratios([bench_path(p, size, style_size, threads, repeats, warmup) for p in paths])
+def measure(paths: list[str | Path], size: int, style_size: int, threads: int, repeats: int, warmup: int,
+            profile: bool = False) -> list[Row]:
+    """Every entry's median ms. The runs go round-robin (each round times every entry once), so that a change of
+    load on a shared machine hits every entry alike instead of whichever ran during it."""
+    entries = [prepare(p, size, style_size, threads) for p in paths]
+    for entry in entries:
+        for _ in range(warmup):
+            entry.full()
+            entry.cached()
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in entries]
+    for _ in range(repeats):
+        for entry, (full, cached) in zip(entries, times, strict=True):
+            full.append(_timed(entry.full))
+            cached.append(_timed(entry.cached))
+    for entry, (full, cached) in zip(entries, times, strict=True):
+        entry.row.full_ms, entry.row.cached_ms = statistics.median(full), statistics.median(cached)
+        if profile and entry.profile is not None:
+            entry.row.extra["profile_ms"] = entry.profile()
+    return with_ratios([entry.row for entry in entries])
 
 
 def print_rows(rows: list[Row], title: str) -> None:
@@ -192,7 +233,13 @@ def print_rows(rows: list[Row], title: str) -> None:
         table.add_row(r.label, r.runtime, f"{r.full_ms:.1f}", f"{r.cached_ms:.1f}", f"{r.speedup:.2f}x",
                       f"{r.file_bytes / 1e6:.2f}", f"{r.smaller:.2f}x", f"{r.params:,}", f"{r.macs / 1e9:.2f}",
                       f"{r.error:.4g}" if r.error is not None else "")
-    Console(width=max(Console().width, 150)).print(table)
+    console = Console(width=max(Console().width, 150))
+    console.print(table)
+    for r in rows:
+        if "profile_ms" in r.extra:
+            total = sum(r.extra["profile_ms"].values())
+            top = ", ".join(f"{op} {ms:.1f} ms ({ms / total:.0%})" for op, ms in list(r.extra["profile_ms"].items())[:8])
+            console.print(f"{r.label} ({r.runtime}) time per operator type, full forward: {top}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         from .export import ExportError
 
         try:
-            rows = measure(paths, args.size, style_size, args.threads, args.repeats, args.warmup)
+            rows = measure(paths, args.size, style_size, args.threads, args.repeats, args.warmup, args.profile)
         except ExportError as err:
             raise UserError(str(err)) from None
         if not args.checkpoint:

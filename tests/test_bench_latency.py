@@ -37,7 +37,7 @@ def test_latency_of_a_model_file_and_its_onnx_graph(tmp_path: Path) -> None:
     out = tmp_path / "latency.json"
     assert main(["bench", "latency", "--checkpoint", str(run_dir), "--checkpoint", str(tmp_path / "onnx" / "forward.onnx"),
                  "--size", "40", "--style-size", "24", "--repeats", "2", "--warmup", "1", "--threads", "1",
-                 "--json", str(out)]) == 0
+                 "--profile", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     torch_row, onnx_row = report["rows"]
     assert [torch_row["runtime"], onnx_row["runtime"]] == ["torch", "onnx fp32"]
@@ -49,6 +49,9 @@ def test_latency_of_a_model_file_and_its_onnx_graph(tmp_path: Path) -> None:
         assert row["full_ms"] > 0 and row["cached_ms"] > 0
         assert row["error"] == 12.5  # the run's E: the fp32 graph is the same network
     assert torch_row["file_bytes"] == model_file.stat().st_size
+    profile = onnx_row["extra"]["profile_ms"]  # ONNX Runtime's time per operator type
+    assert "Conv" in next(iter(profile)) and {"Pad", "MaxPool"} <= set(profile)  # Conv or ORT's FusedConv first
+    assert all(ms >= 0 for ms in profile.values())
 
 
 def test_bad_entries_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
