@@ -314,7 +314,7 @@ def test_each_method_validates_its_own_section() -> None:
     assert cfg.prune.lam == 1e-4
     with pytest.raises(ConfigError, match=r"prune.lamb: unknown key \(did you mean 'prune.lam'\?\)"):
         build_config({}, ["prune.method=gate_l1", "prune.lamb=1"])
-    with pytest.raises(ConfigError, match=r"prune.method: unknown method 'slimm'.*registered: gate_l1, imp, none"):
+    with pytest.raises(ConfigError, match=r"prune.method: unknown method 'slimm'.*registered: .*gate_l1, .*imp, .*none"):
         build_config({}, ["prune.method=slimm"])
 
 

@@ -12,7 +12,6 @@ branch on the method themselves. Adding a kind: a subclass here and one entry in
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +87,7 @@ class ImpKind(TrialKind):
         return run_imp(cfg, run_dir, stop=stop).stopped
 
     def rows(self, cfg: Config, run_dir: Path, macs_budget: int | None = None) -> list[dict[str, Any]]:
-        return finished_levels(run_dir, cfg.prune.matching_tolerance)
+        return finished_levels(cfg, run_dir)
 
     def iterations(self, cfg: Config) -> int:
         from ..prune import planned_levels
@@ -96,19 +95,19 @@ class ImpKind(TrialKind):
         return len(planned_levels(cfg))
 
 
-def finished_levels(run_dir: Path, matching_tolerance: float = 0.0) -> list[dict[str, Any]]:
-    """Every finished IMP level (``level_<k>/metrics.json``), in order, with the dense E, whether it is matching
-    (E at most the dense E times 1 + tolerance, as ``distst imp``) and the extreme sparsity so far."""
+def finished_levels(cfg: Config, run_dir: Path) -> list[dict[str, Any]]:
+    """Every finished IMP level, in order, as ``distst imp``'s summary has it (its errors, set metrics such as a
+    GAN's FID, and the verdict of the model's own metric), with the dense E and the extreme sparsity so far."""
+    from ..prune import imp_summary
+
     rows: list[dict[str, Any]] = []
-    while (run_dir / f"level_{len(rows)}" / "metrics.json").is_file():
-        level = json.loads((run_dir / f"level_{len(rows)}" / "metrics.json").read_text())
-        rows.append({key: level[key] for key in ("level", "sparsity", "total_error", "content_error", "style_error")})
     best = 0.0
-    for row in rows:
-        row["dense_total_error"] = rows[0]["total_error"]
-        row["matching"] = int(row["total_error"] <= rows[0]["total_error"] * (1.0 + matching_tolerance))
-        best = max(best, row["sparsity"]) if row["matching"] else best
+    for level in imp_summary(cfg, run_dir)["levels"]:
+        row = {**level, "matching": int(level["matching"])}
+        row["dense_total_error"] = rows[0]["total_error"] if rows else row["total_error"]
+        best = max(best, row["sparsity"]) if row["matching"] and row["level"] > 0 else best
         row["extreme_sparsity"] = best
+        rows.append(row)
     return rows
 
 
