@@ -3,7 +3,8 @@
 Exports the dense model to ONNX fp32, and each slimmed model to ONNX fp32 and int8 (calibrated on held-out
 shards, with E of fp32 and int8 on further held-out pairs), then measures every row with ``distst bench
 latency`` at each content/style size pair (default 384/256, a phone-app size, and 512/512) with the given
-threads. Rows: dense torch, dense ONNX, the ticket (torch), each slimmed model (torch) and its int8 graph.
+threads. Rows: dense torch, dense ONNX, the ticket (torch), each slimmed model (torch) and its fp32 and int8 graphs
+(a very narrow network can run faster in fp32 than int8: its quantise/dequantise steps weigh more).
 E: the run's own (``summary.json`` beside the model file), and for int8 graphs the fp32 -> int8 pair measured
 on the same held-out pairs. Without ``--dense`` a randomly initialised width-1.0 AdaIN stands in (timing only).
 """
@@ -78,7 +79,8 @@ def _entries(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
         except ValueError as err:  # a model whose errors() cannot run on a graph (see export.errors)
             report["errors_skipped"] = str(err)
         (out / "int8_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        entries += [(f"slimmed {i + 1}", slim), (f"slimmed {i + 1}", out / "forward.int8.onnx")]
+        entries += [(f"slimmed {i + 1}", slim), (f"slimmed {i + 1}", out / "forward.onnx"),
+                    (f"slimmed {i + 1}", out / "forward.int8.onnx")]
     return entries
 
 

@@ -10,7 +10,7 @@ import torch
 from helpers import tiny_config
 from toy_models import same_weights
 
-from distst.config import build_config, model_section
+from distst.config import ConfigError, build_config, model_section
 from distst.models import build
 from distst.models.io import load_model, save_model
 from distst.quant import QatSection, QuantAwareTraining
@@ -60,7 +60,7 @@ def test_qat_is_a_registered_method_that_trains_the_whole_network() -> None:
     assert isinstance(cfg.prune, QatSection) and cfg.prune.scope == ["encoder", "transform", "decoder"]
     assert cfg.model.encoder == "trainable"
     assert isinstance(method_factory("qat")(cfg), QuantAwareTraining)
-    with pytest.raises(Exception, match="prune.scope"):
+    with pytest.raises(ConfigError, match="prune.scope"):
         build_config({}, ["prune.method=qat", "prune.scope=[generator]"])
 
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..export.quantize import Calibration
 
 REPORT = "int8_report.json"
 
@@ -36,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration_pairs < 1 or args.eval_pairs < 0 or args.size < 16:
         raise UserError("--calibration-pairs must be at least 1, --eval-pairs at least 0, --size at least 16")
     import json
-    from pathlib import Path
 
     from ..export import ExportError, export_model
     from ..export.onnx_export import DEFAULT_OPSET
@@ -57,35 +61,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibration(args: argparse.Namespace) -> object:
+def _calibration(args: argparse.Namespace) -> Calibration:
     from ..export.quantize import read_calibration
 
     return read_calibration(args.calibration, args.calibration_style, args.calibration_pairs + args.eval_pairs,
                             args.size)
 
 
-def _int8(args: argparse.Namespace, out: object, calib: object) -> dict:
+def _int8(args: argparse.Namespace, out: Path, calib: Calibration) -> dict[str, Any]:
+    """Quantise with the first ``--calibration-pairs`` pairs; E on the ``--eval-pairs`` after them."""
     from ..export.errors import compare_errors
     from ..export.quantize import Calibration, quantize_export
 
-    assert isinstance(calib, Calibration)
     n = args.calibration_pairs
     manifest = quantize_export(out, Calibration(calib.content[:n], calib.style[:n]))
-    sizes = {variant: {role: (out / name).stat().st_size for role, name in files.items()}  # type: ignore[operator]
+    sizes = {variant: {role: (out / name).stat().st_size for role, name in files.items()}
              for variant, files in manifest["variants"].items()}
-    report: dict = {"source": str(args.checkpoint), "file_bytes": sizes, "calibration_pairs": n,
+    report: dict[str, Any] = {"source": str(args.checkpoint), "file_bytes": sizes, "calibration_pairs": n,
                     "eval_pairs": args.eval_pairs, "size": args.size}
     if args.eval_pairs:
         from ..export import ExportError
 
         try:
-            report["errors"] = compare_errors(args.checkpoint, out, calib.content[n:], calib.style[n:])  # type: ignore[arg-type]
+            report["errors"] = compare_errors(args.checkpoint, out, calib.content[n:], calib.style[n:])
         except ExportError as err:
             report["errors_skipped"] = str(err)
     return report
 
 
-def _print_report(report: dict) -> None:
+def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -44,8 +44,10 @@ class QatSection(MethodSection):
         groups = type(cfg.model).groups
         if self.scope is None:
             self.scope = list(type(cfg.model).default_prune_scope)
+        if not self.scope:
+            raise ValueError(f"prune.scope is empty; choose from {', '.join(groups)}")
         unknown = [g for g in self.scope if g not in groups]
-        if unknown or not self.scope:
+        if unknown:
             raise ValueError(f"prune.scope: {cfg.model.name} has no group(s) {', '.join(map(repr, unknown))}; "
                              f"its groups: {', '.join(groups)}")
 
