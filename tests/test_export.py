@@ -24,9 +24,9 @@ CONTENT = f"{SAMPLE}/content-{{000000..000001}}.tar"
 STYLE = f"{SAMPLE}/style-{{000000..000001}}.tar"
 SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
               "decoder": {"conv3_4": 12, "conv3_1": 20, "conv1_1": 5}}
-# Content and style sizes (H, W) unlike the export's examples and each other; the second not multiples of 8.
-SIZES = {1: [((64, 48), (48, 80)), ((72, 100), (56, 40))],
-         16: [((64, 48), (48, 80)), ((96, 128), (32, 64))]}
+# Content and style sizes (H, W) unlike the export's examples and each other; the second not multiples of 8
+# where the model takes any size (rounded up to the model's input multiple otherwise).
+SIZES = [((64, 48), (48, 80)), ((72, 100), (56, 40))]
 TOLERANCE = 1e-4
 
 
@@ -39,7 +39,9 @@ def _round_trip(model_file: Path, out: Path) -> None:
     model, _ = load_model(model_file)
     model.eval()
     runner = OnnxStylizer(out)
-    for (ch, cw), (sh, sw) in SIZES[model.input_multiple if model.input_multiple > 1 else 1]:
+    m = model.input_multiple
+    for sizes in SIZES:
+        (ch, cw), (sh, sw) = ((max(-(-side // m) * m, model.min_size) for side in pair) for pair in sizes)
         content, style = torch.rand(1, 3, ch, cw), torch.rand(1, 3, sh, sw)
         with torch.no_grad():
             expected = model(content, style)
