@@ -50,7 +50,9 @@ def test_latency_of_a_model_file_and_its_onnx_graph(tmp_path: Path) -> None:
         assert row["error"] == 12.5  # the run's E: the fp32 graph is the same network
     assert torch_row["file_bytes"] == model_file.stat().st_size
     profile = onnx_row["extra"]["profile_ms"]  # ONNX Runtime's time per operator type
-    assert "Conv" in next(iter(profile)) and {"Pad", "MaxPool"} <= set(profile)  # Conv or ORT's FusedConv first
+    # Every operator type of the graph is timed (Conv may show as ORT's FusedConv); the order is by time, which
+    # a loaded machine may shuffle, so it is not asserted.
+    assert any("Conv" in op for op in profile) and {"Pad", "MaxPool"} <= set(profile)
     assert all(ms >= 0 for ms in profile.values())
 
 
