@@ -13,6 +13,9 @@ TORCH_INDEX ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 STAMP := $(VENV)/.distst-installed
 PYTEST_ARGS ?=
+# Two pytest-xdist workers (tests that share the Slurm cluster or Ray stay on one worker); PYTEST_JOBS= runs
+# everything in one process.
+PYTEST_JOBS ?= -n 2 --dist loadgroup
 
 export DS_ACCELERATOR ?= cpu
 export DS_BUILD_OPS ?= 0
@@ -33,7 +36,7 @@ demo: $(STAMP)
 	$(BIN)/distst imp jobs/local/imp_adain.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_JOBS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check distst tests tune
