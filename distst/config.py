@@ -76,6 +76,8 @@ class MethodSection(Section):
 
     #: The lottery-ticket setting: prune and train the whole network (a model may then train its encoder).
     trains_whole_network: ClassVar[bool] = False
+    #: The command that runs the method (``distst <command>``): one training run, or a multi-run driver.
+    command: ClassVar[str] = "train"
 
     method: str
 

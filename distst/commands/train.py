@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.prune.method != "none" and factory is None:
         from ..cli import UserError
 
-        raise UserError(f"prune.method={cfg.prune.method} runs through its own command (distst imp ...)")
+        raise UserError(f"prune.method={cfg.prune.method} runs through its own command: "
+                        f"distst {type(cfg.prune).command} {args.job} ...")
     result = train(cfg, cfg.run_dir(), factory(cfg) if factory else None)
     return EXIT_REQUEUE if result.stopped else 0

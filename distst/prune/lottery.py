@@ -52,6 +52,7 @@ class ImpSection(MethodSection):
     """``prune.*`` for lottery tickets by iterative magnitude pruning."""
 
     trains_whole_network: ClassVar[bool] = True
+    command: ClassVar[str] = "imp"
 
     method: Literal["imp"] = "imp"
     rate: float = Field(0.2, gt=0, lt=1, description="fraction of the remaining weights pruned per round")

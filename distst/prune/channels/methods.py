@@ -68,6 +68,7 @@ class ChannelSection(MethodSection):
 
     #: The encoder is pruned, so it is trained ("plus" set-up with a separate frozen loss VGG).
     trains_whole_network: ClassVar[bool] = True
+    command: ClassVar[str] = "prune"
 
     finetune_steps: int = Field(100, ge=0, description="fine-tuning steps after each pruning step")
     min_channels: int = Field(4, ge=1, description="floor on the channels any pruned layer keeps")
