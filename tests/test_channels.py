@@ -237,8 +237,11 @@ def test_distst_prune_end_to_end_resumes_and_slims(tmp_path):
     assert (tmp_path / "out.png").is_file()
 
 
-def test_prune_refuses_a_lottery_method_in_one_line(tmp_path):
-    proc = run_distst("prune", str(write_job(tmp_path / "job.yaml")), *tiny_overrides(tmp_path / "r"),
-                      "prune.method=imp", check=False)
-    assert proc.returncode == 2 and "distst prune needs a channel-pruning method" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_each_command_refuses_the_others_methods_in_one_line(tmp_path, capsys):
+    from distst.cli import main
+
+    job = str(write_job(tmp_path / "job.yaml"))
+    assert main(["prune", job, *tiny_overrides(tmp_path / "r"), "prune.method=imp"]) == 2
+    assert "distst prune needs a channel-pruning method" in capsys.readouterr().err
+    assert main(["train", job, *tiny_overrides(tmp_path / "r"), "prune.method=iccp"]) == 2
+    assert "prune.method=iccp runs through its own command: distst prune" in capsys.readouterr().err
