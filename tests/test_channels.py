@@ -245,3 +245,17 @@ def test_each_command_refuses_the_others_methods_in_one_line(tmp_path, capsys):
     assert "distst prune needs a channel-pruning method" in capsys.readouterr().err
     assert main(["train", job, *tiny_overrides(tmp_path / "r"), "prune.method=iccp"]) == 2
     assert "prune.method=iccp runs through its own command: distst prune" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_distst_prune_with_two_gloo_processes(tmp_path):
+    run = tmp_path / "run"
+    run_distst("prune", str(write_job(tmp_path / "job.yaml")), *tiny_overrides(run, train__steps=2),
+               "prune.method=iccp", "prune.ratios=[0.5]", "prune.sides=[encoder]", "prune.finetune_steps=1",
+               "--nproc", "2")
+    summary = json.loads((run / "summary.json").read_text())
+    train_dirs = [run / f"{s['index']:02d}_{s['stage']}" for s in summary["stages"] if s["kind"] == "train"]
+    assert [json.loads((d / "summary.json").read_text())["world_size"] for d in train_dirs] == [2, 2, 2]
+    model, _ = load_model(run / "slim" / "model.pt")
+    assert widths(model)["encoder"]["conv4_1"] == 32  # rank 0 chose, every rank trained the slimmed plan
