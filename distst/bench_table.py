@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from .bench_latency import SAMPLE_CONTENT, SAMPLE_STYLE, Row, measure
 
@@ -27,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slim", action="append", default=[], metavar="MODEL", help="a slimmed model file; repeatable")
     p.add_argument("--calibration", default=SAMPLE_CONTENT, help="held-out content shards for int8 calibration")
     p.add_argument("--calibration-style", default=SAMPLE_STYLE, help="held-out style shards")
+    p.add_argument("--vgg", metavar="FILE", help="the loss VGG every E is measured with (e.g. the loss_vgg.pth of "
+                                                 "the runs); default: each model's own")
     p.add_argument("--sizes", default="384/256,512/512", help="content/style size pairs (default 384/256,512/512)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
@@ -48,8 +49,12 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     return pairs  # type: ignore[return-value]
 
 
-def _entries(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
-    """(row label, path to measure) for every row, exporting what needs exporting."""
+EVAL_PAIRS = 4  # held-out pairs for E, after the 8 calibration pairs
+
+
+def _entries(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, Path]], dict[str, float]]:
+    """(row label, path to measure) for every row, exporting what needs exporting, and E of every measured path
+    on the same held-out pairs with the same loss VGG (``--vgg``)."""
     import torch
 
     from .config import model_section
@@ -63,25 +68,34 @@ def _entries(args: argparse.Namespace, work: Path) -> list[tuple[str, Path]]:
     if dense is None:
         torch.manual_seed(0)
         dense = save_model(build(model_section(name="adain", width=1.0)), work / "dense_random" / "model.pt")
+    calibration = read_calibration(args.calibration, args.calibration_style, 8 + EVAL_PAIRS, 256)
+    held_out = calibration.content[8:], calibration.style[8:]
+    errors: dict[str, float] = {}
+
+    def measure_errors(model_file: Path, out: Path | None, variants: tuple[str, ...]) -> None:
+        try:
+            found = compare_errors(model_file, out or work, *held_out, variants=variants, vgg_weights=args.vgg)
+        except ValueError:  # a model whose errors() cannot run on a graph (see export.errors)
+            found = {"torch": compare_errors(model_file, work, *held_out, variants=(), vgg_weights=args.vgg)["torch"]}
+        names = {"torch": model_file, "fp32": (out or work) / "forward.onnx", "int8": (out or work) / "forward.int8.onnx"}
+        errors.update({str(names[k]): v["total_error"] for k, v in found.items()})
+        if out is not None:
+            (out / "int8_report.json").write_text(json.dumps({"source": str(model_file), "errors": found}, indent=2))
+
     export_model(dense, work / "dense")
+    measure_errors(dense, work / "dense", ("fp32",))
     entries = [("dense", dense), ("dense", work / "dense" / "forward.onnx")]
     if args.ticket:
         entries.append(("ticket", Path(args.ticket)))
-    calibration = read_calibration(args.calibration, args.calibration_style, 12, 256) if args.slim else None
+        measure_errors(Path(args.ticket), None, ())
     for i, slim in enumerate(map(Path, args.slim)):
         out = work / f"slim_{i}"
         export_model(slim, out)
-        assert calibration is not None
         quantize_export(out, type(calibration)(calibration.content[:8], calibration.style[:8]))
-        report: dict[str, Any] = {"source": str(slim)}
-        try:
-            report["errors"] = compare_errors(slim, out, calibration.content[8:], calibration.style[8:])
-        except ValueError as err:  # a model whose errors() cannot run on a graph (see export.errors)
-            report["errors_skipped"] = str(err)
-        (out / "int8_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        measure_errors(slim, out, ("fp32", "int8"))
         entries += [(f"slimmed {i + 1}", slim), (f"slimmed {i + 1}", out / "forward.onnx"),
                     (f"slimmed {i + 1}", out / "forward.int8.onnx")]
-    return entries
+    return entries, errors
 
 
 def markdown(labels: list[str], by_size: dict[tuple[int, int], list[Row]], threads: int) -> str:
@@ -100,8 +114,9 @@ def markdown(labels: list[str], by_size: dict[tuple[int, int], list[Row]], threa
             cells += [f"{r.full_ms:.0f} ({r.cached_ms:.0f})", f"{r.speedup:.1f}x ({r.cached_speedup:.1f}x)"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nCPU, {threads} threads; median ms of the full forward (content + style) and, in brackets, with "
-                 "the style's inputs cached; ratios to dense torch. E: the run's (summary.json); int8 rows: "
-                 "fp32 -> int8 on the same held-out pairs.")
+                 "the style's inputs cached; ratios to dense torch. E (content + style error): every row on the same "
+                 f"{EVAL_PAIRS} held-out pairs at 256 px with the same loss VGG; int8 rows: its fp32 graph's -> "
+                 "int8's.")
     return "\n".join(lines)
 
 
@@ -124,16 +139,16 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{path} does not exist")
     work = Path(args.work)
     try:
-        entries = _entries(args, work)
+        entries, errors = _entries(args, work)
         by_size = {size: measure([p for _, p in entries], *size, args.threads, args.repeats, args.warmup)
                    for size in sizes}
     except ExportError as err:
         raise UserError(str(err)) from None
     for rows in by_size.values():
         for row in rows:
+            row.error = errors.get(row.label)
             if row.runtime == "onnx int8":
-                report = json.loads((Path(row.label).parent / "int8_report.json").read_text())
-                row.extra["fp32_error"] = report.get("errors", {}).get("fp32", {}).get("total_error")
+                row.extra["fp32_error"] = errors.get(str(Path(row.label).parent / "forward.onnx"))
     text = markdown([label for label, _ in entries], by_size, args.threads)
     print(text)
     if args.markdown:

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-pairs", type=int, default=8, help="pairs to calibrate on (default 8)")
     p.add_argument("--eval-pairs", type=int, default=4,
                    help="further pairs of the same shards to measure E on, fp32 vs int8 (default 4; 0: skip)")
+    p.add_argument("--vgg", metavar="FILE", help="the loss VGG for E (the run's model.vgg_weights, or the "
+                                                 "loss_vgg.pth a channel-pruning run wrote); default: the model's own")
     p.add_argument("--size", type=int, default=256, help="calibration and evaluation image size (default 256)")
     p.set_defaults(func=run)
 
@@ -83,7 +85,8 @@ def _int8(args: argparse.Namespace, out: Path, calib: Calibration) -> dict[str, 
         from ..export import ExportError
 
         try:
-            report["errors"] = compare_errors(args.checkpoint, out, calib.content[n:], calib.style[n:])
+            report["errors"] = compare_errors(args.checkpoint, out, calib.content[n:], calib.style[n:],
+                                              vgg_weights=args.vgg)
         except ExportError as err:
             report["errors_skipped"] = str(err)
     return report

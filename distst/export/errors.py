@@ -38,9 +38,12 @@ def onnx_forward(model: DiststModel, runner: OnnxStylizer) -> Iterator[list[int]
 
 
 def compare_errors(model_file: str | Path, out_dir: str | Path, content: Tensor, style: Tensor,
-                   variants: tuple[str, ...] = ("fp32", "int8")) -> dict[str, Any]:
-    """E and its terms on the pairs for torch and each exported variant, with the model's loss network."""
-    model, _ = load_model(model_file)
+                   variants: tuple[str, ...] = ("fp32", "int8"), vgg_weights: str | Path | None = None
+                   ) -> dict[str, Any]:
+    """E and its terms on the pairs for torch and each exported variant, with the model's loss network: built
+    from ``vgg_weights`` when given (the run's loss VGG, so that E matches the run's), else the model's own
+    (a model file records no weight files: without pretrained weights that is a He-initialised VGG)."""
+    model, _ = load_model(model_file, **({"vgg_weights": str(vgg_weights)} if vgg_weights else {}))
     model.eval()
     loss_net = model.loss_network()
     results: dict[str, Any] = {"torch": evaluate(model, loss_net, content, style)}
