@@ -8,6 +8,7 @@ compiled for the optimizer on a CPU machine.
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import logging
 import os
@@ -59,6 +60,14 @@ def prepare_process_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(free_port()))
 
 
+def _destroy_process_group() -> None:
+    """Tear the process group down before the interpreter does: left to interpreter shutdown, gloo's threads can
+    outlive the objects they use and a finished process aborts ("terminate called without an active exception",
+    seen under load when a 2-rank run ended)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def setup_distributed() -> DistInfo:
     """Initialise (once) the process group DeepSpeed uses and return this process's place in it."""
     import deepspeed
@@ -74,6 +83,7 @@ def setup_distributed() -> DistInfo:
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False,
                                    verbose=False)
+        atexit.register(_destroy_process_group)
     local_rank = int(os.environ["LOCAL_RANK"])
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
