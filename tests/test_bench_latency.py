@@ -64,3 +64,30 @@ def test_bad_entries_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["bench", "latency", "--checkpoint", str(foreign), "--size", "32"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "manifest.json" in err
+
+
+@pytest.mark.slow
+def test_bench_table_rows_share_one_error_measure(tmp_path: Path) -> None:
+    """dense (torch, ONNX), a slimmed model (torch, ONNX fp32, int8): every E on the same held-out pairs with the
+    same loss VGG, so the torch and fp32 graph rows of one model agree."""
+    from distst.prune.channels import slim
+    from distst.prune.channels.runner import write_random_loss_vgg
+
+    torch.manual_seed(0)
+    dense = build(model_section(name="adain", width=0.125))
+    dense_file = save_model(dense, tmp_path / "dense.pt")
+    layers = dense.channel_layers()
+    kept = {"encoder": {"conv4_1": list(range(0, layers["encoder"]["conv4_1"].out_channels, 2))}}
+    slim_file = save_model(slim(dense, kept), tmp_path / "slim.pt")
+    vgg = write_random_loss_vgg(tmp_path / "loss_vgg.pth", 0.125, seed=0)
+    out = tmp_path / "table.json"
+    assert main(["bench", "table", "--dense", str(dense_file), "--slim", str(slim_file), "--vgg", str(vgg),
+                 "--sizes", "32/32", "--repeats", "1", "--warmup", "0", "--threads", "1", "--work", str(tmp_path / "w"),
+                 "--json", str(out), "--markdown", str(tmp_path / "table.md")]) == 0
+    rows = json.loads(out.read_text())["32/32"]
+    assert [r["runtime"] for r in rows] == ["torch", "onnx fp32", "torch", "onnx fp32", "onnx int8"]
+    assert rows[0]["error"] == pytest.approx(rows[1]["error"], rel=1e-4)  # dense: torch == its fp32 graph
+    assert rows[2]["error"] == pytest.approx(rows[3]["error"], rel=1e-4)  # slimmed: torch == its fp32 graph
+    assert rows[4]["error"] == pytest.approx(rows[3]["error"], rel=0.1)  # int8 stays near fp32
+    assert rows[2]["params"] < rows[0]["params"]
+    assert "| slimmed 1 | onnx int8 |" in (tmp_path / "table.md").read_text()
