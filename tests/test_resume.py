@@ -36,19 +36,21 @@ def losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
 
 
-def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["none", "qat"])  # qat: fake-quant observers live in the method state
+def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path: Path, method: str) -> None:
     job = write_job(tmp_path / "job.yaml")
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    run_distst("train", str(job), *deterministic_overrides(clean))
+    run_distst("train", str(job), *deterministic_overrides(clean, prune__method=method))
 
-    proc = subprocess.Popen(distst_command("train", str(job), *deterministic_overrides(killed)), cwd=REPO,
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(distst_command("train", str(job), *deterministic_overrides(killed, prune__method=method)),
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     wait_for(lambda: (killed / "checkpoints" / "step_00000004" / "state.pt").is_file(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (killed / "summary.json").exists()
 
-    run_distst("train", str(job), *deterministic_overrides(killed))
+    run_distst("train", str(job), *deterministic_overrides(killed, prune__method=method))
     assert losses(killed) == losses(clean)  # the same batches, in the same order, after the resume
     first = torch.load(clean / "model.pt", weights_only=True)["state_dict"]
     again = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
