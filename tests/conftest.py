@@ -17,7 +17,6 @@ import torch  # noqa: E402
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share a machine-wide service run on one xdist worker (``--dist loadgroup``): the one-node
     Slurm cluster is started once per worker session, and Ray clusters are not run two at a time."""
