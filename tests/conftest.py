@@ -20,16 +20,11 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share a machine-wide service run on one xdist worker (``--dist loadgroup``): the one-node
     Slurm cluster is started once per worker session, and Ray clusters are not run two at a time."""
-    rank = {}
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("slurm"))
-            rank[item.nodeid] = 0
         elif item.path.name.startswith("test_tune"):
             item.add_marker(pytest.mark.xdist_group("ray"))
-            rank[item.nodeid] = 1
-    # The long serial groups first: dispatched last, they would leave one worker running alone at the end.
-    items.sort(key=lambda item: rank.get(item.nodeid, 2))
 
 
 @pytest.fixture(autouse=True)
