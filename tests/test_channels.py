@@ -245,6 +245,9 @@ def test_each_command_refuses_the_others_methods_in_one_line(tmp_path, capsys):
     assert "distst prune needs a channel-pruning method" in capsys.readouterr().err
     assert main(["train", job, *tiny_overrides(tmp_path / "r"), "prune.method=iccp"]) == 2
     assert "prune.method=iccp runs through its own command: distst prune" in capsys.readouterr().err
+    assert main(["prune", job, *tiny_overrides(tmp_path / "r"), "model.name=cyclegan", "model.feature_extractor=random_conv",
+                 "prune.method=iccp"]) == 2
+    assert "cyclegan declares no channel layers" in capsys.readouterr().err
 
 
 @pytest.mark.slow

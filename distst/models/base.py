@@ -131,8 +131,15 @@ class DiststModel(nn.Module, metaclass=ABCMeta):
 
     def coupling_forward(self, size: int) -> Tensor:
         """One forward pass on random ``size`` x ``size`` inputs that exercises every channel coupling (traced by
-        Torch-Pruning's dependency graph for physical slimming)."""
-        raise NotImplementedError(f"{self.name} does not support channel pruning")
+        Torch-Pruning's dependency graph for physical slimming). Models without channel layers have none; channel
+        pruning refuses them up front (``supports_channel_pruning``), so this default is never traced."""
+        raise TypeError(f"{self.name} declares no channel layers: it cannot be channel-pruned")
+
+    @classmethod
+    def supports_channel_pruning(cls) -> bool:
+        """Whether the model declares channel layers and a coupling forward (both overridden)."""
+        return (cls.channel_layers is not DiststModel.channel_layers
+                and cls.coupling_forward is not DiststModel.coupling_forward)
 
     @abstractmethod
     def stages(self, train: TrainConfig) -> list[Stage]:

@@ -15,6 +15,7 @@ model, regularised "sparsify" training, fine-tuning) and prune stages that choos
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +74,13 @@ class ChannelSection(MethodSection):
     finetune_steps: int = Field(100, ge=0, description="fine-tuning steps after each pruning step")
     min_channels: int = Field(4, ge=1, description="floor on the channels any pruned layer keeps")
 
+    @abstractmethod
     def schedule(self, cfg: Config) -> list[Stage]:
-        raise NotImplementedError
+        """The stages to run, in order; the first trains the dense model."""
 
+    @abstractmethod
     def scope(self, cfg: Config) -> list[LayerKey]:
         """The channel layers this method prunes (as configured; coupled layers follow them)."""
-        raise NotImplementedError
 
     def check_layers(self, cfg: Config, layers: list[str], group: str, key: str) -> None:
         valid = list(type(cfg.model).model_class.reference_plan().get(group, {}))

@@ -60,8 +60,9 @@ def validate(cfg: Config) -> None:
         channel = sorted(k for k, v in registry.METHOD_SECTIONS.items() if issubclass(v, ChannelSection))
         raise ConfigError(f"distst prune needs a channel-pruning method, prune.method={' | '.join(channel)} "
                           f"(got {cfg.prune.method}; lottery tickets run with distst imp)")
-    if not type(cfg.model).model_class.reference_plan().get("decoder"):
-        raise ConfigError(f"{cfg.model.name} has no encoder/decoder channel layers to prune")
+    if not type(cfg.model).model_class.supports_channel_pruning():
+        raise ConfigError(f"{cfg.model.name} declares no channel layers (channel_layers, coupling_forward): "
+                          "channel pruning cannot run on it")
 
 
 def write_random_loss_vgg(path: Path, width: float, seed: int) -> Path:
