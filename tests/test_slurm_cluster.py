@@ -13,6 +13,7 @@ import slurm_fixtures
 from slurm_fixtures import CLUSTER_PY, ClusterError, JobCannotRun, cluster_module
 
 pytest_plugins = ["slurm_fixtures"]  # provides the session-scoped `slurm_cluster` fixture
+pytestmark = pytest.mark.xdist_group("slurm")  # one worker runs every test on the shared cluster
 
 
 def _script(body: str) -> str:

@@ -12,7 +12,7 @@ import torch
 from slurm_fixtures import REPO_ROOT
 
 pytest_plugins = ["slurm_fixtures"]
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 TINY = ("model.width=0.125 data.crop=32 data.batch_size=2 data.workers=0 data.shuffle_buffer=16 data.eval_pairs=2 "
         "train.checkpoint_every=2 train.eval_every=2 train.log_every=1 tracking.backend=none train.deterministic=true")
