@@ -17,16 +17,6 @@ import torch  # noqa: E402
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that share a machine-wide service run on one xdist worker (``--dist loadgroup``): the one-node
-    Slurm cluster is started once per worker session, and Ray clusters are not run two at a time."""
-    for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-        elif item.path.name.startswith("test_tune"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
-
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -19,8 +19,9 @@ TINY = ("model.width=0.125 data.crop=32 data.batch_size=2 data.workers=0 data.sh
         "train.steps=500 train.checkpoint_every=100 train.eval_every=500")  # runs until stopped
 
 
-def submit(cluster, run_dir: Path, tasks: int, env: dict[str, str] | None = None):
-    job_env = {"DISTST_JOB": "jobs/local/imp_adain.yaml", "DISTST_RUN_DIR": str(run_dir), "DISTST_OVERRIDES": TINY,
+def submit(cluster, run_dir: Path, tasks: int, env: dict[str, str] | None = None, overrides: str = ""):
+    job_env = {"DISTST_JOB": "jobs/local/imp_adain.yaml", "DISTST_RUN_DIR": str(run_dir),
+               "DISTST_OVERRIDES": f"{TINY} {overrides}".strip(),
                "DISTST_VENV": str(Path(sys.executable).parents[1]), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
                "WANDB_MODE": "offline", "TQDM_DISABLE": "1", **(env or {})}
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,9 @@ def readable_failure(output: str) -> str:
 
 def test_stopped_job_whose_checkpoint_fails_is_not_requeued(slurm_cluster, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    job = submit(slurm_cluster, run_dir, tasks=2)
+    # No periodic checkpoint: only the stop signal's checkpoint may meet the blocked directory. (With one at step
+    # 100 the tasks could fail there first and be exiting when the script forwards USR1: exit code 138.)
+    job = submit(slurm_cluster, run_dir, tasks=2, overrides="train.checkpoint_every=100000")
     wait_until(lambda: losses(run_dir) >= 1, job)
     # The checkpoint directory cannot be created: a file holds its name (chmod cannot stop root).
     blocked = run_dir / "level_0" / "checkpoints"
@@ -61,6 +64,7 @@ def test_stopped_job_whose_checkpoint_fails_is_not_requeued(slurm_cluster, tmp_p
     job.wait(timeout=300)
 
     assert (job.state, job.restarts) == ("FAILED", 0), job.output()
+    assert "distst: signal received, asking the tasks to checkpoint" in job.output()
     assert f"error: creating checkpoint {blocked}/step_" in job.output()  # the tasks' own one-line error
     line = readable_failure(job.output())  # exit code 2, or 143 for a task srun --kill-on-bad-exit ended first
     assert re.match(rf"error: the tasks stopped \(exit code (2|143)\) but wrote no checkpoint in {run_dir} since the "

@@ -18,6 +18,10 @@ from helpers import REPO, SAMPLE, subprocess_env
 from distst.config import ConfigError
 from distst.sweep import load_sweep
 
+# Ray clusters are not run two at a time: every Ray test runs on one xdist worker (--dist loadgroup). A
+# function mark, not the module's pytestmark: xdist joins all of a test's group marks into one new group name.
+RAY = pytest.mark.xdist_group("ray")
+
 pytest_plugins = ["slurm_fixtures"]
 
 JOB = REPO / "jobs" / "local" / "imp_adain.yaml"
@@ -114,6 +118,7 @@ def four_trials(ray_local, tmp_path_factory):
     return outcome, written, base / "out", time.monotonic() - started
 
 
+@RAY
 @pytest.mark.slow
 def test_four_tiny_imp_trials_two_at_a_time(four_trials) -> None:
     outcome, written, sweep_dir, _ = four_trials
@@ -140,6 +145,7 @@ def test_four_tiny_imp_trials_two_at_a_time(four_trials) -> None:
     assert list((sweep_dir / "wandb").glob("offline-run-*")), "the results table goes to W&B too"
 
 
+@RAY
 @pytest.mark.slow
 def test_a_failed_trial_is_retried_from_its_checkpoint_and_listed_once(four_trials) -> None:
     _, _, sweep_dir, _ = four_trials
@@ -152,6 +158,7 @@ def test_a_failed_trial_is_retried_from_its_checkpoint_and_listed_once(four_tria
     assert (run_dir / ".fault_injected").is_file()
 
 
+@RAY
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_asha_early_stops_a_two_process_trial_and_frees_its_workers(ray_local, tmp_path: Path) -> None:
@@ -180,6 +187,7 @@ def test_asha_early_stops_a_two_process_trial_and_frees_its_workers(ray_local, t
         ray.util.remove_placement_group(group)
 
 
+@RAY
 @pytest.mark.slow
 def test_resume_after_an_interrupt_does_not_rerun_finished_trials(ray_local, tmp_path: Path) -> None:
     """`distst tune` (connected to the running Ray with --address) is interrupted while trial 1 runs; the
@@ -214,6 +222,7 @@ def test_resume_after_an_interrupt_does_not_rerun_finished_trials(ray_local, tmp
 
 @pytest.mark.slow
 @pytest.mark.slurm
+@pytest.mark.xdist_group("slurm")  # with the other Slurm tests: one cluster per worker
 def test_slurm_tune_script_runs_a_sweep_on_ray_started_in_the_allocation(slurm_cluster, tmp_path: Path) -> None:
     """slurm/tune.sh on the dev cluster: Ray started through srun with Slurm's CPU count, the sweep run on the
     head, Ray stopped at the end (no Ray process of the job left)."""

@@ -16,6 +16,9 @@ from distst.config import ConfigError
 from distst.sweep import load_sweep
 from distst.sweep.kinds import ChannelKind, ImpKind, budgeted_error, channel_rows
 
+# Ray clusters are not run two at a time: every Ray test runs on one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
+
 ICCP_JOB = REPO / "jobs" / "local" / "iccp_adain.yaml"
 IMP_JOB = REPO / "jobs" / "local" / "imp_adain.yaml"
 TINY: dict[str, Any] = {
