@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_overrides, write_job
 from PIL import Image
 
 from distst.cli import build_parser, is_user_error, main, parse
 from distst.data.errors import DataError
-from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_overrides, write_job
 
 HEAVY_MODULES = ("torch", "torchvision", "webdataset", "deepspeed", "pydantic", "wandb")
 EVERY_HELP = ("", "stylize", "models", "convert-vgg", "shards", "shards build", "shards verify", "bench",

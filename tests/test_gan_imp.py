@@ -70,7 +70,7 @@ def test_discriminator_option_is_refused_for_models_without_one_and_kept_out_of_
     with pytest.raises(ConfigError, match="prune.distill_weight is only used with prune.discriminator=distill"):
         build_config({}, [*base, "prune.distill_weight=2"])
     assert build_config({}, [*base, "prune.discriminator=distill"]).prune.distill_weight == 1.0
-    with pytest.raises(ConfigError, match="model.inception_weights: IMP on cyclegan decides by FID"):
+    with pytest.raises(ConfigError, match="model.inception_weights: prune.method=imp on cyclegan decides by FID"):
         build_config({}, ["model.name=cyclegan", "prune.method=imp"])
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from distst.cli import main
 from distst.commands.stylize import MAX_SIZE
 from distst.config import model_section
-from distst.data.encode import EncodeOptions, Encoded, encode_item
+from distst.data.encode import Encoded, EncodeOptions, encode_item
 from distst.data.sources import SourceItem
 from distst.images import MAX_SIDE, load_image
 from distst.models import build

@@ -72,9 +72,10 @@ class CycleGANSection(ModelSection):
             self.pool_crop = cfg.data.crop
         # Lottery tickets decide by FID: refuse at once what would fail only after the dense level's training.
         if cfg.prune.trains_whole_network and self.feature_extractor == "inception" and not self.inception_weights:
-            raise ValueError("model.inception_weights: IMP on cyclegan decides by FID, which needs a local Inception "
-                             "file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth); or set "
-                             "model.feature_extractor=random_conv for a smoke run whose FIDs compare with nothing")
+            raise ValueError(f"model.inception_weights: prune.method={cfg.prune.method} on cyclegan decides by FID, "
+                             "which needs a local Inception file (pytorch-fid's "
+                             "pt_inception-2015-12-05-6726825d.pth); or set model.feature_extractor=random_conv "
+                             "for a smoke run whose FIDs compare with nothing")
 
 
 def linear_decay(steps: int, start_fraction: float) -> Callable[[int], float]:

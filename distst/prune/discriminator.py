@@ -72,6 +72,15 @@ def carry_over(cfg: Config, state: dict[str, Tensor], previous_level: Path) -> N
         state[f"{GROUP}.{name}"] = param.detach().clone()
 
 
+def level_methods(cfg: Config, run_dir: Path) -> list[Method]:
+    """What a level after the dense one trains with beside its masks: for ``distill``, the loss towards the dense
+    level's trained discriminator (``run_dir/level_0``)."""
+    if getattr(cfg.prune, "discriminator", None) != "distill":
+        return []
+    teacher, _ = load_model(run_dir / "level_0" / "model.pt")
+    return [DiscriminatorDistillation(teacher.groups()[GROUP], cfg.prune.distill_weight)]
+
+
 class DiscriminatorDistillation(Method):
     """IMP_G^KD: ``weight`` x the mean squared difference between the discriminator's scores and the dense run's
     trained discriminator's on the same images, added to the discriminator stage's loss.

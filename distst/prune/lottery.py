@@ -299,10 +299,9 @@ def run_imp(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
             method: Method = MethodList([masked, RewindSnapshot(level_dir / REWIND_FILE, cfg.prune.rewind_step)])
             init_state = None
         else:
-            method, init_state = masked, _initial_state(cfg, run_dir, level, masks)
-            if getattr(cfg.prune, "discriminator", None) == "distill":
-                teacher = _trained(run_dir / "level_0").groups()[discriminator.GROUP]
-                method = MethodList([masked, discriminator.DiscriminatorDistillation(teacher, cfg.prune.distill_weight)])
+            extra = discriminator.level_methods(cfg, run_dir)
+            method = MethodList([masked, *extra]) if extra else masked
+            init_state = _initial_state(cfg, run_dir, level, masks)
         result = train(cfg, level_dir, method, init_state=init_state, run_name=f"{job}/level_{level}",
                        run_group=group, stop=stop)
         if result.stopped:
