@@ -54,6 +54,7 @@ class Row:
     macs: int
     file_bytes: int
     error: float | None = None  # E on the run's held-out pairs, where recorded
+    error_from: str | None = None  # the file E was read from: files can measure E on different pairs and sizes
     speedup: float = 1.0  # first entry's full_ms / this one's
     cached_speedup: float = 1.0
     smaller: float = 1.0  # first entry's file size / this one's
@@ -91,7 +92,11 @@ def _images(multiple: int, min_size: int, size: int, style_size: int) -> tuple[A
     return tuple(torch.rand(1, 3, s, s, generator=generator) for s in sides)  # type: ignore[return-value]
 
 
-def _known_error(model_file: Path) -> float | None:
+#: E as read from a file, with that file.
+KnownError = tuple[float, Path]
+
+
+def _known_error(model_file: Path) -> KnownError | None:
     """E from ``summary.json`` beside the model file, if any: a training run's ``final.total_error``, or a
     channel-pruning run's ``final.errors.total_error`` (``RUN_DIR/slim/``)."""
     summary = model_file.parent / "summary.json"
@@ -99,7 +104,13 @@ def _known_error(model_file: Path) -> float | None:
         return None
     final = json.loads(summary.read_text()).get("final") or {}
     value = final.get("total_error", (final.get("errors") or {}).get("total_error"))
-    return float(value) if value is not None else None
+    return (float(value), summary) if value is not None else None
+
+
+def _set_error(row: Row, known: KnownError | None) -> Row:
+    if known is not None:
+        row.error, row.error_from = known[0], str(known[1])
+    return row
 
 
 def _model_path(path: Path) -> Path:
@@ -134,8 +145,9 @@ def prepare_torch(path: Path, size: int, style_size: int, threads: int) -> Prepa
             return model.decoder(cache.transform(model, model.encoder(content), cached))
 
     file = _model_path(path)
-    row = Row(str(path), "torch", 0.0, 0.0, param_counts(model)["total"],
-              macs(model, content.shape[-1], style.shape[-1])["total"], file.stat().st_size, _known_error(file))
+    row = _set_error(Row(str(path), "torch", 0.0, 0.0, param_counts(model)["total"],
+                         macs(model, content.shape[-1], style.shape[-1])["total"], file.stat().st_size),
+                     _known_error(file))
     return Prepared(row, full, cached_call)
 
 
@@ -150,20 +162,20 @@ def prepare_onnx(path: Path, size: int, style_size: int, threads: int) -> Prepar
     content, style = _images(manifest["input_multiple"], manifest["min_size"], size, style_size)
     cached = runner.style_inputs(style)
     shadow = build(model_section(**manifest["model"]))  # the architecture, for MACs (the graph's own)
-    error = _onnx_error(runner.dir, runner.variant, Path(manifest["source"]))
-    row = Row(str(path), f"onnx {runner.variant}", 0.0, 0.0, int(manifest["params"]["total"]),
-              macs(shadow, content.shape[-1], style.shape[-1])["total"], runner.file_bytes("forward"), error)
+    row = _set_error(Row(str(path), f"onnx {runner.variant}", 0.0, 0.0, int(manifest["params"]["total"]),
+                         macs(shadow, content.shape[-1], style.shape[-1])["total"], runner.file_bytes("forward")),
+                     _onnx_error(runner.dir, runner.variant, Path(manifest["source"])))
     feeds = {"content": content.numpy(), "style": style.numpy()}
     return Prepared(row, lambda: runner.forward(content, style), lambda: runner.stylize_cached(content, cached),
                     lambda: profile_by_operator(runner.paths["forward"], feeds, threads))
 
 
-def _onnx_error(out_dir: Path, variant: str, source: Path) -> float | None:
+def _onnx_error(out_dir: Path, variant: str, source: Path) -> KnownError | None:
     report = out_dir / "int8_report.json"
     if report.is_file():
         errors = json.loads(report.read_text()).get("errors", {})
         if variant in errors:
-            return float(errors[variant]["total_error"])
+            return float(errors[variant]["total_error"]), report
     return _known_error(_model_path(source)) if variant == "fp32" and source.exists() else None
 
 
@@ -235,6 +247,10 @@ def print_rows(rows: list[Row], title: str) -> None:
                       f"{r.error:.4g}" if r.error is not None else "")
     console = Console(width=max(Console().width, 150))
     console.print(table)
+    sources = sorted({r.error_from for r in rows if r.error_from})
+    if len(sources) > 1:  # a run's summary (its eval size and pairs) vs an export's int8 report (256 px)
+        console.print(f"E is read from {len(sources)} files that may measure it on different pairs and sizes: "
+                      f"{', '.join(sources)}. `distst bench table` measures every row on the same pairs.")
     for r in rows:
         if "profile_ms" in r.extra:
             total = sum(r.extra["profile_ms"].values())

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     for rows in by_size.values():
         for row in rows:
-            row.error = errors.get(row.label)
+            row.error, row.error_from = errors.get(row.label), "bench table: same held-out pairs"
             if row.runtime == "onnx int8":
                 row.extra["fp32_error"] = errors.get(str(Path(row.label).parent / "forward.onnx"))
     text = markdown([label for label, _ in entries], by_size, args.threads)

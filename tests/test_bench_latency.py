@@ -48,12 +48,25 @@ def test_latency_of_a_model_file_and_its_onnx_graph(tmp_path: Path) -> None:
         assert row["macs"] == macs(model, 40, 24)["total"]
         assert row["full_ms"] > 0 and row["cached_ms"] > 0
         assert row["error"] == 12.5  # the run's E: the fp32 graph is the same network
+        assert row["error_from"] == str(run_dir / "summary.json")
     assert torch_row["file_bytes"] == model_file.stat().st_size
     profile = onnx_row["extra"]["profile_ms"]  # ONNX Runtime's time per operator type
     # Every operator type of the graph is timed (Conv may show as ORT's FusedConv); the order is by time, which
     # a loaded machine may shuffle, so it is not asserted.
     assert any("Conv" in op for op in profile) and {"Pad", "MaxPool"} <= set(profile)
     assert all(ms >= 0 for ms in profile.values())
+
+
+def test_the_table_says_when_e_comes_from_files_that_measure_it_differently(capsys: pytest.CaptureFixture) -> None:
+    def row(label: str, error_from: str) -> bench_latency.Row:
+        return bench_latency.Row(label, "torch", 2.0, 1.0, 10, 100, 1000, error=1.0, error_from=error_from)
+
+    bench_latency.print_rows([row("a", "run/summary.json"), row("b", "run/summary.json")], "one source")
+    assert "different pairs" not in capsys.readouterr().out
+    bench_latency.print_rows([row("a", "run/summary.json"), row("b", "onnx/int8_report.json")], "two sources")
+    note = " ".join(capsys.readouterr().out.split())
+    assert "E is read from 2 files that may measure it on different pairs and sizes: onnx/int8_report.json, " \
+           "run/summary.json" in note
 
 
 def test_bad_entries_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
