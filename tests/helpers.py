@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from distst.config import Config, build_config
+from distst.stop import StopRequest
+from distst.train import Method, TrainContext
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "shards" / "sample"
@@ -56,3 +58,14 @@ def run_distst(*args: str, timeout: float = 300, check: bool = True) -> subproce
 def write_job(path: Path, model: str = "adain") -> Path:
     path.write_text(f"model:\n  name: {model}\n")
     return path
+
+
+class StopAt(Method):
+    """Asks the run to checkpoint and stop after optimizer step ``step`` (None: never), as a stop signal would."""
+
+    def __init__(self, step: int | None, request: StopRequest) -> None:
+        self.step, self.request = step, request
+
+    def after_optimizer_step(self, ctx: TrainContext) -> None:
+        if ctx.step == self.step:
+            self.request.set("test")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import StopAt, tiny_config
 from toy_models import same_weights
 
 from distst.config import ConfigError, build_config, model_section
@@ -17,7 +17,7 @@ from distst.quant import QatSection, QuantAwareTraining
 from distst.quant.fake import ActivationObserver, FakeQuantWeight
 from distst.registry import method_factory
 from distst.stop import StopRequest
-from distst.train import Method, MethodList, TrainContext, train
+from distst.train import MethodList, train
 
 SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
               "decoder": {"conv3_4": 12, "conv3_1": 20, "conv1_1": 5}}
@@ -62,15 +62,6 @@ def test_qat_is_a_registered_method_that_trains_the_whole_network() -> None:
     assert isinstance(method_factory("qat")(cfg), QuantAwareTraining)
     with pytest.raises(ConfigError, match="prune.scope"):
         build_config({}, ["prune.method=qat", "prune.scope=[generator]"])
-
-
-class StopAt(Method):
-    def __init__(self, step: int | None, request: StopRequest) -> None:
-        self.step, self.request = step, request
-
-    def after_optimizer_step(self, ctx: TrainContext) -> None:
-        if ctx.step == self.step:
-            self.request.set("test")
 
 
 def test_qat_from_a_slimmed_model_resumes_bitwise_after_a_stop_and_saves_plain_int8_weights(tmp_path: Path) -> None:

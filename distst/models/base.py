@@ -13,7 +13,7 @@ A model declares, and the trainer only asks:
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -160,6 +160,21 @@ class DiststModel(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def errors(self, content: Tensor, style: Tensor, loss_net: nn.Module | None) -> dict[str, Tensor]:
         """Per-pair evaluation errors (shape N); their means are logged and summed into E."""
+
+    def rank_state(self) -> dict[str, Tensor]:
+        """State that differs from rank to rank (a GAN's image pools): DeepSpeed checkpoints the module from rank
+        0 only, so the trainer saves this with each rank's own checkpoint file and gives it back on resume.
+        The tensors themselves, by name (``load_rank_state`` copies into them); none by default."""
+        return {}
+
+    def load_rank_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restore what ``rank_state`` returned on this rank (after the engines restored rank 0's module)."""
+        own = self.rank_state()
+        if set(state) != set(own):
+            raise ValueError(f"{self.name}: this rank's saved state has {sorted(state)}, the model {sorted(own)}")
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(state[name])
 
     #: What decides whether a pruned level matches the dense one (lower is better): ``total_error`` (E, the
     #: sum of the per-pair errors' means) or a key of ``set_metrics`` (a GAN's FID).

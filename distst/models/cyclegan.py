@@ -10,8 +10,10 @@ pool per discriminator. Written from the paper and the reference repository's de
 
 The loop's batches are (content, style) = (photos, paintings) in [0, 1]; images are mapped to [-1, 1] inside.
 The image pools are buffers of the discriminator group (fixed size: ``model.pool_size`` images of
-``model.pool_crop``, which defaults to ``data.crop``, plus a count), so DeepSpeed checkpoints carry them and a
-resume is bitwise; a model file holds them too, and loads strictly into a model built from its own section.
+``model.pool_crop``, which defaults to ``data.crop``, plus a count and the pool's own random generator), so
+checkpoints carry them and a resume is bitwise: DeepSpeed saves rank 0's module, and every rank's own pools go
+with its own checkpoint file (``rank_state``). A model file holds them too (rank 0's), and loads strictly into a
+model built from its own section.
 """
 
 from __future__ import annotations
@@ -281,6 +283,11 @@ class CycleGAN(DiststModel):
         return plan
 
     # --- what the trainer asks -------------------------------------------------------------------------
+    def rank_state(self) -> dict[str, Tensor]:
+        """The image pools: each rank pools the images it generated itself."""
+        return {f"discriminator.{name}": buffer for name, buffer in self.discriminator.named_buffers()
+                if name.startswith("pool_")}
+
     def groups(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminator": self.discriminator}
 

@@ -61,6 +61,7 @@ def _stop_agreed(request: StopRequest, device: torch.device) -> bool:
 
 
 _DATA_KEY = "data_position"  # the data position's key in each rank's checkpoint.save(rank_extra=...)
+_MODEL_KEY = "model_rank_state"  # the model's rank_state() there (DeepSpeed saves rank 0's module only)
 
 
 def _batches(cfg: Config, info: DistInfo, resumed: Path | None, step: int
@@ -186,6 +187,9 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
         state = checkpoint.load(engines, resume_from, info)
         resume_from = checkpoint.loaded(resume_from)  # an older one, if the newest could not be loaded
         method.load_state_dict(state.get("method", {}))
+        saved_rank_state = checkpoint.load_rank_extra(resume_from, info.rank).get(_MODEL_KEY)
+        if saved_rank_state is not None:  # else a checkpoint from before rank states were saved: rank 0's
+            model.load_rank_state(saved_rank_state)
     step = int(state["step"])
     ctx = TrainContext(cfg=cfg, model=model, workdir=workdir, dist=info, step=step, engines=engines,
                        loss_net=loss_net)
@@ -217,7 +221,8 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
         saved = {**state, "step": step, "wall_s": earlier_wall_s + time.perf_counter() - started,
                  "method": method.state_dict()}
         checkpoint.save(engines, ckpt_root, step, saved, info, cfg.train.keep_checkpoints,
-                        rank_extra={_DATA_KEY: stream.position()})
+                        rank_extra={_DATA_KEY: stream.position(),
+                                    _MODEL_KEY: {k: v.detach().cpu() for k, v in model.rank_state().items()}})
 
     def run_evaluation() -> dict[str, float]:
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.

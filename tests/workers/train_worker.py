@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import tiny_config  # noqa: E402
+from helpers import StopAt, tiny_config  # noqa: E402
 
 from distst.models import build  # noqa: E402
 from distst.prune.masks import MaskedTraining, full_masks, prunable_layers, prune_magnitude  # noqa: E402
+from distst.stop import StopRequest  # noqa: E402
 from distst.train import Method, MethodList, TrainContext, train  # noqa: E402
 
 
@@ -51,7 +52,9 @@ class Probe(Method):
         self.inspected: list[int] = []
 
     def after_optimizer_step(self, ctx: TrainContext) -> None:
-        self.losses.append(ctx.metrics["loss"])
+        # One loss per step: the loss, or with several optimizer stages (a GAN) their sum.
+        self.losses.append(ctx.metrics["loss"] if "loss" in ctx.metrics else
+                           sum(v for k, v in sorted(ctx.metrics.items()) if k.endswith("/loss")))
         self.digest = weights_digest(ctx.model)
         if self.masks is None:
             return
@@ -87,6 +90,7 @@ def main() -> None:
     settings = dict(o.split("=", 1) for o in overrides)
     mask_rate = float(settings.pop("mask_rate", 0))  # > 0: train with magnitude masks of this sparsity
     tighten_at = int(settings.pop("tighten_at", 0))  # > 0: tighten the masks after this step
+    stop_after = int(settings.pop("stop_after", 0))  # > 0: checkpoint and stop after this step
     cfg = tiny_config(out_dir, **settings)
     probe, method = Probe(), None
     if mask_rate:
@@ -96,12 +100,15 @@ def main() -> None:
         probe, masked = Probe(masks), MaskedTraining(masks)
         steps = [TightenAt(tighten_at, masked, probe)] if tighten_at else []
         method = MethodList([*steps, masked, probe])
-    result = train(cfg, out_dir, method or probe)
+    request = StopRequest()
+    if stop_after:
+        method = MethodList([method or probe, StopAt(stop_after, request)])
+    result = train(cfg, out_dir, method or probe, stop=request)
     rank = torch.distributed.get_rank()
     report = {"rank": rank, "world": torch.distributed.get_world_size(), "losses": probe.losses,
               "steps": result.steps, "digest": probe.digest, "masked_nonzero": probe.masked_nonzero,
               "masked_optimizer_nonzero": probe.masked_optimizer_nonzero,
-              "inspected": probe.inspected, "masks": len(probe.masks or {})}
+              "inspected": probe.inspected, "masks": len(probe.masks or {}), "stopped": result.stopped}
     (report_dir / f"rank{rank}.json").write_text(json.dumps(report))
 
 
