@@ -14,6 +14,7 @@ from helpers import SAMPLE
 from distst.cli import main
 from distst.config import model_section
 from distst.export import export_model
+from distst.export.errors import compare_errors
 from distst.export.quantize import int8_weight_count, read_calibration, relative_error
 from distst.export.runtime import OnnxStylizer
 from distst.models import StyleTransferModel, build
@@ -135,6 +136,11 @@ def test_other_models_onnx_equals_torch_and_their_cached_pair(tmp_path: Path, na
     assert isinstance(model, StyleTransferModel)
     assert manifest["style_cache"]["taps"] == {"sanet": ["relu4_1", "relu5_1"], "mccnet": ["relu4_1"]}[name]
     _round_trip(model_file, tmp_path / "onnx")
+    # E, identity terms included, with the forward answered by the graph: the same as torch's
+    content, style = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    errors = compare_errors(model_file, tmp_path / "onnx", content, style, variants=("fp32",))
+    assert set(errors["torch"]) == {"content_error", "style_error", "identity_error", "total_error"}
+    assert errors["fp32"] == pytest.approx(errors["torch"], rel=1e-4)
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str], expected: str) -> None:

@@ -93,3 +93,19 @@ def test_frozen_encoder_gets_no_gradient_but_trainable_does() -> None:
         assert (model.encoder[2].weight.grad is not None) == expect_grad
         assert model.decoder[1].weight.grad is not None
         assert all(p.grad is None and not p.requires_grad for p in loss_net.parameters())
+
+
+@pytest.mark.parametrize("name", ["sanet", "mccnet"])
+def test_identity_models_errors_through_forward_calls_equal_the_training_pass(name: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """errors() stylise through whole forward calls (so an exported graph can answer them); the numbers are
+    exactly those of the training pass, which reuses the encoder's features."""
+    model = build(model_section(name=name, width=0.125)).eval()
+    loss_net = model.loss_network()
+    content, style = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        through_forward = model.errors(content, style, loss_net)
+        monkeypatch.setattr(model, "forward_pass", model.identity_pass)
+        training_pass = model.errors(content, style, loss_net)
+    assert set(through_forward) == {"content_error", "style_error", "identity_error"}
+    assert all(torch.equal(through_forward[k], training_pass[k]) for k in through_forward)

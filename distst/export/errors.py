@@ -52,7 +52,7 @@ def compare_errors(model_file: str | Path, out_dir: str | Path, content: Tensor,
         with onnx_forward(model, runner) as calls:
             errors = evaluate(model, loss_net, content, style)
         if not calls[0]:
-            raise ExportError(f"{model.name}'s errors() do not go through its forward pass (they run the decoder "
-                              "alone for identity terms), so the E of an ONNX graph cannot be measured with them")
+            raise ExportError(f"{model.name}'s errors() do not go through its forward pass, so the E of an ONNX "
+                              "graph cannot be measured with them")
         results[variant] = errors
     return results

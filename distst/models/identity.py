@@ -40,8 +40,8 @@ class IdentityPass:
     identity_style: Tensor
     identity_content_feats: list[Tensor]
     identity_style_feats: list[Tensor]
-    #: The encoder's features of the style images (a model's extra terms may reuse them).
-    style_enc: list[Tensor]
+    #: The encoder's features of the style images (a model's extra terms may reuse them); None in ``forward_pass``.
+    style_enc: list[Tensor] | None
 
 
 class IdentityTrainedModel(StyleTransferModel):
@@ -66,6 +66,21 @@ class IdentityTrainedModel(StyleTransferModel):
         self.features.record("transform", transformed)
         output = self.decoder(transformed)
         self.features.record("output", output)
+        return self._measured(content_feats, style_feats, output, identity_content, identity_style, loss_net,
+                              style_enc)
+
+    def forward_pass(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> IdentityPass:
+        """The same pass through whole forward calls, ``self(content, style)``, ``self(content, content)`` and
+        ``self(style, style)`` (equal at alpha 1): it encodes each image again, but a forward answered by an
+        exported graph (``distst.export.errors``) is then measured by the same errors as the model."""
+        output, identity_content, identity_style = self(content, style), self(content, content), self(style, style)
+        with torch.no_grad():
+            content_feats, style_feats = loss_net(content), loss_net(style)
+        return self._measured(content_feats, style_feats, output, identity_content, identity_style, loss_net, None)
+
+    @staticmethod
+    def _measured(content_feats: list[Tensor], style_feats: list[Tensor], output: Tensor, identity_content: Tensor,
+                  identity_style: Tensor, loss_net: VGGEncoder, style_enc: list[Tensor] | None) -> IdentityPass:
         return IdentityPass(
             output=output,
             out_feats=loss_net(output),
@@ -96,7 +111,7 @@ class IdentityTrainedModel(StyleTransferModel):
         return self.identity_losses(self.identity_pass(content, style, loss_net), content, style)
 
     def errors(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
-        p = self.identity_pass(content, style, loss_net)
+        p = self.forward_pass(content, style, loss_net)
         content_error = sum(per_sample_l2(mean_variance_norm(p.out_feats[i]) - mean_variance_norm(p.content_feats[i]))
                             for i in CONTENT_TAPS)
         identity = per_sample_l2(p.identity_content - content) + per_sample_l2(p.identity_style - style)

@@ -157,6 +157,7 @@ class MCCNet(IdentityTrainedModel):
         """SANet's identity-trained terms plus noise stability and total variation. ``errors`` are SANet's three
         (no noise term: evaluation draws no random numbers), so E is comparable."""
         p = self.identity_pass(content, style, loss_net)
+        assert p.style_enc is not None  # identity_pass keeps the encoder's style features
         return {**self.identity_losses(p, content, style),
                 "noise": nn.functional.mse_loss(self.noisy_output(content, p.style_enc), p.output),
                 "tv": total_variation(p.output)}
