@@ -96,16 +96,18 @@ def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"int8 vs fp32 ({report['eval_pairs']} held-out pairs at {report['size']} px; "
-                        "E = content + style error)")
-    for col in ("graph", "forward MB", "E", "content error", "style error"):
-        table.add_column(col, justify="left" if col == "graph" else "right")
     errors = report.get("errors", {})
+    # Every error term the model reports (SANet and MCCNet add identity_error), E being their sum.
+    terms = [k for k in errors.get("torch", {}) if k != "total_error"]
+    table = Table(title=f"int8 vs fp32 ({report['eval_pairs']} held-out pairs at {report['size']} px; "
+                        f"E = {' + '.join(t.replace('_', ' ') for t in terms) or 'the errors'})")
+    for col in ("graph", "forward MB", "E", *(t.replace("_", " ") for t in terms)):
+        table.add_column(col, justify="left" if col == "graph" else "right")
     for name in ("torch", "fp32", "int8"):
         e = errors.get(name, {})
         size = report["file_bytes"].get(name, {}).get("forward")
-        table.add_row(name, f"{size / 1e6:.2f}" if size else "", *(f"{e[k]:.4g}" if k in e else "" for k in
-                                                                  ("total_error", "content_error", "style_error")))
+        table.add_row(name, f"{size / 1e6:.2f}" if size else "",
+                      *(f"{e[k]:.4g}" if k in e else "" for k in ("total_error", *terms)))
     Console().print(table)
     if "errors_skipped" in report:
         print(f"E not measured: {report['errors_skipped']}")

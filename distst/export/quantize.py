@@ -75,7 +75,11 @@ def quantize_graph(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]]) ->
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared))
+        try:
+            quant_pre_process(str(fp32), str(prepared))
+        except Exception:  # noqa: BLE001  # ORT's symbolic inference gives up on SANet's attention reshapes
+            # ONNX's own shape inference is enough for the convolutions that get quantised.
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         # Per-channel weights (one scale per output filter); activations per tensor.
         quantize_static(str(prepared), str(out), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
