@@ -70,6 +70,11 @@ class ModelSection(Section):
     def resolve(self, cfg: Config) -> None:
         """Resolve values that depend on other sections (e.g. on the pruning method)."""
 
+    def held_out_images(self, cfg: Config) -> tuple[str, int]:
+        """The key and count of held-out images of each set the job reads besides ``data.eval_pairs`` (a GAN's FID
+        set), so that the preflight can check the shards hold them; ("", 0) for none."""
+        return "", 0
+
 
 class MethodSection(Section):
     """What every compression method's section has; each method registers a subclass chosen by ``prune.method``."""

@@ -101,9 +101,10 @@ def _eval_problems(cfg: Config) -> list[str]:
         except (OSError, tarfile.TarError) as err:
             found.append(f"{key}: {pattern} cannot be read ({err})")
             continue
-        if available < data.eval_pairs:
-            found.append(f"data.eval_pairs={data.eval_pairs}: {key} ({pattern}) holds only {available} images; "
-                         f"lower data.eval_pairs or give {key} more shards")
+        for needed_by, count in (("data.eval_pairs", data.eval_pairs), cfg.model.held_out_images(cfg)):
+            if available < count:
+                found.append(f"{needed_by}={count}: {key} ({pattern}) holds only {available} images; "
+                             f"lower {needed_by} or give {key} more shards")
     return found
 
 

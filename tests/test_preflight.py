@@ -44,6 +44,15 @@ def test_eval_pairs_above_the_images_available(tmp_path: Path, capsys: pytest.Ca
     assert samples_in(f"{alone}/style-000000.tar") == 6 == samples_in(f"{SAMPLE}/style-000000.tar")
 
 
+def test_a_gan_lottery_needs_its_fid_images_in_the_held_out_shards(tmp_path: Path, capsys: pytest.CaptureFixture
+                                                                   ) -> None:
+    job = str(REPO / "jobs" / "local" / "imp_cyclegan.yaml")
+    reason = refused_alike(capsys, "imp", job, [f"run.out_dir={tmp_path / 'run'}", "model.fid_images=10"])
+    assert reason.endswith("model.fid_images=10: data.eval_style (shards/sample/style-000001.tar) holds only 6 "
+                           "images; lower model.fid_images or give data.eval_style more shards")  # content has 12
+    assert not (tmp_path / "run").exists()
+
+
 def test_zero3_with_imp_is_refused_before_deepspeed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     reason = refused_alike(capsys, "imp", IMP_JOB, [f"run.out_dir={tmp_path / 'run'}", "deepspeed.zero_stage=3"])
     assert reason.endswith("deepspeed.zero_stage=3 cannot be combined with prune.method=imp: ZeRO-3 partitions "

@@ -79,6 +79,9 @@ class CycleGANSection(ModelSection):
                              "pt_inception-2015-12-05-6726825d.pth); or set model.feature_extractor=random_conv "
                              "for a smoke run whose FIDs compare with nothing")
 
+    def held_out_images(self, cfg: Config) -> tuple[str, int]:
+        return ("model.fid_images", self.fid_images) if cfg.prune.trains_whole_network else ("", 0)
+
 
 def linear_decay(steps: int, start_fraction: float) -> Callable[[int], float]:
     """1 until ``start_fraction * steps``, then linearly down to 0 at ``steps`` (the reference's schedule)."""
