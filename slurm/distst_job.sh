@@ -71,6 +71,29 @@ distst_wrote_checkpoint() {
     [[ -n $now ]] && [[ -n $(comm -13 <(printf '%s\n' "$before") <(printf '%s\n' "$now")) ]]
 }
 
+distst_master_port() {
+    # 20000 + job id mod 20000 (distinct for jobs sharing a node), or the next port after it that is free here:
+    # one another process holds would stop the tasks' rendezvous (EADDRINUSE). The batch script runs on the
+    # allocation's first node, where rank 0 listens.
+    local python=$1 first=$((20000 + SLURM_JOB_ID % 20000))
+    "$python" - "$first" <<'PY'
+import socket
+import sys
+
+first = int(sys.argv[1])
+for port in range(first, first + 100):
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    sys.exit(f"error: ports {first}..{first + 99} are all in use on this node: no port for the tasks' rendezvous")
+PY
+}
+
 distst_default_run_dir() {
     # runs/<job>/<config hash>, from distst's own config code (what the tasks would pick without run.out_dir).
     local python=$1 command=$2; shift 2
@@ -115,7 +138,7 @@ distst_run() {
     # shell (say, one inside torchrun) would make every task think it is rank 0 of a world of one.
     unset RANK LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE GROUP_RANK TORCHELASTIC_RUN_ID
     MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-    MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+    MASTER_PORT=$(distst_master_port "$python") || exit 2
     export MASTER_ADDR MASTER_PORT
     echo "distst $command $DISTST_JOB on $SLURM_JOB_NUM_NODES node(s), $SLURM_NTASKS task(s)," \
          "restart ${SLURM_RESTART_COUNT:-0}, master $MASTER_ADDR:$MASTER_PORT, $(date -Is)"

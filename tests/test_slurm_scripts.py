@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,33 @@ def test_headers_for_checkpoint_and_requeue(script: Path) -> None:
     assert "--requeue" in headers and "--open-mode=append" in headers
     assert any(h.startswith("--signal=B:USR1@") for h in headers), "the batch shell must get the warning signal"
     assert any(h.startswith("--gpus-per-node=") for h in headers) and any(h.startswith("--nodes=") for h in headers)
+
+
+def test_master_port_is_the_jobs_own_or_the_next_free_one() -> None:
+    """The rendezvous port: 20000 + job id mod 20000, stepping past ports another process holds."""
+
+    def master_port(job_id: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", f'source slurm/distst_job.sh && SLURM_JOB_ID={job_id} '
+                                             f'distst_master_port "{sys.executable}"'],
+                              cwd=REPO, capture_output=True, text=True)
+
+    with _listening_in(25000, 26000) as held:
+        port = held.getsockname()[1]
+        job_id = port - 20000 + 20000 * 3  # a job whose own port is the held one
+        assert master_port(job_id - 1).stdout.strip() == str(port - 1)
+        taken = master_port(job_id)
+        assert taken.returncode == 0 and int(taken.stdout) == port + 1, taken.stderr
+
+
+def _listening_in(low: int, high: int) -> socket.socket:
+    """A socket listening on the first port of [low, high) that is free (inside the range the script uses)."""
+    for port in range(low, high):
+        sock = socket.socket()
+        try:
+            sock.bind(("", port))
+        except OSError:
+            sock.close()
+            continue
+        sock.listen()
+        return sock
+    raise AssertionError(f"no free port in {low}..{high - 1}")
