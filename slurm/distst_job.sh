@@ -83,6 +83,7 @@ import sys
 first = int(sys.argv[1])
 for port in range(first, first + 100):
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as torch's store: TIME_WAIT is no obstacle
         try:
             sock.bind(("", port))
         except OSError:
