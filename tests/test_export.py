@@ -135,7 +135,11 @@ def test_a_slimmed_model_exports_with_its_plan(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sanet", "mccnet"])
-def test_other_models_onnx_equals_torch_and_their_cached_pair(tmp_path: Path, name: str) -> None:
+def test_other_models_onnx_equals_torch_and_their_cached_pair(tmp_path: Path, name: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     model_file = _model_file(tmp_path, name)
     manifest = export_model(model_file, tmp_path / "onnx")
     model, _ = load_model(model_file)
@@ -150,6 +154,7 @@ def test_other_models_onnx_equals_torch_and_their_cached_pair(tmp_path: Path, na
     assert set(errors["torch"]) == {"content_error", "style_error", "identity_error", "total_error"}
     assert errors["fp32"] == pytest.approx(errors["torch"], rel=1e-4)
     assert errors["int8"]["total_error"] == pytest.approx(errors["fp32"]["total_error"], rel=0.05)
+    assert not any(cwd.iterdir())  # nothing left in the working directory (ORT's failed-inference dump)
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, argv: list[str], expected: str) -> None:

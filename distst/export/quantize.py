@@ -13,6 +13,7 @@ graph's outputs.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,13 @@ def quantize_graph(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]]) ->
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        try:
-            quant_pre_process(str(fp32), str(prepared))
-        except Exception:  # noqa: BLE001  # ORT's symbolic inference gives up on SANet's attention reshapes
-            # ONNX's own shape inference is enough for the convolutions that get quantised.
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        # ORT's symbolic shape inference gives up on SANet's attention reshapes, and then saves its partial model
+        # (tens of MB) to the working directory: run it in the temporary one.
+        with contextlib.chdir(tmp):
+            try:
+                quant_pre_process(str(fp32.resolve()), str(prepared))
+            except Exception:  # noqa: BLE001  # ONNX's own shape inference is enough for the quantised convs
+                quant_pre_process(str(fp32.resolve()), str(prepared), skip_symbolic_shape=True)
         # Per-channel weights (one scale per output filter); activations per tensor.
         quantize_static(str(prepared), str(out), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
