@@ -64,16 +64,17 @@ _DATA_KEY = "data_position"  # the data position's key in each rank's checkpoint
 _MODEL_KEY = "model_rank_state"  # the model's rank_state() there (DeepSpeed saves rank 0's module only)
 
 
-def _batches(cfg: Config, info: DistInfo, resumed: Path | None, step: int
+def _batches(cfg: Config, info: DistInfo, rank_extra: dict[str, Any] | None, step: int
              ) -> tuple[TrainStream, Iterator[tuple[tuple[torch.Tensor, ...], dict]]]:
-    """The run's data stream, continued from this rank's position in checkpoint ``resumed``, and its micro-batches.
+    """The run's data stream, continued from this rank's position in the resumed checkpoint's ``rank_extra``
+    (None: a fresh run), and its micro-batches.
 
     One stream for the whole run, so the data order does not depend on ``train.checkpoint_every``; save
     ``stream.position()`` with every checkpoint (``_DATA_KEY`` of the rank's extra state).
     """
-    position = checkpoint.load_rank_extra(resumed, info.rank).get(_DATA_KEY) if resumed is not None else None
+    position = rank_extra.get(_DATA_KEY) if rank_extra is not None else None
     # A checkpoint from before data positions were saved: a stream of its own, not a replay of the first batches.
-    epoch = step if resumed is not None and position is None else 0
+    epoch = step if rank_extra is not None and position is None else 0
     stream = TrainStream(cfg.data, rank=info.rank, world_size=info.world_size, epoch=epoch, position=position)
     return stream, ((batch, stream.counters) for batch in stream)
 
@@ -183,13 +184,14 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
     ckpt_root = workdir / "checkpoints"
     resume_from = checkpoint.latest(ckpt_root)
     state: dict[str, Any] = {"step": 0, "train_s": 0.0, "images": 0, "wall_s": 0.0}
+    rank_extra: dict[str, Any] | None = None  # this rank's own part of the resumed checkpoint
     if resume_from is not None:
         state = checkpoint.load(engines, resume_from, info)
         resume_from = checkpoint.loaded(resume_from)  # an older one, if the newest could not be loaded
         method.load_state_dict(state.get("method", {}))
-        saved_rank_state = checkpoint.load_rank_extra(resume_from, info.rank).get(_MODEL_KEY)
-        if saved_rank_state is not None:  # else a checkpoint from before rank states were saved: rank 0's
-            model.load_rank_state(saved_rank_state)
+        rank_extra = checkpoint.load_rank_extra(resume_from, info.rank)
+        if _MODEL_KEY in rank_extra:  # else a checkpoint from before rank states were saved: rank 0's
+            model.load_rank_state(rank_extra[_MODEL_KEY])
     step = int(state["step"])
     ctx = TrainContext(cfg=cfg, model=model, workdir=workdir, dist=info, step=step, engines=engines,
                        loss_net=loss_net)
@@ -246,9 +248,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
                 key = f"{run.spec.name}/{key}" if prefix else key
                 terms_sum[key] = terms_sum.get(key, 0.0) + float(value.detach())
 
-    # The checkpoint actually loaded (an older one when the newest failed to load) is the one at ``step``.
-    stream, batches = _batches(cfg, info, ckpt_root / checkpoint.tag_for(step) if resume_from is not None else None,
-                               step)
+    stream, batches = _batches(cfg, info, rank_extra, step)
     accumulation = cfg.deepspeed.gradient_accumulation_steps
     while step < cfg.train.steps:
         tick = time.perf_counter()
