@@ -126,6 +126,8 @@ class TrainConfig(Section):
 class DeepSpeedConfig(Section):
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPUs that have it, fp32 on CPU")
+    communication_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="dtype of the gradient all-reduce (fp32: exact sums whatever the training precision)")
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_clipping: float = Field(0.0, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict, description="further DeepSpeed config keys, passed through")

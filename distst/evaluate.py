@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from .images import save_image
+from .masters import fp32_master
 from .models import DiststModel, VGGEncoder
 
 
@@ -39,20 +40,6 @@ def gathered(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-def _fp32_value(param: nn.Parameter) -> Tensor:
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    master = safe_get_full_fp32_param(param)  # the optimizer's fp32 copy, when it keeps one
-    return (master if master is not None else param.detach()).float().view_as(param)
-
-
-def fp32_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The state dict on the CPU with every parameter in fp32 from the optimizer's master copy when it keeps one
-    (bitwise the parameter itself in fp32 training). Collective under ZeRO-1/2: every rank calls it."""
-    masters = {name: _fp32_value(p) for name, p in model.named_parameters()}
-    return {k: masters.get(k, v).detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
 @contextlib.contextmanager
 def fp32_view(model: nn.Module) -> Iterator[nn.Module]:
     """The model with fp32 weights for evaluation: itself when it is fp32 already, else a copy built from the
@@ -61,7 +48,7 @@ def fp32_view(model: nn.Module) -> Iterator[nn.Module]:
     if is_partitioned(model) or all(p.dtype == torch.float32 for p in model.parameters()):
         yield model
         return
-    memo = {id(p): nn.Parameter(_fp32_value(p), requires_grad=False) for p in model.parameters()}
+    memo = {id(p): nn.Parameter(fp32_master(p), requires_grad=False) for p in model.parameters()}
     copy_ = copy.deepcopy(model, memo).float()
     yield copy_
 

@@ -293,9 +293,11 @@ def config_changes(cfg: Config, run_dir: Path) -> dict[str, tuple[Any, Any]]:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML ({err}); move {run_dir} away to start over") from None
     new = flatten(cfg.model_dump(mode="json"))
+    # A key a later distst added, at its default, is no change: the stored run behaved as that default does.
+    set_keys = flatten(cfg.model_dump(mode="json", exclude_defaults=True)).keys()
     missing = object()
     return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
-            if old.get(key, missing) != new.get(key, missing)}
+            if old.get(key, missing) != new.get(key, missing) and (key in old or key in set_keys)}
 
 
 def check_resume(cfg: Config, run_dir: Path) -> dict[str, tuple[Any, Any]]:

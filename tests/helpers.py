@@ -9,7 +9,7 @@ from pathlib import Path
 
 from distst.config import Config, build_config
 from distst.stop import StopRequest
-from distst.train import Method, TrainContext
+from distst.train import Method, StepInputs, TrainContext
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "shards" / "sample"
@@ -66,6 +66,9 @@ class StopAt(Method):
     def __init__(self, step: int | None, request: StopRequest) -> None:
         self.step, self.request = step, request
 
-    def after_optimizer_step(self, ctx: TrainContext) -> None:
-        if ctx.step == self.step:
+    def extra_losses(self, ctx: TrainContext, inputs: StepInputs) -> dict:
+        # During step ``step`` (``ctx.step`` counts finished steps): the loop reads requests once per step, in
+        # the collective at the step's end, so a signal arriving while the step runs stops it at that step.
+        if self.step is not None and ctx.step == self.step - 1:
             self.request.set("test")
+        return {}

@@ -34,7 +34,7 @@ def test_an_fp32_model_is_evaluated_as_it_is() -> None:
 
 
 def test_rewind_states_are_kept_in_fp32() -> None:
-    from distst.evaluate import fp32_state_dict
+    from distst.masters import fp32_state_dict
 
     model = build(model_section(name="adain", width=0.125))
     exact = fp32_state_dict(model)

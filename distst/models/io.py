@@ -22,11 +22,12 @@ READABLE = ("distst-model/1", FORMAT)
 _NOT_SAVED = {"vgg_weights", "decoder_weights", "transform_weights", "inception_weights", "init_from"}
 
 
-def save_model(model: DiststModel, path: str | Path) -> Path:
-    """Write ``path`` atomically: ``{'format', 'model': section (with the full plan), 'state_dict'}``."""
+def save_model(model: DiststModel, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``path`` atomically: ``{'format', 'model': section (with the full plan), 'state_dict'}``; the state
+    is ``model``'s own unless given (a trainer passes the fp32 masters)."""
     record = model.cfg.model_dump(mode="json", exclude=_NOT_SAVED)
     record["plan"] = model.plan
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in (model.state_dict() if state is None else state).items()}
     return atomic.torch_save({"format": FORMAT, "model": record, "state_dict": state}, path)
 
 

@@ -30,8 +30,9 @@ from ..config import Config, ConfigError, MethodSection
 from ..data import eval_pairs
 from ..data.errors import DataError
 from ..data.loader import first_images
-from ..evaluate import fp32_state_dict, stylize_pairs
+from ..evaluate import stylize_pairs
 from ..images import save_image
+from ..masters import fp32_state_dict
 from ..models import DiststModel, build, model_class
 from ..models.io import load_model, read_model_file
 from ..models.weights import load_checked

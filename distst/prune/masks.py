@@ -6,10 +6,10 @@ it renames ``weight`` to ``weight_orig`` + ``weight_mask``, which would break th
 layout, DeepSpeed checkpoints and physical channel removal later. Instead, ``MaskedTraining`` masks
 gradients (so Adam's moments of pruned weights stay zero) and re-applies masks after every step.
 
-Under ZeRO-1/2 (and bf16/fp16) the optimizer updates fp32 master partitions that ``module.weight`` does not
+Under ZeRO-1/2 (and bf16/fp16) the optimizer updates fp32 master copies that ``module.weight`` does not
 show, and its moments live in flat partitions; a mask that changes mid-run must reach those too, or the next
-step copies the old values back. ``apply_to_optimizer`` masks them through DeepSpeed's own API
-(``safe_get/set_full_fp32_param``, ``safe_get/set_full_optimizer_state``), whatever the dtype.
+step copies the old values back. ``apply_to_optimizer`` masks them wherever DeepSpeed keeps them
+(``distst.masters``: ZeRO-1/2 partitions, ZeRO-0 bf16 clones, or the weight itself).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from .. import masters
 from ..models import DiststModel
 from ..train.hooks import Method, TrainContext
 
@@ -116,57 +117,31 @@ def sparsity_report(masks: Masks) -> dict[str, Any]:
     }
 
 
-ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def _optimizer_state_of(engine: Any, param: nn.Parameter) -> dict[str, Tensor] | None:
-    """A plain (ZeRO-0, fp32) optimizer's per-parameter state, if that is where it lives."""
-    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    state = getattr(optimizer, "state", {})
-    return state.get(param) if param in state else None
-
-
 def _moments_linked(engines: Mapping[str, Any]) -> bool:
     """Whether DeepSpeed has linked its Adam moments to the parameters (it does so at the first step after
     initialising or loading); before that they cannot be read per parameter, and hold nothing stale."""
     return all(getattr(engine.optimizer, "_hp_optimizer_states_linked", True) for engine in engines.values())
 
 
+def _engine_of(engines: Mapping[str, Any], param: nn.Parameter) -> Any | None:
+    """The engine whose optimizer steps ``param`` (a GAN has one per optimizer stage); None outside DeepSpeed."""
+    return next((engine for engine in engines.values() if any(p is param for p in engine.module.parameters())), None)
+
+
 @torch.no_grad()
 def apply_to_optimizer(engines: Mapping[str, Any], layers: Mapping[str, nn.Module], masks: Masks) -> tuple[int, bool]:
-    """Mask the fp32 master weights and both Adam moments of every trainable masked layer, through DeepSpeed's
-    API (ZeRO-1/2/bf16 partitions) or the plain optimizer's state (ZeRO-0). Collective: every rank calls it.
+    """Mask the fp32 master weights and both Adam moments of every trainable masked layer, wherever the optimizer
+    keeps them (``distst.masters``). Collective: every rank calls it.
 
-    Returns how many masked tensors' masters were reached (the caller checks it is all of them) and whether
-    the moments were reached too (not before DeepSpeed links them at the first step).
+    Returns how many masked tensors' masters were really reached (the caller checks it is all of them) and
+    whether the moments were reached too (not before DeepSpeed links them at the first step).
     """
-    from deepspeed.utils import (
-        safe_get_full_fp32_param,
-        safe_get_full_optimizer_state,
-        safe_set_full_fp32_param,
-        safe_set_full_optimizer_state,
-    )
-
-    linked = _moments_linked(engines)
     reached = 0
     for name, mask in masks.items():
         param = layers[name].weight
-        if not param.requires_grad:
-            continue
-        master = safe_get_full_fp32_param(param)
-        if master is not None:  # a partitioned fp32 master copy, and moments in flat partitions
-            keep = mask.to(master.device, master.dtype)
-            safe_set_full_fp32_param(param, master * keep)
-            for key in ADAM_MOMENTS if linked else ():
-                safe_set_full_optimizer_state(param, safe_get_full_optimizer_state(param, key) * keep, key)
-        else:  # the weight is its own master copy (masked by apply_masks); moments keyed by parameter
-            for engine in engines.values():
-                state = _optimizer_state_of(engine, param) or {}
-                for key in ADAM_MOMENTS:
-                    if key in state:
-                        state[key].mul_(mask.to(state[key].device, state[key].dtype))
-        reached += 1
-    return reached, linked
+        if param.requires_grad and masters.scale_master(_engine_of(engines, param), param, mask):
+            reached += 1
+    return reached, _moments_linked(engines)
 
 
 class MaskedTraining(Method):

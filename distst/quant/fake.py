@@ -5,6 +5,8 @@ matching what ONNX Runtime's static QDQ quantisation does to the exported graph:
   current weights at every forward (a parametrization: no state, and the optimizer keeps the float weights);
 - activations (every quantised conv's input): asymmetric uint8 per tensor, from running min/max observers
   (an exponential moving average while training, frozen in eval mode), as MinMax calibration measures them.
+  An observer is not a submodule (it stays out of the model's state dict and DeepSpeed's), so it follows the
+  train/eval mode of the conv it observes: ``model.eval()`` stops every observer.
 
 Both pass gradients straight through inside the range (the ops' own backward). torch.ao's eager/FX
 quantisation is deprecated, so this is written on the core ops, with ``torch.nn.utils.parametrize`` for weights
@@ -47,24 +49,28 @@ class ActivationObserver(nn.Module):
         self.register_buffer("high", torch.zeros(()), persistent=False)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)
         self.frozen = False
+        # Whether ``seen`` > 0, kept on the host: reading the buffer would wait on the device at every forward.
+        self._started = False
 
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
-        low, high = x.detach().float().amin(), x.detach().float().amax()
+        x = x.detach().float()
+        bounds = torch.stack([-x.amin(), x.amax()])  # both as maxima: one all-reduce for the pair
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Every rank keeps the same ranges (ranks see different batches): the union of theirs.
-            dist.all_reduce(low, op=dist.ReduceOp.MIN)
-            dist.all_reduce(high, op=dist.ReduceOp.MAX)
-        if int(self.seen) == 0:
+            dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        low, high = -bounds[0], bounds[1]
+        if not self._started:
             self.low.copy_(low)
             self.high.copy_(high)
         else:
             self.low.lerp_(low, self.momentum)
             self.high.lerp_(high, self.momentum)
         self.seen += 1
+        self._started = True
 
     def quantize(self, x: Tensor) -> Tensor:
-        if int(self.seen) == 0:
+        if not self._started:
             return x  # nothing observed yet (an eval before the first step): leave the input as is
         low, high = self.low.clamp_max(0.0), self.high.clamp_min(0.0)  # the range holds zero (padding, ReLU)
         scale = ((high - low) / UINT8_MAX).clamp_min(torch.finfo(torch.float32).tiny)
@@ -82,3 +88,4 @@ class ActivationObserver(nn.Module):
     def load(self, state: dict[str, Tensor]) -> None:
         for name in ("low", "high", "seen"):
             getattr(self, name).copy_(state[name])
+        self._started = bool(state["seen"] > 0)

@@ -63,7 +63,9 @@ def quantised_layers(model: DiststModel, scope: list[str]) -> dict[str, nn.Modul
 
 
 def _observe_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (getattr(module, _OBSERVER)(args[0]), *args[1:])
+    observer = getattr(module, _OBSERVER)
+    observer.train(module.training)  # not a submodule: model.eval() reaches the conv, and through it the observer
+    return (observer(args[0]), *args[1:])
 
 
 class QuantAwareTraining(Method):
@@ -113,7 +115,9 @@ class QuantAwareTraining(Method):
 
     @torch.no_grad()
     def on_train_end(self, ctx: TrainContext) -> None:
-        """Weights left on their int8 grid as plain parameters (the reference layout); observers and hooks go."""
+        """Weights left on their int8 grid as plain parameters (the reference layout); observers and hooks go.
+        The loop has put the fp32 masters into the model first, so the grid is the fp32 weights' (in bf16 the
+        module's own weights are rounded, and the fold of those lands off the grid)."""
         for module in self.layers.values():
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
             if hasattr(module, _OBSERVER):

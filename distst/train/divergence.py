@@ -44,13 +44,13 @@ def _terms(values: Mapping[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(values.items()))
 
 
-def check_losses(terms: Mapping[str, float], step: int, workdir: Path, device: torch.device) -> None:
-    """Raise ``TrainingDiverged`` (on every rank) if any rank's loss terms at ``step`` are not finite."""
-    if _agreed(_non_finite(terms), device):
-        where = _terms(terms) if _non_finite(terms) else "non-finite on another rank"
-        raise TrainingDiverged(f"training diverged at step {step}: non-finite loss ({where}); {_last_good(workdir)} "
-                               "and nothing of this step was saved; lower train.lr or set "
-                               "deepspeed.gradient_clipping, and start again in a new run directory")
+def raise_diverged(terms: Mapping[str, float], step: int, workdir: Path) -> None:
+    """Raise ``TrainingDiverged`` for ``step``, whose loss terms were not finite on this rank or another (the
+    loop agrees on that in its one per-step collective, so every rank raises together)."""
+    where = _terms(terms) if _non_finite(terms) else "non-finite on another rank"
+    raise TrainingDiverged(f"training diverged at step {step}: non-finite loss ({where}); {_last_good(workdir)} "
+                           "and nothing of this step was saved; lower train.lr or set "
+                           "deepspeed.gradient_clipping, and start again in a new run directory")
 
 
 def check_parameters(parameters: Iterable[torch.Tensor], step: int, workdir: Path, device: torch.device) -> None:

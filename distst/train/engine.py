@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import masters
 from ..config import Config, ConfigError
 
 _SLURM_TO_TORCH = {"RANK": "SLURM_PROCID", "LOCAL_RANK": "SLURM_LOCALID", "WORLD_SIZE": "SLURM_NTASKS"}
@@ -56,6 +57,8 @@ def prepare_process_env() -> None:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     os.environ.setdefault("LOCAL_RANK", "0")
+    # cuBLAS reads it once, at its start: deterministic CUDA runs need it, and it costs others next to nothing.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
 
@@ -86,11 +89,34 @@ def setup_distributed() -> DistInfo:
         atexit.register(_destroy_process_group)
     local_rank = int(os.environ["LOCAL_RANK"])
     if accelerator.device_name() != "cpu":
-        accelerator.set_device(local_rank)
-        device = torch.device(accelerator.device_name(local_rank))
+        index = device_index(local_rank, accelerator.device_count(), accelerator.current_device())
+        accelerator.set_device(index)
+        device = torch.device(accelerator.device_name(index))
     else:
         device = torch.device("cpu")
     return DistInfo(torch.distributed.get_rank(), local_rank, torch.distributed.get_world_size(), device)
+
+
+def device_index(local_rank: int, visible: int, current: int) -> int:
+    """The accelerator this process trains on, given how many it sees and which one is current.
+
+    - One visible device (Slurm's ``--gpus-per-task=1`` / ``--gpu-bind``, or ``CUDA_VISIBLE_DEVICES`` set per
+      process): device 0, whatever the local rank ("invalid device ordinal" otherwise for local rank >= 1).
+    - A launcher already chose one (Ray Train sets the current device of each worker): keep it, so two workers
+      never share a device.
+    - Else (torchrun, srun with every GPU visible): the local rank's device.
+    """
+    if visible < 1:
+        raise RuntimeError("the accelerator reports no visible device: check CUDA_VISIBLE_DEVICES and the job's "
+                           "GPU request")
+    if visible == 1:
+        return 0
+    if current != 0:
+        return current
+    if local_rank >= visible:
+        raise RuntimeError(f"local rank {local_rank} has no device of its own: {visible} are visible; start at most "
+                           f"{visible} processes per node (--nproc / --ntasks-per-node)")
+    return local_rank
 
 
 def _top_level_deepspeed_keys() -> set[str]:
@@ -109,15 +135,26 @@ _MANAGED = {"train_micro_batch_size_per_gpu": "data.batch_size",
             "gradient_accumulation_steps": "deepspeed.gradient_accumulation_steps",
             "gradient_clipping": "deepspeed.gradient_clipping", "bf16": "deepspeed.precision",
             "fp16": "deepspeed.precision", "optimizer": "train.lr (distst passes a torch Adam)",
+            "communication_data_type": "deepspeed.communication_dtype",
             "scheduler": "train.lr_decay", "train_batch_size": "data.batch_size"}
 
 
+_warned_cpu_bf16 = False
+
+
 def resolve_precision(cfg: Config, device: torch.device) -> str:
+    """fp32, bf16 or fp16 for this job on ``device``. bf16 on the CPU is allowed (with a warning): it is slow,
+    but it runs the very code path a GPU run takes, so CI can test it."""
+    global _warned_cpu_bf16
     precision = cfg.deepspeed.precision
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision != "fp32" and device.type == "cpu":
-        raise ConfigError(f"deepspeed.precision={precision} needs a GPU; on the CPU use fp32 (or auto)")
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("deepspeed.precision=fp16 needs a GPU; on the CPU use fp32, auto, or bf16 (for testing)")
+    if precision == "bf16" and device.type == "cpu" and not _warned_cpu_bf16:
+        _warned_cpu_bf16 = True
+        logging.getLogger("distst").warning(
+            "deepspeed.precision=bf16 on the CPU: slow, meant for testing the path GPU runs take")
     return precision
 
 
@@ -142,6 +179,9 @@ def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16"},
+        # Gradients are all-reduced in this dtype (DeepSpeed's default is the training dtype: bf16 sums lose
+        # bits, and ZeRO-0 and ZeRO-1 then gave different results).
+        "communication_data_type": cfg.deepspeed.communication_dtype,
         "steps_per_print": 10**12,  # distst logs progress itself
         "wall_clock_breakdown": False,
         **extra,
@@ -171,10 +211,23 @@ def initialize(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optim
     import deepspeed
 
     ds_config = deepspeed_config(cfg, device)
+    if ds_config["bf16"]["enabled"] or ds_config["fp16"]["enabled"]:
+        masters.keep_frozen_fp32(model)
     try:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
     except (ValueError, AssertionError, TypeError) as err:  # DeepSpeed's own config checks
         raise ConfigError(f"DeepSpeed rejected the config built from the `deepspeed` section: {err}") from None
     engine.checkpoint_engine = _safe_checkpoint_engine(engine._config)
+    masters.link_masters(engine)  # ZeRO-0 bf16: the fp32 clones DeepSpeed's API does not reach
     return engine
+
+
+def check_deterministic(cfg: Config, device: torch.device) -> None:
+    """``train.deterministic`` on CUDA needs cuBLAS's fixed workspace, set before cuBLAS starts: the process set-up
+    sets it (``prepare_process_env``); one line if someone set another value."""
+    if not cfg.train.deterministic or device.type != "cuda":
+        return
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        raise ConfigError("train.deterministic=true on CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8 (or :16:8) in the "
+                          f"environment before the run starts (it is {os.environ.get('CUBLAS_WORKSPACE_CONFIG')!r})")

@@ -32,6 +32,7 @@ from .. import atomic, rundir
 from ..config import Config, ConfigError
 from ..data import TrainStream, eval_pairs
 from ..evaluate import evaluate, fp32_view, gathered, stylized_grid
+from ..masters import fp32_state_dict, use_fp32_masters
 from ..models import DiststModel, Stage, build
 from ..models.io import read_model_file, save_model
 from ..models.plan import plan_differences
@@ -39,7 +40,7 @@ from ..models.weights import load_checked
 from ..stop import PROCESS, StopRequest
 from ..track import Tracker
 from . import checkpoint, divergence
-from .engine import DistInfo, initialize, setup_distributed
+from .engine import DistInfo, check_deterministic, initialize, resolve_precision, setup_distributed
 from .hooks import GradientAccess, Method, StepInputs, TrainContext
 
 #: Exit code after a stop-request checkpoint: "stopped cleanly, run me again" (EX_TEMPFAIL).
@@ -53,11 +54,17 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def _stop_agreed(request: StopRequest, device: torch.device) -> bool:
-    """Whether any rank was asked to stop: every rank then checkpoints the same step and returns."""
-    flag = torch.tensor([1.0 if request.is_set() else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+def _step_outcome(terms_sum: dict[str, torch.Tensor], accumulation: int, request: StopRequest,
+                  device: torch.device) -> tuple[dict[str, float], bool, bool]:
+    """This rank's mean loss terms of the step, whether any rank's were not finite, and whether any rank was
+    asked to stop (every rank then checkpoints the same step and returns): one all-reduce and one host sync
+    per step, so a GPU step never waits on the host more than once."""
+    values = torch.stack(list(terms_sum.values())) / accumulation
+    flags = torch.stack([(~torch.isfinite(values)).any().float(),
+                         torch.tensor(float(request.is_set()), device=values.device)]).to(device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    *means, diverged, stop = torch.cat([values.to(device), flags]).tolist()
+    return dict(zip(terms_sum, means, strict=True)), diverged > 0, stop > 0
 
 
 _DATA_KEY = "data_position"  # the data position's key in each rank's checkpoint.save(rank_extra=...)
@@ -165,6 +172,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
     if method.needs_full_parameters and cfg.deepspeed.zero_stage == 3:
         raise ConfigError(f"deepspeed.zero_stage=3 cannot be combined with prune.method={cfg.prune.method}: ZeRO-3 "
                           "partitions every parameter across ranks, so masks cannot be applied in place; use 0, 1 or 2")
+    check_deterministic(cfg, info.device)
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)
 
@@ -235,7 +243,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
         tracker.log(metrics, step)
         return metrics
 
-    def micro_step(batch: tuple[torch.Tensor, ...], terms_sum: dict[str, float]) -> None:
+    def micro_step(batch: tuple[torch.Tensor, ...], terms_sum: dict[str, torch.Tensor]) -> None:
         for run in stages:
             terms = model.stage_losses(run.spec.name, batch, loss_net)
             extra = method.extra_losses(ctx, StepInputs(run.spec.name, batch, model.features.take()))
@@ -246,21 +254,23 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
             run.engine.step()
             for key, value in {"loss": loss, **terms, **extra}.items():
                 key = f"{run.spec.name}/{key}" if prefix else key
-                terms_sum[key] = terms_sum.get(key, 0.0) + float(value.detach())
+                value = value.detach().float()  # summed on the device: read once per step (_step_outcome)
+                terms_sum[key] = terms_sum[key] + value if key in terms_sum else value
 
     stream, batches = _batches(cfg, info, rank_extra, step)
     accumulation = cfg.deepspeed.gradient_accumulation_steps
     while step < cfg.train.steps:
         tick = time.perf_counter()
-        terms_sum: dict[str, float] = {}
+        terms_sum: dict[str, torch.Tensor] = {}
         for _ in range(accumulation):
             batch, counters = next(batches)
-            batch = tuple(t.to(info.device, dtype) for t in batch)
+            batch = tuple(t.to(info.device, dtype, non_blocking=True) for t in batch)  # the loader pins memory
             micro_step(batch, terms_sum)
         step += 1
         ctx.step = step
-        ctx.metrics = {k: v / accumulation for k, v in terms_sum.items()}
-        divergence.check_losses(ctx.metrics, step, workdir, info.device)  # before anything saves this step
+        ctx.metrics, diverged, stopped = _step_outcome(terms_sum, accumulation, request, info.device)
+        if diverged:  # before anything saves this step
+            divergence.raise_diverged(ctx.metrics, step, workdir)
         method.after_optimizer_step(ctx)
         elapsed = time.perf_counter() - tick
         images = batch[0].shape[0] * accumulation
@@ -284,7 +294,6 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
                 grid = stylized_grid(fp32_model, eval_content, eval_style, path if info.is_main else None)
             if grid is not None:
                 tracker.log_image("samples", grid, step, caption="content | style | stylized")
-        stopped = _stop_agreed(request, info.device)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or stopped:
             save_checkpoint()
         bar.update(1)
@@ -299,9 +308,12 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
         last_eval = run_evaluation()
     summary: dict[str, Any] = {}
     if not stopped:
+        use_fp32_masters(model)  # what the method folds and the model file holds: the trained fp32 weights
         method.on_train_end(ctx)
         wall_s = earlier_wall_s + time.perf_counter() - started
-        summary = _finish(workdir, model, info, state, last_eval, wall_s, step)
+        summary = _finish(workdir, model, info, state, last_eval, wall_s, step,
+                          precision={"precision": resolve_precision(cfg, info.device),
+                                     "communication_dtype": cfg.deepspeed.communication_dtype})
         tracker.summary(summary["final"])
     where = tracker.where()
     tracker.finish()
@@ -311,7 +323,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
 
 
 def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, Any], final: dict[str, float],
-            wall_s: float, step: int) -> dict[str, Any]:
+            wall_s: float, step: int, precision: dict[str, str]) -> dict[str, Any]:
     """Write ``model.pt`` and ``summary.json`` (rank 0); returns the summary. Under ZeRO-3 the parameters are
     gathered first (collective), so counts and the model file are of whole tensors."""
     with gathered(model):
@@ -319,8 +331,9 @@ def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, 
                    for name, part in model.groups().items()}
         counts = {name: sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in part.parameters())
                   for name, part in model.groups().items()}
+        weights = fp32_state_dict(model)  # collective under ZeRO: the trained fp32 masters
         if info.is_main:
-            save_model(model, workdir / "model.pt")
+            save_model(model, workdir / "model.pt", state=weights)
     summary = {
         "steps": step,
         "final": final,
@@ -329,6 +342,7 @@ def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, 
         "wall_s": round(wall_s, 3),
         "images_per_s": round(state["images"] / state["train_s"], 3) if state["train_s"] else None,
         "world_size": info.world_size,
+        **precision,
         "model_file": "model.pt",
     }
     if info.is_main:

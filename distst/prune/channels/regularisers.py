@@ -6,6 +6,9 @@
   end of training, so ``model.pt`` keeps the plain layout, and saved (``scales.pt``) for the pruning step.
 - CPST: channel and xor losses on the relu4_1 features of content and style, which switch the same channels off
   for every image, and an optional decorrelation loss.
+
+Every term is computed in fp32 whatever the training precision: in bf16 ``n / (n + 1e-5)`` rounds to 1 and
+CPST's gradients vanish, and ICCP's sums over C x C correlations lose their small terms.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import Tensor, nn
 
 from ... import atomic
 from ...config import Config
+from ...masters import fp32_master
 from ...models import DiststModel
 from ...train import Method, StepInputs, TrainContext
 
@@ -27,19 +31,19 @@ _SCALE = "channel_scale"  # the parameter added to each scaled conv
 
 def slimming_l1(scales: list[Tensor]) -> Tensor:
     """Sum of |s| over every channel scale."""
-    return sum(s.abs().sum() for s in scales)
+    return sum(s.float().abs().sum() for s in scales)
 
 
 def correlation_penalty(features: Tensor) -> Tensor:
     """ICCP's term for one layer's features F (B x C x H x W): S = F F^T per image (C x C over H*W), its L1
     norm, averaged over the batch."""
-    flat = features.flatten(2)
+    flat = features.float().flatten(2)
     return torch.bmm(flat, flat.transpose(1, 2)).abs().sum() / features.shape[0]
 
 
 def channel_activity(features: Tensor, eps: float = 1e-5) -> Tensor:
     """CPST's soft l0 per image and channel: ||F_bc|| / (||F_bc|| + eps), in [0, 1) (B x C)."""
-    norms = features.flatten(2).norm(dim=2)
+    norms = features.float().flatten(2).norm(dim=2)
     return norms / (norms + eps)
 
 
@@ -59,7 +63,7 @@ def xor_loss(activity: Tensor) -> Tensor:
 
 def decorrelation_loss(features: Tensor, eps: float = 1e-8) -> Tensor:
     """Mean |off-diagonal| of the channels' correlation matrix (per image, over H*W)."""
-    flat = features.flatten(2)
+    flat = features.float().flatten(2)
     flat = flat - flat.mean(dim=2, keepdim=True)
     flat = flat / (flat.norm(dim=2, keepdim=True) + eps)
     corr = torch.bmm(flat, flat.transpose(1, 2))
@@ -108,13 +112,16 @@ class ChannelScales(Method):
         return losses
 
     def on_evaluate(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
-        values = torch.cat([s.detach().abs().flatten() for s in self.scales().values()])
+        # The optimizer's fp32 values: in bf16 the module's scales round to 1.0 near 1 (collective under ZeRO).
+        values = torch.cat([fp32_master(s).abs().flatten() for s in self.scales().values()])
         metrics["scales/mean_abs"] = float(values.mean())
         metrics["scales/below_0.01"] = float((values < 0.01).float().mean())
 
     @torch.no_grad()
     def on_train_end(self, ctx: TrainContext) -> None:
-        """Save the scales for the pruning step, then fold them into the convs: s * (W x + b) = (s W) x + s b."""
+        """Save the scales for the pruning step, then fold them into the convs: s * (W x + b) = (s W) x + s b.
+        The loop has put the fp32 masters into the model first: the scales saved and folded are the trained
+        ones, not their bf16 rounding (which near 1.0 is coarser than Adam's steps)."""
         if ctx.dist.is_main:
             atomic.torch_save({k: v.detach().cpu().clone() for k, v in self.scales().items()},
                               self.out_dir / SCALES_FILE)
