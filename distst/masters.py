@@ -119,13 +119,15 @@ def fp32_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def use_fp32_masters(model: nn.Module) -> None:
+def use_fp32_masters(model: nn.Module) -> bool:
     """Turn ``model`` into fp32 holding the masters, in place (the same Parameter objects): for the end of
     training, so a method's final fold and the model file see the weights the optimizer trained, not their
-    bf16 rounding. Collective under ZeRO-1/2. A ZeRO-3 (partitioned) model is left alone."""
+    bf16 rounding. From then on the module is the truth (a fold changes it, not the optimizer's copies).
+    Collective under ZeRO-1/2. Returns False for a ZeRO-3 (partitioned) model, which is left alone."""
     if any(hasattr(p, "ds_id") for p in model.parameters()):
-        return
+        return False
     masters = [(p, fp32_master(p)) for p in model.parameters()]
     model.float()
     for param, master in masters:
         param.copy_(master)
+    return True

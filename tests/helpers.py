@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from distst.config import Config, build_config
 from distst.stop import StopRequest
 from distst.train import Method, StepInputs, TrainContext
@@ -58,6 +60,14 @@ def run_distst(*args: str, timeout: float = 300, check: bool = True) -> subproce
 def write_job(path: Path, model: str = "adain") -> Path:
     path.write_text(f"model:\n  name: {model}\n")
     return path
+
+
+def on_int8_grid(weight: torch.Tensor) -> bool:
+    """Every output channel's values are integer multiples of max|w| / 127."""
+    flat = weight.flatten(1)
+    scale = flat.abs().amax(dim=1, keepdim=True) / 127
+    steps = flat / scale
+    return bool(torch.allclose(steps, steps.round(), atol=1e-3)) and float(steps.abs().max()) <= 127 + 1e-3
 
 
 class StopAt(Method):

@@ -168,9 +168,9 @@ def test_imp_config_errors(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("zero_stage", [1, 2])
-def test_masks_hold_in_fp32_master_weights_and_moments_across_two_gloo_processes(tmp_path: Path,
-                                                                               zero_stage: int) -> None:
+@pytest.mark.parametrize(("zero_stage", "precision"), [(1, "fp32"), (2, "fp32"), (0, "bf16"), (1, "bf16")])
+def test_masks_hold_in_fp32_master_weights_and_moments_across_two_gloo_processes(tmp_path: Path, zero_stage: int,
+                                                                               precision: str) -> None:
     """Masks tightened mid-run (at step 2) must hold in the optimizer's own fp32 copies from step 3 on."""
     from distst.train.engine import free_port
 
@@ -180,7 +180,7 @@ def test_masks_hold_in_fp32_master_weights_and_moments_across_two_gloo_processes
                            f"--master_port={free_port()}", str(REPO / "tests" / "workers" / "train_worker.py"),
                            str(tmp_path / "run"), str(reports), "mask_rate=0.5", "tighten_at=2",
                            "model.encoder=trainable", "prune.method=imp", "train.steps=4",
-                           f"deepspeed.zero_stage={zero_stage}"],
+                           f"deepspeed.zero_stage={zero_stage}", f"deepspeed.precision={precision}"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import StopAt, tiny_config
+from helpers import StopAt, on_int8_grid, tiny_config
 from toy_models import same_weights
 
 from distst.config import ConfigError, build_config, model_section
@@ -21,14 +21,6 @@ from distst.train import MethodList, train
 
 SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
               "decoder": {"conv3_4": 12, "conv3_1": 20, "conv1_1": 5}}
-
-
-def on_int8_grid(weight: torch.Tensor) -> bool:
-    """Every output channel's values are integer multiples of max|w| / 127."""
-    flat = weight.flatten(1)
-    scale = flat.abs().amax(dim=1, keepdim=True) / 127
-    steps = flat / scale
-    return bool(torch.allclose(steps, steps.round(), atol=1e-3)) and float(steps.abs().max()) <= 127 + 1e-3
 
 
 def test_fake_quant_weight_is_per_channel_symmetric_int8_with_a_straight_through_gradient() -> None:
@@ -92,3 +84,27 @@ def test_qat_from_a_slimmed_model_resumes_bitwise_after_a_stop_and_saves_plain_i
     assert model.plan == slim.plan  # the slimmed plan carried through
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(on_int8_grid(conv.weight.detach()) for conv in convs)
+
+
+def test_observers_follow_the_model_into_eval_mode_and_rest_during_evaluation() -> None:
+    """An observer is no submodule (it stays out of state dicts), yet ``model.eval()`` must stop it: evaluation
+    never moves the ranges (it did, and issued two all-reduces per conv per forward)."""
+    from distst.data import eval_pairs
+    from distst.evaluate import evaluate
+
+    cfg = tiny_config(Path("unused"), prune__method="qat")
+    model = build(cfg.model)
+    qat = QuantAwareTraining(cfg.prune)
+    qat.prepare_model(model, cfg)
+    content, style = eval_pairs(cfg.data)
+    model.train()
+    model(content, style)
+    before = {name: o.state() for name, o in qat.observers().items()}
+    assert before and all(int(s["seen"]) >= 1 for s in before.values())  # the encoder runs twice in AdaIN
+    evaluate(model, model.loss_network(), content, style)
+    assert all(not o.training for o in qat.observers().values())  # set by the evaluation's model.eval()
+    after = {name: o.state() for name, o in qat.observers().items()}
+    assert all(torch.equal(after[n][k], before[n][k]) for n in before for k in before[n])
+    model.train()
+    model(content, style)
+    assert all(o.training and int(o.seen) == 2 * int(before[n]["seen"]) for n, o in qat.observers().items())

@@ -101,9 +101,16 @@ def test_bad_deepspeed_keys_are_reported(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, deepspeed__extra={"train_micro_batch_size_per_gpu": 3})
     with pytest.raises(ConfigError, match="set it through data.batch_size"):
         deepspeed_config(cfg, torch.device("cpu"))
-    cfg = tiny_config(tmp_path, deepspeed__precision="bf16")
-    with pytest.raises(ConfigError, match="bf16 needs a GPU"):
+    cfg = tiny_config(tmp_path, deepspeed__precision="fp16")
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         deepspeed_config(cfg, torch.device("cpu"))
+    # bf16 runs on the CPU (the GPU's code path, for tests), with gradients all-reduced in fp32 unless set.
+    bf16 = deepspeed_config(tiny_config(tmp_path, deepspeed__precision="bf16"), torch.device("cpu"))
+    assert bf16["bf16"] == {"enabled": True} and bf16["communication_data_type"] == "fp32"
+    assert deepspeed_config(tiny_config(tmp_path), torch.device("cpu"))["bf16"] == {"enabled": False}  # auto
+    with pytest.raises(ConfigError, match="set it through deepspeed.communication_dtype"):
+        deepspeed_config(tiny_config(tmp_path, deepspeed__extra={"communication_data_type": "bf16"}),
+                         torch.device("cpu"))
     ok = deepspeed_config(tiny_config(tmp_path, deepspeed__extra={"zero_optimization": {"overlap_comm": True}},
                                       deepspeed__zero_stage=2), torch.device("cpu"))
     assert ok["zero_optimization"] == {"overlap_comm": True, "stage": 2}

@@ -308,10 +308,11 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
         last_eval = run_evaluation()
     summary: dict[str, Any] = {}
     if not stopped:
-        use_fp32_masters(model)  # what the method folds and the model file holds: the trained fp32 weights
+        # What the method folds and the model file holds: the trained fp32 weights (ZeRO-3: read at the save).
+        in_module = use_fp32_masters(model)
         method.on_train_end(ctx)
         wall_s = earlier_wall_s + time.perf_counter() - started
-        summary = _finish(workdir, model, info, state, last_eval, wall_s, step,
+        summary = _finish(workdir, model, info, state, last_eval, wall_s, step, masters_in_module=in_module,
                           precision={"precision": resolve_precision(cfg, info.device),
                                      "communication_dtype": cfg.deepspeed.communication_dtype})
         tracker.summary(summary["final"])
@@ -323,7 +324,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
 
 
 def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, Any], final: dict[str, float],
-            wall_s: float, step: int, precision: dict[str, str]) -> dict[str, Any]:
+            wall_s: float, step: int, masters_in_module: bool, precision: dict[str, str]) -> dict[str, Any]:
     """Write ``model.pt`` and ``summary.json`` (rank 0); returns the summary. Under ZeRO-3 the parameters are
     gathered first (collective), so counts and the model file are of whole tensors."""
     with gathered(model):
@@ -331,7 +332,9 @@ def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, 
                    for name, part in model.groups().items()}
         counts = {name: sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in part.parameters())
                   for name, part in model.groups().items()}
-        weights = fp32_state_dict(model)  # collective under ZeRO: the trained fp32 masters
+        # The module itself once it holds the masters (a method may have folded into it since); ZeRO-3's
+        # gathered masters otherwise (collective).
+        weights = model.state_dict() if masters_in_module else fp32_state_dict(model)
         if info.is_main:
             save_model(model, workdir / "model.pt", state=weights)
     summary = {

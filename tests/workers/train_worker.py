@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import StopAt, tiny_config  # noqa: E402
 
+from distst.masters import fp32_state_dict  # noqa: E402
 from distst.models import build  # noqa: E402
 from distst.prune.masks import MaskedTraining, full_masks, prunable_layers, prune_magnitude  # noqa: E402
 from distst.stop import StopRequest  # noqa: E402
@@ -19,23 +20,28 @@ from distst.train import Method, MethodList, TrainContext, train  # noqa: E402
 
 
 def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of the module's weights (bf16 in a bf16 run) and of the optimizer's fp32 masters. Collective."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for prefix, state in (("module", model.state_dict()), ("master", fp32_state_dict(model))):
+        for name, tensor in sorted(state.items()):
+            digest.update(f"{prefix}.{name}".encode())
+            digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def optimizer_view(ctx: TrainContext, weight: torch.nn.Parameter) -> dict[str, torch.Tensor | None]:
     """The fp32 master copy and Adam moments of ``weight`` as the optimizer holds them: through DeepSpeed's
-    API under ZeRO-1/2 (flat partitions), else the plain optimizer's per-parameter state. Collective."""
+    API under ZeRO-1/2 (flat partitions), the DDP-bf16 optimizer's fp32 clone at ZeRO-0 bf16, else the plain
+    optimizer's per-parameter state. Collective."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     master = safe_get_full_fp32_param(weight)
     if master is not None:
         return {"master": master, **{k: safe_get_full_optimizer_state(weight, k) for k in ("exp_avg", "exp_avg_sq")}}
-    state = ctx.engine.optimizer.state.get(weight, {})
-    return {"master": weight.detach(), "exp_avg": state.get("exp_avg"), "exp_avg_sq": state.get("exp_avg_sq")}
+    own = getattr(weight, "_distst_fp32_master", weight)  # distst.masters.link_masters' record at ZeRO-0 bf16
+    optimizer = getattr(ctx.engine.optimizer, "optimizer", ctx.engine.optimizer)
+    state = optimizer.state.get(own, {})
+    return {"master": own.detach(), "exp_avg": state.get("exp_avg"), "exp_avg_sq": state.get("exp_avg_sq")}
 
 
 class Probe(Method):

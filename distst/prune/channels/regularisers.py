@@ -42,9 +42,11 @@ def correlation_penalty(features: Tensor) -> Tensor:
 
 
 def channel_activity(features: Tensor, eps: float = 1e-5) -> Tensor:
-    """CPST's soft l0 per image and channel: ||F_bc|| / (||F_bc|| + eps), in [0, 1) (B x C)."""
+    """CPST's soft l0 per image and channel: ||F_bc|| / (||F_bc|| + eps), in [0, 1) (B x C). Written as
+    1 - eps / (n + eps): the same value, but its gradient eps / (n + eps)^2 comes without the cancellation of
+    n / (n + eps)'s (about 10% off in fp32 for n ~ 20, and exactly 0 in bf16)."""
     norms = features.float().flatten(2).norm(dim=2)
-    return norms / (norms + eps)
+    return 1.0 - eps / (norms + eps)
 
 
 def channel_loss(activity: Tensor) -> Tensor:
