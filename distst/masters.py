@@ -50,6 +50,21 @@ def keep_frozen_fp32(module: nn.Module) -> int:
     return len(frozen)
 
 
+def set_fp32_master(param: nn.Parameter, value: Tensor) -> None:
+    """Write ``value`` into ``param``'s fp32 master (ZeRO-0 bf16 clone or ZeRO-1/2 partition); the parameter
+    itself when it is its own master. Collective under ZeRO-1/2."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    linked = getattr(param, _MASTER, None)
+    with torch.no_grad():
+        if linked is not None:
+            linked.copy_(value.view_as(linked))
+        elif getattr(param, "_hp_mapping", None) is not None:
+            safe_set_full_fp32_param(param, value.to(param.device, torch.float32).view(_shape(param)))
+        else:
+            param.copy_(value)
+
+
 def _shape(param: nn.Parameter) -> torch.Size:
     return getattr(param, "ds_shape", param.shape)  # ZeRO-3's local tensor is empty; ds_shape is the whole
 

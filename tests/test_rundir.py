@@ -114,3 +114,17 @@ def test_a_changed_config_refuses_to_resume_and_safe_changes_are_recorded(tmp_pa
     assert change == [{"step": 4, "config_changed": {"train.steps": {"from": 4, "to": 6},
                                                      "train.eval_every": {"from": 2, "to": 3}}}]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_key_added_by_a_later_version_at_its_default_is_no_change(tmp_path: Path) -> None:
+    """A run stored before ``deepspeed.communication_dtype`` existed resumes; setting it to another value does not."""
+    import yaml
+
+    out = tmp_path / "run"
+    train(tiny_config(out, train__steps=2), out)
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    del stored["deepspeed"]["communication_dtype"]  # as an older distst wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert rundir.config_changes(tiny_config(out, train__steps=2), out) == {}
+    assert rundir.config_changes(tiny_config(out, train__steps=2, deepspeed__communication_dtype="bf16"), out) == {
+        "deepspeed.communication_dtype": (None, "bf16")}

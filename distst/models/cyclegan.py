@@ -182,12 +182,12 @@ class ImagePool(nn.Module):
                                  f"{tuple(images.shape[-2:])} (model.pool_crop must be data.crop)")
             self.images = images.new_zeros(capacity, *images.shape[1:])  # a model built outside a job config
         generator = torch.Generator().set_state(self.rng.cpu())
+        filled = int(self.count)  # read once per batch, not per image: each read waits on the device
         shown = []
         for image in images.to(self.images.dtype):
-            filled = int(self.count)
             if filled < capacity:
                 self.images[filled] = image
-                self.count += 1
+                filled += 1
                 shown.append(image)
             elif self._draw(generator) < 0.5:
                 index = int(self._draw(generator, capacity))
@@ -196,6 +196,7 @@ class ImagePool(nn.Module):
             else:
                 shown.append(image)
         self.rng.copy_(generator.get_state())
+        self.count.fill_(filled)
         return torch.stack(shown).to(images.dtype)
 
 

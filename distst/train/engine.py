@@ -211,8 +211,11 @@ def initialize(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optim
     import deepspeed
 
     ds_config = deepspeed_config(cfg, device)
+    initial: dict[int, torch.Tensor] = {}
     if ds_config["bf16"]["enabled"] or ds_config["fp16"]["enabled"]:
         masters.keep_frozen_fp32(model)
+        if cfg.deepspeed.zero_stage < 3:  # DeepSpeed builds its masters from the rounded module: keep the fp32
+            initial = {id(p): p.detach().clone() for p in model.parameters() if p.requires_grad}
     try:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
@@ -220,6 +223,9 @@ def initialize(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optim
         raise ConfigError(f"DeepSpeed rejected the config built from the `deepspeed` section: {err}") from None
     engine.checkpoint_engine = _safe_checkpoint_engine(engine._config)
     masters.link_masters(engine)  # ZeRO-0 bf16: the fp32 clones DeepSpeed's API does not reach
+    for param in engine.module.parameters():  # the masters start from the exact fp32 weights (a rewind point)
+        if id(param) in initial:
+            masters.set_fp32_master(param, initial[id(param)])
     return engine
 
 
