@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "faults": "distst.bench_faults",
     "latency": "distst.bench_latency",
     "table": "distst.bench_table",
+    "train": "distst.bench_train",
 }
 
 
