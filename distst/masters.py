@@ -40,6 +40,23 @@ def link_masters(engine: Any) -> int:
     return linked
 
 
+def drop_warm_up_step(engine: Any) -> bool:
+    """Undo the step DeepSpeed's DDP-bf16/fp16 optimizer takes with zero gradients at construction (to create
+    the inner optimizer's state): it leaves the weights and moments at zero but Adam's step count at 1, so every
+    later step's bias correction is one step off (ZeRO-0 bf16 trained differently from fp32 and from ZeRO-1/2:
+    E 1.4e-3 apart after one step). The state is dropped; the first real step creates it afresh. Returns
+    whether it was dropped (only for that optimizer, before any real step)."""
+    optimizer = engine.optimizer
+    if getattr(optimizer, "fp32_groups", None) is None or getattr(optimizer, "bf16_groups", None) is not None:
+        return False
+    inner = getattr(optimizer, "optimizer", None)
+    states = list(getattr(inner, "state", {}).values())
+    if not states or any(torch.count_nonzero(s[k]) for s in states for k in ADAM_MOMENTS if k in s):
+        return False
+    inner.state.clear()
+    return True
+
+
 def keep_frozen_fp32(module: nn.Module) -> int:
     """Before DeepSpeed casts ``module`` to bf16/fp16: keep an fp32 copy of each frozen parameter (a pretrained
     encoder), which no optimizer holds a master of, so evaluation and the model file keep its real values.

@@ -26,7 +26,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     that suffix is all that keeps the Slurm tests (one shared cluster) and the Ray tests on one worker each.
     pytest 9.2 derives node ids in a way pytest-xdist 3.8 cannot edit, so the groups silently stopped holding
     (pyproject pins pytest < 9.2): such tests fail at once instead of two workers sharing one cluster."""
-    if not session.config.getvalue("loadgroup"):
+    if not session.config.getoption("loadgroup", default=False):  # absent without pytest-xdist's -n
         return
     for item in session.items:
         if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid:

@@ -154,7 +154,8 @@ def resolve_precision(cfg: Config, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cpu" and not _warned_cpu_bf16:
         _warned_cpu_bf16 = True
         logging.getLogger("distst").warning(
-            "deepspeed.precision=bf16 on the CPU: slow, meant for testing the path GPU runs take")
+            "deepspeed.precision=bf16 on the CPU: meant for testing the path GPU runs take (its speed depends "
+            "on the CPU's bf16 support)")
     return precision
 
 
@@ -223,6 +224,7 @@ def initialize(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optim
         raise ConfigError(f"DeepSpeed rejected the config built from the `deepspeed` section: {err}") from None
     engine.checkpoint_engine = _safe_checkpoint_engine(engine._config)
     masters.link_masters(engine)  # ZeRO-0 bf16: the fp32 clones DeepSpeed's API does not reach
+    masters.drop_warm_up_step(engine)  # ZeRO-0 bf16: Adam's bias correction as in every other configuration
     for param in engine.module.parameters():  # the masters start from the exact fp32 weights (a rewind point)
         if id(param) in initial:
             masters.set_fp32_master(param, initial[id(param)])
