@@ -99,3 +99,13 @@ def test_masked_training_keeps_pruned_weights_and_adam_moments_at_zero(model: to
         assert torch.all(weight[~mask] == 0), name
         assert torch.all(optimizer.state[weight]["exp_avg"][~mask] == 0), f"Adam moment drifted in {name}"
     assert sparsity_report(method.state_dict()["masks"])["sparsity"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_a_low_precision_weight_without_a_reachable_master_is_not_counted_as_masked() -> None:
+    """A bf16 weight whose fp32 master the code cannot reach must not count as masked (the caller then refuses to
+    train); an fp32 weight is its own master and counts."""
+    from distst.prune.masks import apply_to_optimizer
+
+    layers = {"a": torch.nn.Linear(3, 2), "b": torch.nn.Linear(3, 2).bfloat16()}
+    masks = {name: torch.ones(2, 3, dtype=torch.bool) for name in layers}
+    assert apply_to_optimizer({}, layers, masks) == (1, True)
