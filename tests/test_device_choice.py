@@ -24,3 +24,20 @@ def test_more_processes_than_devices_is_one_line() -> None:
         device_index(4, 4, 0)
     with pytest.raises(RuntimeError, match="no visible device"):
         device_index(0, 0, 0)
+
+
+def test_deterministic_cuda_runs_need_cublas_workspace_config(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from helpers import tiny_config
+
+    from distst.config import ConfigError
+    from distst.train.engine import check_deterministic, prepare_process_env
+
+    cfg = tiny_config(tmp_path, train__deterministic="true")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="CUBLAS_WORKSPACE_CONFIG=:4096:8"):
+        check_deterministic(cfg, torch.device("cuda", 0))
+    check_deterministic(cfg, torch.device("cpu"))  # the CPU needs nothing
+    check_deterministic(tiny_config(tmp_path), torch.device("cuda", 0))  # nor a non-deterministic run
+    prepare_process_env()  # what every entry point calls first: sets it unless the user chose a value
+    check_deterministic(cfg, torch.device("cuda", 0))
