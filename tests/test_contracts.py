@@ -345,10 +345,12 @@ def test_train_runs_in_a_thread_and_stops_on_request_from_another(tmp_path: Path
     request, reached, go = StopRequest(), threading.Event(), threading.Event()
 
     class PauseAtStep2(Method):
-        def after_optimizer_step(self, ctx: TrainContext) -> None:
-            if ctx.step == 2:
+        # Inside step 2 (one step finished): the loop reads stop requests once per step, at the step's end.
+        def extra_losses(self, ctx: TrainContext, inputs: StepInputs) -> dict:
+            if ctx.step == 1:
                 reached.set()
                 go.wait(timeout=60)
+            return {}
 
     results = []
     out = tmp_path / "stopped"
