@@ -17,20 +17,10 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 README_LIMIT = 15_000
 #: The folders whose Markdown is the documentation (besides README.md and any other tracked ``*.md``).
 DOC_DIRS = ("docs", "slurm", "tune")
-#: Tracked files that still link out and that this change may not edit, with why. Each is a strict xfail: the
-#: day its links are gone the test passes unexpectedly and fails, so the entry must then be removed here.
-KNOWN_EXTERNAL = {
-    "shards/README.md": "names WebDataset by its GitHub address",
-    "shards/sample/README.md": ("the sample images' sources by address; the file is written by "
-                                "distst/data/sample.py and tests/test_data_sample.py compares it byte for byte"),
-}
-
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 INLINE_LINK = re.compile(r"!?\[((?:[^\[\]]|\[[^\[\]]*\])*)\]\(\s*(<[^>]*>|[^\s)]*)(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
@@ -156,21 +146,9 @@ def test_every_relative_link_resolves():
 
 
 def test_nothing_links_outside_the_repository():
-    problems = [f"{rel(path)}:{number}: {what}" for path in markdown_files() if rel(path) not in KNOWN_EXTERNAL
+    problems = [f"{rel(path)}:{number}: {what}" for path in markdown_files()
                 for number, what in external(path.read_text(encoding="utf-8"))]
     assert not problems, report(problems, "links out of the repository (name the source in plain text instead)")
-
-
-@pytest.mark.parametrize("name", sorted(KNOWN_EXTERNAL))
-def test_known_files_that_still_link_out(name):
-    path = ROOT / name
-    if not path.is_file():
-        pytest.fail(f"{name} is gone: remove it from KNOWN_EXTERNAL")
-    found = external(path.read_text(encoding="utf-8"))
-    if found:
-        pytest.xfail(f"{name} still links out ({KNOWN_EXTERNAL[name]}): "
-                     + "; ".join(f"line {number}: {what}" for number, what in found))
-    pytest.fail(f"{name} no longer links out of the repository: remove it from KNOWN_EXTERNAL")
 
 
 def test_readme_is_short():

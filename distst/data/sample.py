@@ -33,14 +33,14 @@ class BundledImage:
 
 
 PHOTOS = (
-    BundledImage("astronaut", "astronaut Eileen Collins", "public domain (NASA)", "NASA Great Images, https://flic.kr/p/r9qvLn"),
+    BundledImage("astronaut", "astronaut Eileen Collins", "public domain (NASA)", "NASA Great Images (Flickr photo r9qvLn)"),
     BundledImage("camera", "the gray-level \"camera\" image (a photographer)", "CC0, photographer Lav Varshney", "scikit-image"),
     BundledImage("chelsea", "Chelsea the cat", "CC0, photographer Stefan van der Walt", "scikit-image"),
     BundledImage("coffee", "coffee cup (courtesy of Pikolo Espresso Bar)", "CC0, photographer Rachel Michetti", "scikit-image"),
     BundledImage("hubble_deep_field", "Hubble eXtreme Deep Field", "public domain (NASA)",
-                 "HubbleSite, http://hubblesite.org/newscenter/archive/releases/2012/37/image/a/"),
+                 "HubbleSite, news release 2012-37, image a"),
     BundledImage("rocket", "DSCOVR launch on Falcon 9", "public domain (SpaceX)",
-                 "SpaceX Photos, https://www.flickr.com/photos/spacexphotos/16511594820/"),
+                 "SpaceX Photos (Flickr photo 16511594820)"),
 )
 TEXTURES = (
     BundledImage("brick", "brick wall texture (grayscale)", "CC0", "CC0Textures Bricks25 via scikit-image"),
