@@ -33,10 +33,7 @@ from pydantic import (
 )
 
 from . import registry
-
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the key and what would be valid."""
+from .errors import ConfigError
 
 
 class Section(BaseModel):
@@ -97,8 +94,9 @@ class NoMethod(MethodSection):
 
 
 class DataConfig(Section):
-    content: str = Field("shards/sample/content-{000000..000001}.tar", description="content shard URLs (brace notation)")
-    style: str = Field("shards/sample/style-{000000..000001}.tar", description="style shard URLs (brace notation)")
+    content: str = Field("sample:content-{000000..000001}.tar",
+                         description="content shard URLs (brace notation); sample: = the bundled sample shards")
+    style: str = Field("sample:style-{000000..000001}.tar", description="style shard URLs (brace notation)")
     crop: int = Field(256, ge=8)
     batch_size: int = Field(8, ge=1)
     workers: int = Field(2, ge=0)

@@ -38,9 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data.bundled import CONTENT, STYLE
+from .stop import EXIT_REQUEUE
+
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "shards" / "sample"
-EXIT_REQUEUE = 75  # distst.train.EXIT_REQUEUE (not imported: that loads torch)
 
 #: Tiny job sizes: the CPU (``--dry``, as tests/helpers.py's tiny_overrides) and a GPU (larger, still tiny).
 SIZES: dict[str, dict[str, object]] = {
@@ -137,8 +138,7 @@ class Smoke:
     def overrides(self, run_dir: Path | None = None, **extra: object) -> list[str]:
         """The tiny job on the bundled sample shards, in bf16, without tracking."""
         settings: dict[str, object] = {
-            "data.content": f"{SAMPLE}/content-{{000000..000001}}.tar",
-            "data.style": f"{SAMPLE}/style-{{000000..000001}}.tar",
+            "data.content": CONTENT, "data.style": STYLE,
             **SIZES[self.mode], "tracking.backend": "none", "tracking.image_every": 10**6,
             "deepspeed.precision": "bf16",
         }

@@ -10,25 +10,21 @@ from pathlib import Path
 import torch
 
 from distst.config import Config, build_config
+from distst.data.bundled import sample_location
+from distst.presets import as_overrides, tiny_settings
 from distst.stop import StopRequest
 from distst.train import Method, StepInputs, TrainContext
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "shards" / "sample"
+SAMPLE = sample_location()
 
 
 def tiny_overrides(out_dir: Path, **extra: object) -> list[str]:
-    """A 1/8-width model on 32 px crops of the bundled sample shards, a few steps, no tracking."""
-    settings: dict[str, object] = {
-        "model.width": 0.125,
-        "data.content": f"{SAMPLE}/content-{{000000..000001}}.tar",
-        "data.style": f"{SAMPLE}/style-{{000000..000001}}.tar",
-        "data.crop": 32, "data.batch_size": 2, "data.workers": 0, "data.shuffle_buffer": 16, "data.eval_pairs": 2,
-        "train.steps": 4, "train.checkpoint_every": 2, "train.eval_every": 2, "train.log_every": 1,
-        "train.lr": 1e-3, "tracking.backend": "none", "tracking.image_every": 1000, "run.out_dir": str(out_dir),
-    }
+    """A 1/8-width model on 32 px crops of the bundled sample shards, a few steps, no tracking (``distst.presets``)."""
+    settings = tiny_settings(**{"train.checkpoint_every": 2, "train.eval_every": 2, "train.log_every": 1,
+                                "train.lr": 1e-3, "tracking.image_every": 1000, "run.out_dir": str(out_dir)})
     settings.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in settings.items()]
+    return as_overrides(settings)
 
 
 def tiny_config(out_dir: Path, **extra: object) -> Config:

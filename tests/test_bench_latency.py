@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distst import bench_latency
+from distst.bench import latency as bench_latency
 from distst.cli import main
 from distst.config import model_section
 from distst.export import export_model

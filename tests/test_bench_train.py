@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import run_distst, tiny_overrides
 
-from distst.bench_train import DATA_BOUND_MARGIN, LOADER_MIN_STEPS, verdict
+from distst.bench.train import DATA_BOUND_MARGIN, LOADER_MIN_STEPS, verdict
 from distst.cli import main
 from distst.commands.bench import BENCHES
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from data_fixtures import write_shards
 
+from distst.bench.data import compare_loaders
 from distst.cli import main
 from distst.commands.bench import BENCHES
-from distst.data.bench import compare_loaders
 
 
 def test_bench_data_prints_both_rates_and_their_ratio(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -43,8 +43,7 @@ def test_bench_targets_are_listed_and_all_exists(capsys: pytest.CaptureFixture) 
 
 def test_bench_all_runs_every_target_with_its_defaults(monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the data target defaults to shards/sample
-    monkeypatch.setattr("distst.commands.bench.BENCHES", {"data": "distst.data.bench"})  # others may be slow
+    monkeypatch.setattr("distst.commands.bench.BENCHES", {"data": "distst.bench.data"})  # others may be slow
     assert main(["bench", "all"]) == 0
     out = capsys.readouterr().out
     assert "== distst bench data" in out and "webdataset" in out and "folder" in out

@@ -1,4 +1,4 @@
-"""The bundled ``shards/sample`` set: names the config defaults expect, sources/licences, size, reproducibility."""
+"""The bundled sample set (``distst/data/sample_shards``): names the config defaults expect, sources/licences, size, reproducibility."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from PIL import Image
 
 from distst.config import DataConfig
 from distst.data import TrainStream
+from distst.data.bundled import sample_location
 from distst.data.manifest import read_shard_samples, verify_manifest
 from distst.data.sample import PHOTOS, TEXTURES
 
-SAMPLE = Path(__file__).resolve().parents[1] / "shards" / "sample"
+SAMPLE = sample_location()
 FILES = ["README.md", "content-000000.tar", "content-000001.tar", "content.json",
          "style-000000.tar", "style-000001.tar", "style.json"]
 
@@ -23,8 +24,8 @@ FILES = ["README.md", "content-000000.tar", "content-000001.tar", "content.json"
 def test_sample_set_has_the_names_the_config_defaults_expect() -> None:
     assert sorted(p.name for p in SAMPLE.iterdir()) == FILES
     defaults = DataConfig()
-    assert defaults.content == "shards/sample/content-{000000..000001}.tar"
-    assert defaults.style == "shards/sample/style-{000000..000001}.tar"
+    assert defaults.content == "sample:content-{000000..000001}.tar"
+    assert defaults.style == "sample:style-{000000..000001}.tar"
     assert sum(p.stat().st_size for p in SAMPLE.iterdir()) < 5 * 1024 * 1024
 
 
@@ -49,8 +50,8 @@ def test_readme_lists_every_source_and_licence() -> None:
     assert "CC0" in readme and "public domain" in readme
 
 
-def test_default_config_streams_from_the_sample_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(SAMPLE.parents[1])
+def test_default_config_streams_from_the_sample_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # sample: names the bundled shards from any working directory
     content, style = next(iter(TrainStream(DataConfig(crop=64, batch_size=2, workers=0), rank=1, world_size=2)))
     assert content.shape == style.shape == (2, 3, 64, 64)
 

@@ -13,7 +13,7 @@ import torch
 from helpers import tiny_config, tiny_overrides, write_job
 from PIL import Image
 
-from distst.bench_faults import fault_record
+from distst.bench.faults import fault_record
 from distst.cli import main
 from distst.config import model_section
 from distst.models import build

@@ -48,7 +48,7 @@ def test_a_gan_lottery_needs_its_fid_images_in_the_held_out_shards(tmp_path: Pat
                                                                    ) -> None:
     job = str(REPO / "jobs" / "local" / "imp_cyclegan.yaml")
     reason = refused_alike(capsys, "imp", job, [f"run.out_dir={tmp_path / 'run'}", "model.fid_images=10"])
-    assert reason.endswith("model.fid_images=10: data.eval_style (shards/sample/style-000001.tar) holds only 6 "
+    assert reason.endswith("model.fid_images=10: data.eval_style (sample:style-000001.tar) holds only 6 "
                            "images; lower model.fid_images or give data.eval_style more shards")  # content has 12
     assert not (tmp_path / "run").exists()
 

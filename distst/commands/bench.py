@@ -1,8 +1,8 @@
 """``distst bench TARGET`` / ``distst bench all``: benchmarks that print rich tables.
 
-To add a target, add one line to ``BENCHES``: its name and a module that defines ``HELP`` (one line),
-``add_arguments(parser)`` (every option needs a default, so that ``bench all`` can run it) and
-``run(args) -> int``. Keep those modules' top-level imports light: they are imported to build the CLI.
+To add a target, add a module to ``distst/bench/`` and one line to ``BENCHES`` (its name and the module).
+The module defines ``HELP`` (one line), ``add_arguments(parser)`` (every option needs a default, so that
+``bench all`` can run it) and ``run(args) -> int``. Keep those modules' top-level imports light: they are imported to build the CLI.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import importlib
 from types import ModuleType
 
 BENCHES: dict[str, str] = {
-    "data": "distst.data.bench",
-    "tune": "distst.sweep.bench",
-    "faults": "distst.bench_faults",
-    "latency": "distst.bench_latency",
-    "table": "distst.bench_table",
-    "train": "distst.bench_train",
+    "data": "distst.bench.data",
+    "tune": "distst.bench.tune",
+    "faults": "distst.bench.faults",
+    "latency": "distst.bench.latency",
+    "table": "distst.bench.table",
+    "train": "distst.bench.train",
 }
 
 

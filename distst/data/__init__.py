@@ -1,9 +1,10 @@
 """Data layer: WebDataset shards of content photos and style paintings, and their streaming loader.
 
 ``distst.data.shards`` builds shards (``distst shards build``), ``distst.data.manifest`` verifies them,
-``distst.data.sample`` makes the bundled ``shards/sample`` set, and ``distst.data.loader`` streams them.
+``distst.data.sample`` makes the bundled sample set (``sample_shards/``, found by ``distst.data.bundled``), and
+``distst.data.loader`` streams them.
 The loader (torch, webdataset) is imported on first use, so that the CLI and the light submodules
-(``errors``, ``bench``'s arguments) start fast.
+(``errors``, ``bundled``) start fast.
 """
 
 from __future__ import annotations

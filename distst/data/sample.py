@@ -1,4 +1,4 @@
-"""``build_sample``: the small bundled shards (``shards/sample``) from data that needs no download.
+"""``build_sample``: the small bundled shards (``distst/data/sample_shards``) from data that needs no download.
 
 Content: six public-domain / CC0 photos shipped inside scikit-image, each in four variants (as is,
 mirrored, two overlapping crops) to reach 24 samples. Style: scikit-image's three CC0 textures plus
@@ -133,10 +133,10 @@ def sample_readme(manifests: dict[str, dict], seed: int) -> str:
     kinds = ", ".join(f"`{k}`" for k in GENERATORS)
     return f"""# Sample shards (bundled; no download needed)
 
-Built by `distst shards sample --out shards/sample --seed {seed}` (re-run it to rebuild them byte for byte
+Built by `distst shards sample --out distst/data/sample_shards --seed {seed}` (re-run it to rebuild them byte for byte
 with the same library versions). Every image is resized to {SAMPLE_RESIZE} px on the shorter side and stored
 as JPEG in WebDataset tars (`__key__`, `jpg`, `json`); `content.json` and `style.json` are the manifests
-(sample counts, sha256, options); `distst shards verify shards/sample/content.json` re-checks them.
+(sample counts, sha256, options); `distst shards verify distst/data/sample_shards/content.json` re-checks them.
 
 ## Content ({manifests['content']['samples']} samples): {_shard_sizes(manifests['content'])}
 

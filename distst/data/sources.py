@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import webdataset as wds
 
 from ..images import IMAGE_SUFFIXES
+from .bundled import resolve_sample
 from .errors import DataError
 
 TAR_SUFFIX = ".tar"
@@ -40,9 +41,10 @@ class SourceItem:
 
 
 def expand_pattern(pattern: str) -> list[str]:
-    """Brace-expanded shard URLs (``x-{000000..000009}.tar``), as the loader and the builder read them."""
+    """Brace-expanded shard URLs (``x-{000000..000009}.tar``), as the loader and the builder read them;
+    ``sample:NAME`` names the bundled sample shards (``distst.data.bundled``)."""
     try:
-        return wds.shardlists.expand_urls(pattern)
+        return wds.shardlists.expand_urls(resolve_sample(pattern))
     except ValueError as err:  # braceexpand.UnbalancedBracesError
         raise DataError(f"shard pattern {pattern!r}: {err}; write ranges as name-{{000000..000009}}.tar") from None
 

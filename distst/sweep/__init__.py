@@ -2,7 +2,7 @@
 channel-pruning train stages), the trial (``trial``), the Tune set-up (``runner``), the placement-group fix
 (``release``) and the results table and plot (``results``).
 
-Nothing is imported here: building the CLI imports ``sweep.bench``, which must not pull in pydantic or Ray.
+Nothing is imported here: building the CLI (and ``distst.bench.tune``) must not pull in pydantic or Ray.
 """
 
 from __future__ import annotations

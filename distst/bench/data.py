@@ -14,8 +14,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..data.bundled import CONTENT
+
 HELP = "WebDataset streaming loader vs a folder-of-JPEGs DataLoader on the same images (images/s)"
-DEFAULT_SHARDS = "shards/sample/content-{000000..000001}.tar"
+DEFAULT_SHARDS = CONTENT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,9 +46,9 @@ def _images_per_s(batches: Iterable, count: int, warmup: int) -> tuple[float, fl
 
 def export_jpegs(pattern: str, folder: Path) -> list[Path]:
     """Every image of the shards as ``folder/<key>.jpg`` (the folder baseline's input)."""
-    from .loader import expand_shards
-    from .manifest import read_shard_samples
-    from .transforms import sample_image
+    from ..data.loader import expand_shards
+    from ..data.manifest import read_shard_samples
+    from ..data.transforms import sample_image
 
     files = []
     for index, url in enumerate(expand_shards(pattern)):
@@ -62,8 +64,8 @@ def folder_batches(files: list[Path], crop: int, batch_size: int, workers: int, 
     import numpy as np
     from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-    from .loader import _worker_init
-    from .transforms import to_tensor, train_view
+    from ..data.loader import _worker_init
+    from ..data.transforms import to_tensor, train_view
 
     class JpegFiles(Dataset):
         def __len__(self) -> int:
@@ -79,7 +81,7 @@ def folder_batches(files: list[Path], crop: int, batch_size: int, workers: int, 
 
 def compare_loaders(shards: str, batches: int, warmup: int, batch_size: int, crop: int, workers: int) -> dict[str, dict]:
     from ..config import DataConfig
-    from .loader import image_batches
+    from ..data.loader import image_batches
 
     cfg = DataConfig(content=shards, style=shards, crop=crop, batch_size=batch_size, workers=workers, shuffle_buffer=100)
     results: dict[str, dict] = {}

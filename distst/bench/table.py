@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .bench_latency import SAMPLE_CONTENT, SAMPLE_STYLE, Row, measure
+from .latency import SAMPLE_CONTENT, SAMPLE_STYLE, Row, measure
 
 HELP = "the README results table: dense torch/ONNX, ticket, slimmed and slimmed int8 at 384/256 and 512/512"
 
@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
-    from .cli import UserError
+    from ..cli import UserError
 
     try:
         pairs = [tuple(int(v) for v in item.split("/")) for item in text.split(",")]
@@ -57,12 +57,12 @@ def _entries(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, Path
     on the same held-out pairs with the same loss VGG (``--vgg``)."""
     import torch
 
-    from .config import model_section
-    from .export import export_model
-    from .export.errors import compare_errors
-    from .export.quantize import quantize_export, read_calibration
-    from .models import build
-    from .models.io import save_model
+    from ..config import model_section
+    from ..export import export_model
+    from ..export.errors import compare_errors
+    from ..export.quantize import quantize_export, read_calibration
+    from ..models import build
+    from ..models.io import save_model
 
     dense = Path(args.dense) if args.dense else None
     if dense is None:
@@ -130,8 +130,8 @@ def _e(row: Row) -> str:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .cli import UserError
-    from .export import ExportError
+    from ..cli import UserError
+    from ..export import ExportError
 
     sizes = _sizes(args.sizes)
     for path in [args.dense, args.ticket, *args.slim]:

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HELP = "SIGKILL a small IMP job N times at random moments, resume each time: bitwise equal to an uninterrupted run?"
-DEFAULT_SAMPLE = Path(__file__).resolve().parents[1] / "shards" / "sample"
 LEVELS = 3
 
 
@@ -39,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs to deliver (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     p.add_argument("--steps", type=int, default=16, help="training steps per level")
-    p.add_argument("--shards", default=str(DEFAULT_SAMPLE), help="folder with content-/style-{000000..000001}.tar")
+    p.add_argument("--shards", default=None,
+                   help="folder with content-/style-{000000..000001}.tar (default: the bundled sample shards)")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one, removed afterwards)")
 
 
@@ -66,15 +66,13 @@ class FaultRecord:
         return not self.mismatches and not self.failures and self.levels_lost == 0 and self.final_exit == 0
 
 
-def job_overrides(shards: Path, steps: int, out: Path) -> list[str]:
-    return [
-        "model.name=adain", "model.width=0.125",
-        f"data.content={shards}/content-{{000000..000001}}.tar", f"data.style={shards}/style-{{000000..000001}}.tar",
-        "data.crop=32", "data.batch_size=2", "data.workers=0", "data.shuffle_buffer=16", "data.eval_pairs=2",
-        f"train.steps={steps}", "train.checkpoint_every=2", f"train.eval_every={max(steps // 2, 1)}",
-        "train.log_every=1", "train.lr=1e-3", "train.deterministic=true",
-        f"prune.rounds={LEVELS - 1}", "prune.rewind_step=2", "tracking.backend=none", f"run.out_dir={out}",
-    ]
+def job_overrides(shards: Path | None, steps: int, out: Path) -> list[str]:
+    from ..presets import as_overrides, tiny_settings
+
+    return ["model.name=adain", *as_overrides(tiny_settings(
+        shards, steps=steps, train__checkpoint_every=2, train__eval_every=max(steps // 2, 1), train__log_every=1,
+        train__lr=1e-3, train__deterministic="true", prune__rounds=LEVELS - 1, prune__rewind_step=2,
+        run__out_dir=out))]
 
 
 def private_extensions(work: Path) -> Path:
@@ -239,7 +237,7 @@ RECOVERY_MESSAGES = {"lock taken over": "taking over the lock", "interrupted sav
                      "damaged checkpoint skipped": "is damaged", "resumed from a checkpoint": "resuming "}
 
 
-def fault_record(kills: int, work: Path, *, seed: int = 0, steps: int = 16, shards: Path = DEFAULT_SAMPLE
+def fault_record(kills: int, work: Path, *, seed: int = 0, steps: int = 16, shards: Path | None = None
                  ) -> FaultRecord:
     """Run the uninterrupted and the killed-and-resumed job under ``work`` and compare them."""
     work.mkdir(parents=True, exist_ok=True)
@@ -322,12 +320,12 @@ def print_record(record: FaultRecord) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.kills < 0 or args.steps < 4:
-        from .cli import UserError
+        from ..cli import UserError
 
         raise UserError("--kills must be at least 0 and --steps at least 4")
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="distst-faults-"))
     try:
-        record = fault_record(args.kills, work, seed=args.seed, steps=args.steps, shards=Path(args.shards))
+        record = fault_record(args.kills, work, seed=args.seed, steps=args.steps, shards=Path(args.shards) if args.shards else None)
         print_record(record)
     finally:
         if not args.out:

@@ -24,7 +24,7 @@ step.
   accumulation steps per optimizer step) over the time from the end of the last warm-up step to the end of
   the last timed step. Under several processes, the mean over ranks (start-up: the slowest rank's).
 - **loader img/s**: ``TrainStream`` over the same data section (shards, crop, batch size, workers, seed), with
-  nothing training, timed by ``distst.data.bench``'s helper over the batches of as many steps (at least
+  nothing training, timed by ``distst.bench.data``'s helper over the batches of as many steps (at least
   ``LOADER_MIN_STEPS``: it is fast, and a short window is noise) after those of the warm-up steps; every rank
   at once, mean over ranks. Measured once, before the trainings: the data does not depend on the precision,
   and every precision's start-up then finds the shards equally cached. No copy to the device.
@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_precisions(text: str) -> list[str]:
     """``"fp32,bf16"`` -> ``["fp32", "bf16"]``; an unknown or repeated name is a user error."""
-    from .cli import UserError
+    from ..cli import UserError
 
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in PRECISIONS]
@@ -97,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     import tempfile
 
-    from .cli import UserError
-    from .commands.launch import relaunch_if_requested
-    from .config import load_config
-    from .preflight import require
+    from ..cli import UserError
+    from ..commands.launch import relaunch_if_requested
+    from ..config import load_config
+    from ..preflight import require
 
     precisions = parse_precisions(args.precision)
     if args.steps < 1 or args.warmup < 1 or args.nproc < 1:
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_results(results)
     if args.json:
-        from . import atomic
+        from .. import atomic
 
         atomic.write_json(args.json, results)
     return 0
@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _method_factory(cfg: Any) -> Any:
     """The method ``distst train`` would run for this job (None: plain training); refused as ``train`` does."""
-    from .cli import UserError
-    from .registry import method_factory
+    from ..cli import UserError
+    from ..registry import method_factory
 
     factory = method_factory(cfg.prune.method)
     if cfg.prune.method != "none" and factory is None:
@@ -154,10 +154,10 @@ def measure(job: str, overrides: list[str], precisions: list[str], steps: int, w
 
     import torch
 
-    from . import rundir
-    from .config import load_config
-    from .train import Method, MethodList, train
-    from .train.engine import prepare_process_env, setup_distributed
+    from .. import rundir
+    from ..config import load_config
+    from ..train import Method, MethodList, train
+    from ..train.engine import prepare_process_env, setup_distributed
 
     class _StepClock(Method):
         """Reads the clock at the end of every optimizer step (after the loop's host synchronisation)."""
@@ -225,8 +225,8 @@ def measure(job: str, overrides: list[str], precisions: list[str], steps: int, w
 def loader_rate(cfg: Any, warmup: int, steps: int, rank: int, world_size: int) -> dict[str, float]:
     """This rank's ``TrainStream`` alone: content images per second over the batches of ``steps`` optimizer
     steps, after those of ``warmup`` (worker start, shuffle buffer fill)."""
-    from .data import TrainStream
-    from .data.bench import _images_per_s
+    from ..data import TrainStream
+    from .data import _images_per_s
 
     per_step = cfg.deepspeed.gradient_accumulation_steps
     stream = TrainStream(cfg.data, rank=rank, world_size=world_size)

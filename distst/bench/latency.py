@@ -24,9 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.bundled import CONTENT, STYLE
+
 HELP = "median CPU latency of model files and ONNX graphs (full forward and cached style), size, params, MACs"
-SAMPLE_CONTENT = "shards/sample/content-{000000..000001}.tar"
-SAMPLE_STYLE = "shards/sample/style-{000000..000001}.tar"
+SAMPLE_CONTENT = CONTENT
+SAMPLE_STYLE = STYLE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -120,10 +122,10 @@ def _model_path(path: Path) -> Path:
 def prepare_torch(path: Path, size: int, style_size: int, threads: int) -> Prepared:
     import torch
 
-    from .export.graphs import style_cache
-    from .models import StyleTransferModel, param_counts
-    from .models.complexity import macs
-    from .models.io import load_model
+    from ..export.graphs import style_cache
+    from ..models import StyleTransferModel, param_counts
+    from ..models.complexity import macs
+    from ..models.io import load_model
 
     torch.set_num_threads(threads)
     model, _ = load_model(path)
@@ -152,10 +154,10 @@ def prepare_torch(path: Path, size: int, style_size: int, threads: int) -> Prepa
 
 
 def prepare_onnx(path: Path, size: int, style_size: int, threads: int) -> Prepared:
-    from .config import model_section
-    from .export.runtime import OnnxStylizer, profile_by_operator
-    from .models import build
-    from .models.complexity import macs
+    from ..config import model_section
+    from ..export.runtime import OnnxStylizer, profile_by_operator
+    from ..models import build
+    from ..models.complexity import macs
 
     runner = OnnxStylizer(path, "fp32", threads) if path.is_dir() else OnnxStylizer.from_file(path, threads)
     manifest = runner.manifest
@@ -199,11 +201,11 @@ def default_entries(out_dir: Path, width: float) -> list[Path]:
     """A random dense AdaIN at ``width``: its model file, its ONNX fp32 and int8 forward graphs."""
     import torch
 
-    from .config import model_section
-    from .export import export_model
-    from .export.quantize import quantize_export, read_calibration
-    from .models import build
-    from .models.io import save_model
+    from ..config import model_section
+    from ..export import export_model
+    from ..export.quantize import quantize_export, read_calibration
+    from ..models import build
+    from ..models.io import save_model
 
     torch.manual_seed(0)
     model_file = save_model(build(model_section(name="adain", width=width)), out_dir / "adain.pt")
@@ -259,7 +261,7 @@ def print_rows(rows: list[Row], title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import UserError
+    from ..cli import UserError
 
     if args.size < 16 or (args.style_size is not None and args.style_size < 16):
         raise UserError("--size and --style-size must be at least 16")
@@ -271,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--checkpoint {path} does not exist")
     with tempfile.TemporaryDirectory() as tmp:
         paths = args.checkpoint or default_entries(Path(tmp), args.width)
-        from .export import ExportError
+        from ..export import ExportError
 
         try:
             rows = measure(paths, args.size, style_size, args.threads, args.repeats, args.warmup, args.profile)

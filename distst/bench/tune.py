@@ -11,7 +11,6 @@ from pathlib import Path
 
 HELP = "Ray Tune: N tiny IMP trials sequentially (plain and through Ray) and 2 at a time"
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shards" / "sample"
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "local" / "imp_adain.yaml"
 
 
@@ -22,11 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def tiny_overrides(steps: int, crop: int) -> dict[str, object]:
-    return {"model.width": 0.125, "data.content": f"{SAMPLE}/content-{{000000..000001}}.tar",
-            "data.style": f"{SAMPLE}/style-{{000000..000001}}.tar", "data.crop": crop, "data.batch_size": 2,
-            "data.workers": 0, "data.shuffle_buffer": 16, "data.eval_pairs": 2, "train.steps": steps,
-            "train.checkpoint_every": steps, "train.eval_every": steps, "train.log_every": steps,
-            "prune.rounds": 1, "prune.rewind_step": 0, "tracking.backend": "none"}
+    from ..presets import tiny_settings
+
+    return tiny_settings(steps=steps, crop=crop, train__checkpoint_every=steps, train__eval_every=steps,
+                         train__log_every=steps, prune__rounds=1, prune__rewind_step=0)
 
 
 def rates(trials: int) -> list[float]:
@@ -50,8 +48,8 @@ def plain_sequential(args: argparse.Namespace, root: Path) -> float:
 def through_ray(args: argparse.Namespace, root: Path, concurrency: int) -> float:
     import yaml
 
-    from .runner import run_sweep
-    from .spec import load_sweep
+    from ..sweep.runner import run_sweep
+    from ..sweep.spec import load_sweep
 
     sweep = root / f"bench_{concurrency}.yaml"
     sweep.write_text(yaml.safe_dump({
