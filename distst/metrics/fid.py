@@ -1,7 +1,9 @@
-"""FID and KID, computed here from features (numpy, float64), not by pytorch-fid, torch-fidelity, clean-fid or
-torchmetrics: those download their Inception weights at run time, which fails on offline clusters. The
-features come from an injectable extractor (``extractors.py``); with the pytorch-fid Inception file the
-numbers are those of the TTUR/pytorch-fid implementations.
+"""FID and KID, computed here from features (numpy, float64). pytorch-fid, torch-fidelity and clean-fid download
+their Inception weights at run time (fails offline); torchmetrics, fed our extractor, gives the same numbers but
+seeds KID's subsets from torch's global generator (breaks bitwise resume) among other traps: docs/metrics.md,
+with the parity measured by tests/test_fid_parity.py. The features come from an injectable extractor
+(``extractors.py``); with the pytorch-fid Inception file the numbers are those of the TTUR/pytorch-fid
+implementations.
 
 FID (Heusel et al. 2017): ``||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))`` between Gaussians fitted to
 the two feature sets. ``Tr((S1 S2)^(1/2))`` is taken as the sum of the square roots of the eigenvalues of
