@@ -17,6 +17,9 @@ import traceback
 from collections.abc import Sequence
 
 from . import stop
+from .errors import DiststError, UserError
+
+__all__ = ["DiststError", "UserError", "build_parser", "is_user_error", "main", "parse"]
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 COMMANDS = (
@@ -40,10 +43,6 @@ COMMANDS = (
 STOPPABLE_COMMANDS = frozenset({"train", "imp", "prune"})
 
 DEBUG_ENV = "DISTST_DEBUG"  # DISTST_DEBUG=1: print the traceback of user errors too
-
-
-class UserError(Exception):
-    """Raised by commands for bad input: printed as one line, exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,20 +70,13 @@ def _is_override(arg: str) -> bool:
 
 
 def is_user_error(err: BaseException) -> bool:
-    """Whether ``err`` means "bad input" (one line, exit code 2) rather than a bug (traceback)."""
-    return isinstance(err, user_error_types())
+    """Whether ``err`` means "bad input" (one line and its exit code) rather than a bug (traceback)."""
+    return isinstance(err, (DiststError, FileNotFoundError))
 
 
-# Bad-input exception types of modules imported on demand: (module, class name).
-LIBRARY_USER_ERRORS = (("distst.config", "ConfigError"), ("distst.data.errors", "DataError"),
-                       ("distst.models.weights", "WeightsError"))
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    # Only modules already imported can have raised their errors: looking them up in sys.modules keeps a
-    # light command light, and an error path that never imports torch or pydantic.
-    found = [getattr(sys.modules[module], name) for module, name in LIBRARY_USER_ERRORS if module in sys.modules]
-    return UserError, FileNotFoundError, *found
+def exit_code(err: BaseException) -> int:
+    """The exit code of a user error: its class's ``exit_code`` (2 for bad input and a missing file)."""
+    return err.exit_code if isinstance(err, DiststError) else 2
 
 
 def _give_back_signals(previous: dict) -> None:
@@ -108,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         message = str(err) or type(err).__name__
         print(f"distst {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return exit_code(err)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from .errors import DiststError  # noqa: E402
+
 ERRORS = (("total_error", "E (total)"), ("content_error", "content error"), ("style_error", "style error"))
 #: Plots of a run whose verdict is a set metric (a GAN's FID), with KID and the cycle errors' E beside it.
 SET_PLOTS = (("fid", "FID"), ("kid", "KID"), ("total_error", "E (cycle errors)"))
 LABELS = {"total_error": "E", "fid": "FID", "kid": "KID", "kid_std": "KID std", "fid_images": "images"}
 
 
-class ReportError(ValueError):
+class ReportError(DiststError, ValueError):
     """The directory is not a finished (or partly finished) IMP run."""
 
 

@@ -23,14 +23,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-from .cli import UserError
 from .config import Config, ConfigError
+from .distributed import on_main_then_shared, rank
+from .errors import UserError
 
 LOCK_FILE = ".distst-lock.json"
 
@@ -39,7 +40,6 @@ LOCK_FILE = ".distst-lock.json"
 SAFE_ON_RESUME = ("train.steps", "train.checkpoint_every", "train.eval_every", "train.log_every",
                   "train.keep_checkpoints", "tracking.*", "run.*")
 
-T = TypeVar("T")
 
 
 class RunDirBusy(UserError):
@@ -212,45 +212,8 @@ def exclusive(run_dir: Path) -> Iterator[None]:
             last = _HELD[key] == 0
             if last:
                 del _HELD[key]
-        if last and _rank() == 0:
+        if last and rank() == 0:
             release(key)
-
-
-# --- ranks --------------------------------------------------------------------------------------------------
-
-def _distributed() -> bool:
-    if "torch.distributed" not in sys.modules:
-        return False
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _rank() -> int:
-    if _distributed():
-        import torch.distributed as dist
-
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
-def on_main_then_shared(decide: Callable[[], T]) -> T:
-    """Run ``decide`` on rank 0 and give its result, or its user error, to every rank (collective)."""
-    if not _distributed():
-        return decide()
-    import torch.distributed as dist
-
-    box: list[Any] = [None]
-    if dist.get_rank() == 0:
-        try:
-            box[0] = ("ok", decide())
-        except (UserError, ConfigError) as err:
-            box[0] = (type(err).__name__, str(err))
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "ok":
-        return value
-    raise (RunDirBusy if kind == RunDirBusy.__name__ else ConfigError)(value)
 
 
 # --- the config at resume -----------------------------------------------------------------------------------

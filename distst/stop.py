@@ -14,6 +14,11 @@ from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
+#: Exit code after a stop-request checkpoint: "stopped cleanly, run me again" (EX_TEMPFAIL). The one
+#: definition: the trainers, the torchrun launcher, ``distst tune`` and the smoke test import it; the Slurm
+#: scripts (slurm/distst_job.sh) repeat the number.
+EXIT_REQUEUE = 75
+
 
 class StopRequest:
     """A one-way flag with a reason. Setting it is a plain attribute write: safe from signal handlers and threads."""

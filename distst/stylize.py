@@ -15,11 +15,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .errors import DiststError
 from .images import SAVE_FORMATS, ImageError, batches_by_size, list_images, load_image, save_image
 from .models import DiststModel
 
 
-class OutputError(ValueError):
+class OutputError(DiststError, ValueError):
     """``out`` does not fit the content: a file name for one image, a directory for a directory."""
 
 

@@ -4,7 +4,7 @@
 # the job when the trainer has checkpointed and asked to be run again (exit code 75) - but only when this
 # run wrote a checkpoint newer than the one it started from, and at most DISTST_MAX_REQUEUES times.
 
-readonly DISTST_EXIT_REQUEUE=75
+readonly DISTST_EXIT_REQUEUE=75  # distst.stop.EXIT_REQUEUE
 # Seconds the tasks get after srun starts before a stop signal is passed on: a Python task still starting up
 # has no handler yet and would die of it (exit 138/143), with no checkpoint, so the job could not requeue.
 readonly DISTST_TASK_START_S=10

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
     from ..export.quantize import Calibration
 
@@ -36,8 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-
     if args.int8 and not args.calibration:
         raise UserError("--int8 needs --calibration SHARDS (held-out content shards; and --calibration-style)")
     if args.calibration_pairs < 1 or args.eval_pairs < 0 or args.size < 16:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .launch import add_job_arguments, relaunch_if_requested
+from .launch import add_job_arguments, run_job
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,35 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import stop
-
-    stop.install_signal_handlers()  # before the slow imports: a batch script's USR1 must never kill a starting task
-    from ..config import load_config
-    from ..prune import run_imp
-    from ..train import EXIT_REQUEUE
-
     args.overrides = ["prune.method=imp", *args.overrides]  # a later prune.method=... still wins, and is refused
-    from ..preflight import require
+    return run_job(args, "imp", _imp, report=_report)
 
-    cfg = load_config(args.job, args.overrides)
-    require(cfg, args.job)  # the preflight of `distst check`: nothing is written or started if it fails
-    relaunched = relaunch_if_requested(args, "imp")
-    if relaunched is not None:
-        return relaunched
-    from .. import rundir
-    from ..train.engine import prepare_process_env, setup_distributed
 
-    prepare_process_env()
-    setup_distributed()  # ranks share the lock: rank 0 takes it and tells the others
-    run_dir = cfg.run_dir()
-    with rundir.exclusive(run_dir):  # once for every level: each level's train() runs inside it
-        result = run_imp(cfg, run_dir)
-    if result.stopped:
-        return EXIT_REQUEUE
-    import torch.distributed as dist
+def _imp(cfg: Config, run_dir: Path) -> Any:
+    from ..prune import run_imp
 
-    if dist.get_rank() == 0:
-        extreme = result.summary["extreme_sparsity"]
-        print(f"IMP finished: {run_dir}\n  extreme sparsity: "
-              f"{f'{extreme:.2%}' if extreme else 'no matching subnetwork'}\n  report: {run_dir / 'report' / 'report.md'}")
-    return 0
+    return run_imp(cfg, run_dir)
+
+
+def _report(result: Any, run_dir: Path) -> None:
+    extreme = result.summary["extreme_sparsity"]
+    print(f"IMP finished: {run_dir}\n  extreme sparsity: "
+          f"{f'{extreme:.2%}' if extreme else 'no matching subnetwork'}\n  report: {run_dir / 'report' / 'report.md'}")

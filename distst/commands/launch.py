@@ -21,15 +21,18 @@ import subprocess
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .. import stop
+from ..stop import EXIT_REQUEUE
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 #: Where workers of one launch record readiness and exit codes (set by the launcher for torchrun's workers).
 STATUS_DIR_ENV = "DISTST_LAUNCH_STATUS_DIR"
-#: A worker's "checkpointed, run me again" code (``distst.train.EXIT_REQUEUE``; not imported: that loads torch).
-EXIT_REQUEUE = 75
 RELAYED_TO_TORCHRUN = (signal.SIGINT, signal.SIGHUP)
 POLL_S = 0.1
 
@@ -40,6 +43,40 @@ def add_job_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes on this machine (runs under torchrun); under torchrun/srun leave at 1")
+
+
+def run_job(args: argparse.Namespace, command: str, work: Callable[[Config, Path], Any], *,
+            check: Callable[[Config], None] | None = None,
+            report: Callable[[Any, Path], None] | None = None) -> int:
+    """The common start and end of ``distst train|imp|prune``: stop-signal handlers, the config and its
+    preflight (``check`` first, then ``distst check``'s), ``--nproc`` relaunch under torchrun, the process
+    group, the run directory's lock around ``work(cfg, run_dir)``; exit 75 when its result was ``stopped``,
+    else ``report(result, run_dir)`` on rank 0 and 0."""
+    stop.install_signal_handlers()  # before the slow imports: a batch script's USR1 must never kill a starting task
+    from ..config import load_config
+    from ..preflight import require
+
+    cfg = load_config(args.job, args.overrides)  # validate before launching N processes
+    if check is not None:
+        check(cfg)
+    require(cfg, args.job)  # the preflight of `distst check`: nothing is written or started if it fails
+    relaunched = relaunch_if_requested(args, command)
+    if relaunched is not None:
+        return relaunched
+    from .. import rundir
+    from ..distributed import rank
+    from ..train.engine import prepare_process_env, setup_distributed
+
+    prepare_process_env()
+    setup_distributed()  # ranks share the lock: rank 0 takes it and tells the others
+    run_dir = cfg.run_dir()
+    with rundir.exclusive(run_dir):  # once for the whole command: each train() inside runs in it
+        result = work(cfg, run_dir)
+    if result.stopped:
+        return EXIT_REQUEUE
+    if report is not None and rank() == 0:
+        report(result, run_dir)
+    return 0
 
 
 def relaunch_if_requested(args: argparse.Namespace, command: str) -> int | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import UserError
+
 SIZES = (256, 512)
 
 
@@ -37,8 +39,6 @@ def describe(width: float = 1.0, checkpoints: list[str] | None = None) -> list[d
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
-
     if args.width <= 0:
         raise UserError(f"--width must be positive, got {args.width}")
     rows = describe(args.width, args.checkpoint)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .launch import add_job_arguments, relaunch_if_requested
+from .launch import add_job_arguments, run_job
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,39 +23,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import stop
+    return run_job(args, "prune", _prune, check=_validate, report=_report)
 
-    stop.install_signal_handlers()  # before the slow imports, as in `distst imp`
-    from ..config import load_config
-    from ..preflight import require
-    from ..prune.channels import run_channel_pruning
+
+def _validate(cfg: Config) -> None:
     from ..prune.channels.runner import validate
-    from ..train import EXIT_REQUEUE
 
-    cfg = load_config(args.job, args.overrides)
     validate(cfg)
-    require(cfg, args.job)
-    relaunched = relaunch_if_requested(args, "prune")
-    if relaunched is not None:
-        return relaunched
-    from .. import rundir
-    from ..train.engine import prepare_process_env, setup_distributed
 
-    prepare_process_env()
-    setup_distributed()
-    run_dir = cfg.run_dir()
-    with rundir.exclusive(run_dir):
-        result = run_channel_pruning(cfg, run_dir)
-    if result.stopped:
-        return EXIT_REQUEUE
-    import torch.distributed as dist
 
-    if dist.get_rank() == 0:
-        s = result.summary
-        print(f"{s['method']} finished: {run_dir}\n"
-              f"  channels removed {s['channels_removed_in_scope']:.1%} of the pruned layers', parameters removed {s['params_removed']:.1%}, "
-              f"{s['macs_speedup']:.2f}x fewer MACs\n"
-              f"  E dense {s['dense']['errors']['total_error']:.4g} -> slimmed "
-              f"{s['final']['errors'].get('total_error', float('nan')):.4g}\n"
-              f"  slimmed model: {run_dir / s['slim_model']}\n  report: {run_dir / 'report' / 'report.md'}")
-    return 0
+def _prune(cfg: Config, run_dir: Path) -> Any:
+    from ..prune.channels import run_channel_pruning
+
+    return run_channel_pruning(cfg, run_dir)
+
+
+def _report(result: Any, run_dir: Path) -> None:
+    s = result.summary
+    print(f"{s['method']} finished: {run_dir}\n"
+          f"  channels removed {s['channels_removed_in_scope']:.1%} of the pruned layers', parameters removed {s['params_removed']:.1%}, "
+          f"{s['macs_speedup']:.2f}x fewer MACs\n"
+          f"  E dense {s['dense']['errors']['total_error']:.4g} -> slimmed "
+          f"{s['final']['errors'].get('total_error', float('nan')):.4g}\n"
+          f"  slimmed model: {run_dir / s['slim_model']}\n  report: {run_dir / 'report' / 'report.md'}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..cli import UserError
+from ..errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

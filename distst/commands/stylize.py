@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cli import UserError
+from ..errors import UserError
 
 # The largest --content-size/--style-size: the same limit as every side of a loaded image (images.MAX_SIDE).
 MAX_SIZE = 8192

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .launch import add_job_arguments, relaunch_if_requested
+from ..errors import UserError
+from .launch import add_job_arguments, run_job
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,28 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import stop
+    return run_job(args, "train", lambda cfg, run_dir: _train(cfg, run_dir, args.job))
 
-    stop.install_signal_handlers()  # before the slow imports: a batch script's USR1 must never kill a starting task
-    from ..config import load_config
-    from ..preflight import require
-    from ..train import EXIT_REQUEUE, train
 
-    cfg = load_config(args.job, args.overrides)  # validate before launching N processes
-    require(cfg, args.job)  # the preflight of `distst check`: nothing is written or started if it fails
-    relaunched = relaunch_if_requested(args, "train")
-    if relaunched is not None:
-        return relaunched
-    from ..train.engine import prepare_process_env
-
-    prepare_process_env()
+def _train(cfg: Config, run_dir: Path, job: str) -> Any:
     from ..registry import method_factory
+    from ..train import train
 
     factory = method_factory(cfg.prune.method)
     if cfg.prune.method != "none" and factory is None:
-        from ..cli import UserError
-
         raise UserError(f"prune.method={cfg.prune.method} runs through its own command: "
-                        f"distst {type(cfg.prune).command} {args.job} ...")
-    result = train(cfg, cfg.run_dir(), factory(cfg) if factory else None)
-    return EXIT_REQUEUE if result.stopped else 0
+                        f"distst {type(cfg.prune).command} {job} ...")
+    return train(cfg, run_dir, factory(cfg) if factory else None)

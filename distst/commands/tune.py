@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import UserError
+from ..stop import EXIT_REQUEUE
+
 #: Exit code of an interrupted sweep (SIGINT/SIGUSR1): "run me again with --resume" (as the trainers' 75).
-EXIT_RESUME = 75
+EXIT_RESUME = EXIT_REQUEUE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +61,6 @@ def wait_for_nodes(count: int, timeout_s: float = 300) -> None:
     """Block until ``count`` Ray nodes are alive (the batch script starts them in parallel)."""
     import ray
 
-    from ..cli import UserError
-
     deadline = time.monotonic() + timeout_s
     while (alive := sum(node["Alive"] for node in ray.nodes())) < count:
         if time.monotonic() > deadline:
@@ -70,7 +71,6 @@ def wait_for_nodes(count: int, timeout_s: float = 300) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
     from ..sweep import load_sweep
     from ..sweep.results import write_results
     from ..sweep.runner import can_resume, run_sweep

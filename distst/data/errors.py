@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import DiststError
 
-class DataError(ValueError):
+
+class DataError(DiststError, ValueError):
     """Shards or images that cannot be used as given; the message says which and why."""

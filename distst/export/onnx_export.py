@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..errors import DiststError
 from ..models import StyleTransferModel, param_counts
 from ..models.io import load_model
 from .graphs import CombinedGraph, StyleCache, style_cache
@@ -31,7 +32,7 @@ GRAPHS = {"forward": "forward.onnx", "style": "style.onnx", "stylize": "stylize_
 VALUE_RANGE = (0.0, 1.0)
 
 
-class ExportError(ValueError):
+class ExportError(DiststError, ValueError):
     """A model or option that cannot be exported (printed as one line by the CLI)."""
 
 

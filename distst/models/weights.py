@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..errors import DiststError
 
-class WeightsError(ValueError):
+
+class WeightsError(DiststError, ValueError):
     """A weight or checkpoint file does not fit the module it is loaded into."""
 
 

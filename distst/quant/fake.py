@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..distributed import is_distributed
+
 INT8_MAX = 127
 UINT8_MAX = 255
 
@@ -56,7 +58,7 @@ class ActivationObserver(nn.Module):
     def observe(self, x: Tensor) -> None:
         x = x.detach().float()
         bounds = torch.stack([-x.amin(), x.amax()])  # both as maxima: one all-reduce for the pair
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if is_distributed():
             # Every rank keeps the same ranges (ranks see different batches): the union of theirs.
             dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
         low, high = -bounds[0], bounds[1]

@@ -1,7 +1,8 @@
 """Training: the DeepSpeed engine, checkpoints, the hook protocol for methods, and the one loop."""
 
+from ..stop import EXIT_REQUEUE
 from .hooks import GradientAccess, Method, MethodList, StepInputs, TrainContext
-from .loop import EXIT_REQUEUE, TrainResult, train
+from .loop import TrainResult, train
 
 __all__ = ["EXIT_REQUEUE", "GradientAccess", "Method", "MethodList", "StepInputs", "TrainContext", "TrainResult",
            "train"]

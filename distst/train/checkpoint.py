@@ -22,14 +22,15 @@ import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from .. import atomic
-from ..config import ConfigError
+from ..distributed import is_distributed, on_main_then_shared
+from ..errors import DiststError
 from .engine import DistInfo
 
 MANIFEST = "manifest.json"
@@ -37,18 +38,16 @@ STATE_FILE = "state.pt"
 STAGING_SUFFIX = ".tmp"
 MANIFEST_FORMAT = 1
 
-T = TypeVar("T")
-
 # Which checkpoint ``load`` really restored when it fell back from the one it was given, so that callers who
 # read more of the checkpoint afterwards by its path (``load_rank_extra``) read the same one.
 _loaded_instead: dict[Path, Path] = {}
 
 
-class CheckpointError(ConfigError, RuntimeError):
+class CheckpointError(DiststError, RuntimeError):
     """No checkpoint of a run can be resumed from, or one cannot be written; the message names the file.
 
-    A fault of saved state, not of the config: it derives from ``ConfigError`` only so that the CLI prints it
-    as one line (exit code 2) rather than a traceback; a Slurm job then fails instead of looping on requeues.
+    A fault of saved state: the CLI prints it as one line (exit code 2) rather than a traceback, and a Slurm
+    job then fails instead of looping on requeues.
     """
 
 
@@ -261,7 +260,7 @@ def latest(root: Path) -> Path | None:
             _say(f"removed {stale}, left by an interrupted save")
         return newest_valid(root)
 
-    return _on_main_then_shared(choose)
+    return on_main_then_shared(choose)
 
 
 def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: bool = True) -> dict[str, Any]:
@@ -289,7 +288,7 @@ def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: b
         reasons.append(f"{candidate.name}: {reason}")
         if not fall_back:
             break
-        candidate, damaged = _on_main_then_shared(lambda older=candidate: _scan(path.parent, older_than=older))
+        candidate, damaged = on_main_then_shared(lambda older=candidate: _scan(path.parent, older_than=older))
         reasons.extend(damaged)
     raise CheckpointError(_none_usable(path.parent, reasons))
 
@@ -345,30 +344,9 @@ def _check_world_size(path: Path, info: DistInfo) -> None:
 
 # --- agreeing across ranks ----------------------------------------------------------------------------------
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _on_main_then_shared(decide: Callable[[], T]) -> T:
-    """Run ``decide`` on rank 0 and give its result (or its CheckpointError) to every rank."""
-    if not _distributed():
-        return decide()
-    box: list[Any] = [None]
-    if dist.get_rank() == 0:
-        try:
-            box[0] = ("ok", decide())
-        except CheckpointError as err:
-            box[0] = ("error", str(err))
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise CheckpointError(value)
-    return value
-
-
 def _gather(error: str | None) -> list[str | None]:
     """Every rank's error (None where it succeeded), on every rank."""
-    if not _distributed():
+    if not is_distributed():
         return [error]
     errors: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(errors, error)

@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..config import ConfigError
+from ..distributed import is_distributed
+from ..errors import DiststError
 from . import checkpoint
 
 
-class TrainingDiverged(ConfigError):
+class TrainingDiverged(DiststError):
     """Training produced a non-finite loss or non-finite weights (printed as one line, exit code 2: it is the
     job's settings, such as the learning rate, that have to change)."""
 
@@ -29,7 +30,7 @@ def _non_finite(values: Mapping[str, float]) -> bool:
 
 def _agreed(local_bad: bool, device: torch.device) -> bool:
     flag = torch.tensor([1.0 if local_bad else 0.0], device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 

@@ -43,9 +43,6 @@ from . import checkpoint, divergence
 from .engine import DistInfo, check_deterministic, initialize, resolve_precision, setup_distributed
 from .hooks import GradientAccess, Method, StepInputs, TrainContext
 
-#: Exit code after a stop-request checkpoint: "stopped cleanly, run me again" (EX_TEMPFAIL).
-EXIT_REQUEUE = 75
-
 
 @dataclass
 class TrainResult:
