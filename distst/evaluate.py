@@ -19,13 +19,8 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from .images import save_image
-from .masters import fp32_master
+from .masters import fp32_master, is_partitioned
 from .models import DiststModel, VGGEncoder
-
-
-def is_partitioned(model: nn.Module) -> bool:
-    """Whether ZeRO-3 has partitioned the model's parameters across ranks."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 @contextlib.contextmanager

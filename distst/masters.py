@@ -82,6 +82,11 @@ def set_fp32_master(param: nn.Parameter, value: Tensor) -> None:
             param.copy_(value)
 
 
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether ZeRO-3 has partitioned the model's parameters across ranks."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
 def _shape(param: nn.Parameter) -> torch.Size:
     return getattr(param, "ds_shape", param.shape)  # ZeRO-3's local tensor is empty; ds_shape is the whole
 
@@ -156,7 +161,7 @@ def use_fp32_masters(model: nn.Module) -> bool:
     training, so a method's final fold and the model file see the weights the optimizer trained, not their
     bf16 rounding. From then on the module is the truth (a fold changes it, not the optimizer's copies).
     Collective under ZeRO-1/2. Returns False for a ZeRO-3 (partitioned) model, which is left alone."""
-    if any(hasattr(p, "ds_id") for p in model.parameters()):
+    if is_partitioned(model):
         return False
     masters = [(p, fp32_master(p)) for p in model.parameters()]
     model.float()
