@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.bundled import CONTENT, STYLE
+from .records import record_path
 from .stop import EXIT_REQUEUE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,10 +298,11 @@ def step_imp(s: Smoke, rec: Record) -> None:
     previous = None
     for level in range(IMP_ROUNDS + 1):
         folder = run / f"level_{level}"
-        missing = [f for f in ("mask.pt", "model.pt", "metrics.json") if not (folder / f).is_file()]
-        expect(not missing, f"{folder} lacks {', '.join(missing)}")
+        missing = [str(f) for f in (folder / "mask.pt", folder / "model.pt", record_path(run, folder.name))
+                   if not f.is_file()]
+        expect(not missing, f"level {level} lacks {', '.join(missing)}")
         masks = torch.load(folder / "mask.pt", weights_only=True)
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = json.loads(record_path(run, folder.name).read_text())
         total = sum(m.numel() for m in masks.values())
         kept = sum(int(m.sum()) for m in masks.values())
         target = remaining_target(total, rate, level)
@@ -322,7 +324,7 @@ def step_imp(s: Smoke, rec: Record) -> None:
                 f"of {total:,} = round({total:,} x 0.8^{level}) = {target:,}; pruned weights in model.pt: "
                 f"{pruned_nonzero} of {pruned_count:,} non-zero (max |w| {pruned_max:g}); model.pt {'/'.join(dtypes)}")
         expect(exact, f"level_{level}: kept {kept} weights, expected exactly {target} (sparsity "
-                      f"{metrics['sparsity']} in metrics.json, {sparsity} from mask.pt)")
+                      f"{metrics['sparsity']} in its record, {sparsity} from mask.pt)")
         expect(pruned_nonzero == 0, f"level_{level}: {pruned_nonzero} pruned weights are non-zero in model.pt "
                                     "(its fp32 masters): the masks did not reach the optimizer's masters")
         expect(dtypes == ["float32"], f"level_{level}: model.pt holds {dtypes}, not float32 masters")

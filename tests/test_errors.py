@@ -14,7 +14,7 @@ from distst.errors import DiststError, UserError
 from distst.export.onnx_export import ExportError
 from distst.images import ImageError
 from distst.models.weights import WeightsError
-from distst.report import ReportError
+from distst.reports import ReportError
 from distst.rundir import RunDirBusy
 from distst.stylize import OutputError
 from distst.train.checkpoint import CheckpointError

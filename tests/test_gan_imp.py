@@ -15,8 +15,9 @@ from PIL import Image
 from distst.config import ConfigError, build_config
 from distst.models import build
 from distst.models.io import load_model
-from distst.prune import prune_magnitude, run_imp
-from distst.prune.lottery import _compute_masks, _initial_state, imp_summary
+from distst.prune import prune_magnitude, run_schedule
+from distst.prune.lottery import compute_masks, imp_summary, initial_state, level_values
+from distst.records import record_path, step_records
 from distst.prune.masks import full_masks, remaining_target
 from distst.track import read_metrics
 
@@ -36,7 +37,7 @@ def discriminator_keys(state: dict[str, torch.Tensor]) -> list[str]:
 @pytest.fixture(scope="module")
 def gan_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("gan") / "run"
-    result = run_imp(gan_config(out, tracking__backend="wandb", tracking__mode="offline"), out)
+    result = run_schedule(gan_config(out, tracking__backend="wandb", tracking__mode="offline"), out)
     assert not result.stopped
     return out, result.summary
 
@@ -85,7 +86,8 @@ def test_two_levels_end_to_end_with_fid_verdict_report_and_wandb(gan_run: tuple[
     assert pruned["matching"] == (pruned["fid"] <= dense["fid"])
     assert summary["extreme_sparsity"] == (pruned["sparsity"] if pruned["matching"] else 0.0)
     assert {"kid", "kid_std", "photo_cycle_error", "painting_cycle_error", "total_error"} <= set(pruned)
-    metrics = json.loads((out / "level_1" / "metrics.json").read_text())
+    record = json.loads(record_path(out, "level_1").read_text())
+    metrics = level_values(record)
     assert set(metrics["sparsity_groups"]) == {"generator"} and metrics["fid_images"] == 4
     report = (out / "report" / "report.md").read_text()
     assert "matching the dense FID" in report and "| FID | KID |" in report and report.count("\n| ") == 3
@@ -97,9 +99,9 @@ def test_two_levels_end_to_end_with_fid_verdict_report_and_wandb(gan_run: tuple[
     # flipping the verdict's inputs flips the verdict: FID decides, not the cycle errors
     copy = out.parent / "flipped"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
-    path = copy / "level_1" / "metrics.json"
-    path.write_text(json.dumps({**metrics, "fid": dense["fid"] + 1, "total_error": 0.0}))
-    flipped = imp_summary(gan_config(copy), copy)
+    path = record_path(copy, "level_1")
+    path.write_text(json.dumps({**record, "fid": dense["fid"] + 1, "errors": {**record["errors"], "total_error": 0.0}}))
+    flipped = imp_summary(gan_config(copy), step_records(copy))
     assert not flipped["levels"][1]["matching"] and flipped["extreme_sparsity"] == 0.0
 
 
@@ -112,29 +114,32 @@ def test_each_discriminator_option_does_what_it_says(gan_run: tuple[Path, dict],
     dense = load_model(out / "level_0")[0].state_dict()
     keys = discriminator_keys(initial)
 
-    masks = _compute_masks(cfg, out, 1)
-    reset = _initial_state(cfg, out, 1, masks)
+    masks = compute_masks(cfg, out, 1)
+    reset = initial_state(cfg, out, 1, masks)
     assert all(torch.equal(reset[k], initial[k]) for k in keys)  # reset: the initial discriminator
 
-    finetune = _initial_state(gan_config(out, prune__discriminator="finetune"), out, 1, masks)
+    finetune = initial_state(gan_config(out, prune__discriminator="finetune"), out, 1, masks)
     assert all(torch.equal(finetune[k], dense[k]) for k in keys) and not all(torch.equal(dense[k], initial[k])
                                                                                for k in keys)
     assert torch.equal(finetune["discriminator.pool_a.count"], initial["discriminator.pool_a.count"])
 
     pruned_cfg = gan_config(out, prune__discriminator="prune")
-    gd_masks = _compute_masks(pruned_cfg, out, 1)
+    gd_masks = compute_masks(pruned_cfg, out, 1)
     d_masks = {n: m for n, m in gd_masks.items() if n.startswith("discriminator.")}
     assert len(d_masks) == 10 and all(torch.equal(gd_masks[n], masks[n]) for n in masks)  # the same generator ticket
     d_total = sum(m.numel() for m in d_masks.values())
     assert sum(int(m.sum()) for m in d_masks.values()) == remaining_target(d_total, 0.2, 1)
-    start = _initial_state(pruned_cfg, out, 1, gd_masks)
+    start = initial_state(pruned_cfg, out, 1, gd_masks)
     for name, mask in d_masks.items():  # masked and rewound
         assert torch.equal(start[f"{name}.weight"], initial[f"{name}.weight"] * mask)
 
     distill_dir = tmp_path / "distill"  # the dense level is shared; level 1 trains with the KD loss
     distill_dir.mkdir()
     shutil.copytree(out / "level_0", distill_dir / "level_0", ignore=shutil.ignore_patterns("wandb"))
-    summary = run_imp(gan_config(distill_dir, prune__discriminator="distill", prune__distill_weight=2.0),
+    for step in ("level_0_masks", "level_0"):  # and its records: the dense level is done
+        record_path(distill_dir, step).parent.mkdir(exist_ok=True)
+        shutil.copy(record_path(out, step), record_path(distill_dir, step))
+    summary = run_schedule(gan_config(distill_dir, prune__discriminator="distill", prune__distill_weight=2.0),
                       distill_dir).summary
     rows = [r for r in read_metrics(distill_dir / "level_1" / "metrics.jsonl") if "discriminator/loss" in r]
     assert rows and all(r["discriminator/distill"] > 0 for r in rows)

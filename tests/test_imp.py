@@ -16,8 +16,9 @@ from PIL import Image
 from distst.cli import main
 from distst.models import build
 from distst.models.io import load_model
-from distst.prune import planned_levels, prunable_layers, prune_magnitude, run_imp
-from distst.prune.lottery import _initial_state
+from distst.prune import planned_levels, prunable_layers, prune_magnitude, run_schedule
+from distst.prune.lottery import initial_state, level_values
+from distst.records import record_path, step_records
 from distst.prune.masks import full_masks
 
 IMP = {"prune__method": "imp", "prune__rounds": 2, "prune__rewind_step": 2, "model__encoder": "trainable"}
@@ -31,7 +32,7 @@ def masks_of(run_dir: Path, level: int) -> dict[str, torch.Tensor]:
 def imp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("imp") / "run"
     cfg = tiny_config(out, **IMP)
-    result = run_imp(cfg, out)
+    result = run_schedule(cfg, out)
     assert not result.stopped
     return out, result.summary
 
@@ -45,7 +46,7 @@ def test_levels_follow_the_sparsity_schedule(imp_run: tuple[Path, dict]) -> None
         masks = masks_of(out, level)
         total = sum(m.numel() for m in masks.values())
         assert row["sparsity"] == pytest.approx(1 - 0.8**level, abs=1 / total)
-        metrics = json.loads((out / f"level_{level}" / "metrics.json").read_text())
+        metrics = level_values(json.loads(record_path(out, f"level_{level}").read_text()))
         assert set(metrics["sparsity_groups"]) == {"encoder", "decoder"}  # AdaIN's transform has no weights
         assert metrics["remaining_weights"] == round(total * 0.8**level)
         assert {"content_error", "style_error", "total_error", "steps", "wall_s", "sparsity_layers"} <= set(metrics)
@@ -74,7 +75,7 @@ def test_rewinding_restores_the_rewind_point_under_the_mask(imp_run: tuple[Path,
     cfg = tiny_config(out, **IMP)
     rewind = torch.load(out / "level_0" / "rewind.pt", weights_only=True)
     masks = masks_of(out, 1)
-    start = _initial_state(cfg, out, 1, masks)
+    start = initial_state(cfg, out, 1, masks)
     for name, mask in masks.items():
         key = f"{name}.weight"
         assert torch.equal(start[key][mask], rewind[key][mask])
@@ -108,15 +109,16 @@ def test_no_matching_pruned_level_means_extreme_sparsity_zero(imp_run: tuple[Pat
     import shutil
 
     from distst.prune.lottery import imp_summary
-    from distst.report import write_report
+    from distst.reports import write_report
 
     out = tmp_path / "copy"
     shutil.copytree(imp_run[0], out)
-    dense = json.loads((out / "level_0" / "metrics.json").read_text())["total_error"]
+    dense = json.loads(record_path(out, "level_0").read_text())["errors"]["total_error"]
     for level in (1, 2):  # every pruned level worse than the dense one
-        path = out / f"level_{level}" / "metrics.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "total_error": dense + level}))
-    summary = imp_summary(tiny_config(out, **IMP), out)
+        path = record_path(out, f"level_{level}")
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "errors": {**record["errors"], "total_error": dense + level}}))
+    summary = {"kind": "imp", **imp_summary(tiny_config(out, **IMP), step_records(out))}
     assert summary["levels"][0]["matching"] and summary["extreme_sparsity"] == 0.0  # level 0 does not count
     (out / "summary.json").write_text(json.dumps(summary))
     assert "**No matching subnetwork**" in write_report(out).read_text()
@@ -130,7 +132,7 @@ def test_report_of_a_non_imp_directory_fails_clearly(tmp_path: Path, capsys: pyt
 def test_random_pruning_keeps_per_layer_counts(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = tiny_config(out, **{**IMP, "prune__rounds": 1, "prune__control": "random_prune"})
-    run_imp(cfg, out)
+    run_schedule(cfg, out)
     dense, _ = load_model(out / "level_0")
     ticket = prune_magnitude(dense, full_masks(dense, cfg.prune.scope), 0.2, 1, layerwise=False)
     random_masks = masks_of(out, 1)
@@ -141,8 +143,8 @@ def test_random_pruning_keeps_per_layer_counts(tmp_path: Path) -> None:
 def test_random_reinit_changes_the_unmasked_values(imp_run: tuple[Path, dict]) -> None:
     out, _ = imp_run
     masks = masks_of(out, 1)
-    rewound = _initial_state(tiny_config(out, **IMP), out, 1, masks)
-    fresh = _initial_state(tiny_config(out, **{**IMP, "prune__control": "random_reinit"}), out, 1, masks)
+    rewound = initial_state(tiny_config(out, **IMP), out, 1, masks)
+    fresh = initial_state(tiny_config(out, **{**IMP, "prune__control": "random_reinit"}), out, 1, masks)
     for name, mask in masks.items():
         key = f"{name}.weight"
         assert not torch.equal(fresh[key][mask], rewound[key][mask]), name
@@ -154,7 +156,7 @@ def test_one_shot_prunes_straight_to_the_final_sparsity(tmp_path: Path) -> None:
     cfg = tiny_config(out, **{**IMP, "prune__rounds": 3, "prune__control": "one_shot", "train__steps": 2,
                               "prune__rewind_step": 0})
     assert planned_levels(cfg) == [0, 1]
-    summary = run_imp(cfg, out).summary
+    summary = run_schedule(cfg, out).summary
     assert summary["levels"][1]["sparsity"] == pytest.approx(1 - 0.8**3, abs=1e-5)
     assert not (out / "level_2").exists()
 
@@ -163,7 +165,7 @@ def test_imp_config_errors(tmp_path: Path) -> None:
     from distst.config import ConfigError
 
     with pytest.raises(ConfigError, match="rewind_step=9 lies beyond train.steps=4"):
-        run_imp(tiny_config(tmp_path, **{**IMP, "prune__rewind_step": 9}), tmp_path)
+        run_schedule(tiny_config(tmp_path, **{**IMP, "prune__rewind_step": 9}), tmp_path)
 
 
 @pytest.mark.slow
@@ -210,11 +212,11 @@ def test_sigkill_in_level_1_then_resume_gives_the_same_masks(tmp_path: Path) -> 
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert not (killed / "level_1" / "metrics.json").exists()
-    level0_metrics = (killed / "level_0" / "metrics.json").read_text()
+    assert not record_path(killed, "level_1").exists()
+    level0_metrics = record_path(killed, "level_0").read_text()
 
     run_distst("imp", str(job), *tiny_overrides(killed, **settings))
-    assert (killed / "level_0" / "metrics.json").read_text() == level0_metrics  # the finished level was not redone
+    assert record_path(killed, "level_0").read_text() == level0_metrics  # the finished level was not redone
     for level in (0, 1, 2):
         a, b = masks_of(clean, level), masks_of(killed, level)
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a), f"masks of level {level} differ"
@@ -226,7 +228,7 @@ def test_sigkill_in_level_1_then_resume_gives_the_same_masks(tmp_path: Path) -> 
 
 
 def test_report_table_shows_sanet_identity_error() -> None:
-    from distst.report import markdown_table
+    from distst.reports.imp import markdown_table
 
     level = {"level": 0, "sparsity": 0.0, "sparsity_groups": {"encoder": 0.0}, "content_error": 1.0,
              "style_error": 2.0, "identity_error": 3.0, "total_error": 6.0, "steps": 4, "wall_s": 1.0}

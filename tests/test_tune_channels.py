@@ -14,7 +14,10 @@ from helpers import REPO, SAMPLE
 
 from distst.config import ConfigError
 from distst.sweep import load_sweep
-from distst.sweep.kinds import ChannelKind, ImpKind, budgeted_error, channel_rows
+from distst.prune.channels.runner import ChannelSchedule, budgeted_error, channel_rows
+from distst.prune.lottery import ImpSchedule
+from distst.records import record_path, step_records
+from distst.sweep.kinds import TrialKind
 
 # Ray clusters are not run two at a time: every Ray test runs on one xdist worker (--dist loadgroup).
 pytestmark = pytest.mark.xdist_group("ray")
@@ -74,7 +77,7 @@ def test_a_budget_in_exponent_notation_and_list_values_are_accepted(tmp_path: Pa
                                    sort_keys=False) + "objective: {metric: budgeted_error, mode: min, macs_budget: 1.5e9}\n")
     spec = load_sweep(path)
     assert spec.objective.macs_budget == 1_500_000_000
-    assert isinstance(spec.kind(), ChannelKind)
+    assert spec.kind().schedule is ChannelSchedule
     assert spec.trial_config({"prune.ratios": [0.5]}).prune.ratios == [0.5]
 
 
@@ -87,9 +90,9 @@ def test_the_longest_trial_counts_train_stages_over_the_space(tmp_path: Path) ->
     assert spec.max_iterations() == 1 + 2 * 3 * 2
     one_ratio = load_sweep(write_sweep(tmp_path / "one.yaml", space={"prune.ratios": {"grid": [[0.5], [0.75]]}}))
     assert one_ratio.max_iterations() == 1 + 2, "the base job's 2 ratios are no trial's"
-    assert ChannelKind().iterations(spec.base_config()) == 1 + 2 * 2 * 1  # the job's 2 ratios, TINY's 1 side
+    assert ChannelSchedule.iterations(spec.base_config()) == 1 + 2 * 2 * 1  # the job's 2 ratios, TINY's 1 side
     imp = load_sweep(write_sweep(tmp_path / "imp.yaml", IMP_JOB, space={"prune.rounds": {"grid": [1, 4]}}))
-    assert imp.max_iterations() == 5 and isinstance(imp.kind(), ImpKind)
+    assert imp.max_iterations() == 5 and imp.kind().schedule is ImpSchedule
 
 
 # --- rows from stage records -------------------------------------------------------------------------
@@ -122,13 +125,14 @@ def test_one_row_per_train_stage_with_budgeted_error(tmp_path: Path) -> None:
     assert budgeted_error(7.0, 200, 200) == 7.0 and budgeted_error(7.0, 300, 200) == pytest.approx(10.5)
     assert all("budgeted_error" not in r for r in channel_rows(RECORDS)), "no budget, no budgeted E"
 
-    # The same rows from a run directory's stage.json files, as the trial reads them while the run goes on.
+    # The same rows from a run directory's step records, as the trial reads them while the run goes on.
     for record in RECORDS[:4]:
-        stage_dir = tmp_path / f"{record['index']:02d}_{record['stage']}"
-        stage_dir.mkdir()
-        (stage_dir / "stage.json").write_text(json.dumps(record))
-    (tmp_path / "04_s4").mkdir()  # a stage in progress: no stage.json yet
-    assert ChannelKind().rows(None, tmp_path, budget) == rows[:3]  # type: ignore[arg-type]
+        path = record_path(tmp_path, f"{record['index']:02d}_{record['stage']}")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(record))
+    (tmp_path / "04_s4").mkdir()  # a stage in progress: no record yet
+    kind = TrialKind(ChannelSchedule, load_sweep(write_sweep(tmp_path / "s.yaml")).base_config())
+    assert kind.rows(None, tmp_path, budget) == rows[:3]  # type: ignore[arg-type]
 
 
 # --- a sweep on a real local Ray ----------------------------------------------------------------------
@@ -147,7 +151,6 @@ def test_two_tiny_iccp_trials_report_every_train_stage(ray_local, tmp_path: Path
     """Optuna samples a list-valued prune.ratios and lam for 2 ICCP trials (encoder side only), 2 at a time:
     each reports one Tune iteration per train stage, with budgeted E from its own stage records, and the
     results table ranks them by it."""
-    from distst.prune.channels.runner import stage_records
     from distst.sweep.results import write_results
     from distst.sweep.runner import run_sweep
 
@@ -164,7 +167,7 @@ def test_two_tiny_iccp_trials_report_every_train_stage(ray_local, tmp_path: Path
     assert not outcome.interrupted and [r.error for r in outcome.results] == [None, None]
     for result in outcome.results:
         run_dir = tmp_path / "out" / "trials" / result.metrics["trial_id"]
-        records = stage_records(run_dir)
+        records = step_records(run_dir)
         trained = [r for r in records if r["kind"] == "train"]
         assert [r["stage"] for r in trained] == ["dense", "sparsify_1_encoder", "finetune_1_encoder"]
         reported = result.metrics_dataframe

@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..records import record_path
+
 HELP = "SIGKILL a small IMP job N times at random moments, resume each time: bitwise equal to an uninterrupted run?"
 LEVELS = 3
 
@@ -138,7 +140,7 @@ def _trained_since(run: Path, since: float) -> bool:
 
 
 def _finished_levels(run: Path) -> set[int]:
-    return {k for k in range(LEVELS) if (run / f"level_{k}" / "metrics.json").is_file()}
+    return {k for k in range(LEVELS) if record_path(run, f"level_{k}").is_file()}
 
 
 def _clean_run(job: Path, overrides: list[str], run: Path, log: Path) -> tuple[float, float]:

@@ -35,13 +35,13 @@ def plain_sequential(args: argparse.Namespace, root: Path) -> float:
     import torch
 
     from ..config import load_config, with_overrides
-    from ..prune import run_imp
+    from ..prune import run_schedule
 
     torch.set_num_threads(1)  # as one trial with 1 CPU gets under Ray
     base = load_config(JOB, tiny_overrides(args.steps, args.crop))
     started = time.perf_counter()
     for i, rate in enumerate(rates(args.trials)):
-        run_imp(with_overrides(base, {"prune.rate": rate, "run.out_dir": str(root / f"plain_{i}")}), root / f"plain_{i}")
+        run_schedule(with_overrides(base, {"prune.rate": rate, "run.out_dir": str(root / f"plain_{i}")}), root / f"plain_{i}")
     return time.perf_counter() - started
 
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .launch import add_job_arguments, run_job
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .launch import add_job_arguments, run_job, run_schedule, schedule_check
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,18 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "re-running resumes at the level and step where it stopped. Writes "
                                    "summary.json and report/report.md. Exits 75 after a SIGTERM/SIGUSR1 checkpoint.")
     add_job_arguments(p, "prune.rounds=5 prune.rate=0.2")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, stoppable=True)  # its job polls stop requests (see distst.cli)
 
 
 def run(args: argparse.Namespace) -> int:
     args.overrides = ["prune.method=imp", *args.overrides]  # a later prune.method=... still wins, and is refused
-    return run_job(args, "imp", _imp, report=_report)
-
-
-def _imp(cfg: Config, run_dir: Path) -> Any:
-    from ..prune import run_imp
-
-    return run_imp(cfg, run_dir)
+    return run_job(args, "imp", run_schedule, check=schedule_check("imp"), report=_report)
 
 
 def _report(result: Any, run_dir: Path) -> None:

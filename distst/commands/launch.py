@@ -79,6 +79,35 @@ def run_job(args: argparse.Namespace, command: str, work: Callable[[Config, Path
     return 0
 
 
+def schedule_check(command: str) -> Callable[[Config], None]:
+    """The check of ``distst imp`` / ``distst prune``: the job's method is one the command runs (its registry
+    record says so), and its schedule accepts the job."""
+
+    def check(cfg: Config) -> None:
+        from .. import registry
+        from ..config import ConfigError
+        from ..prune.schedule import schedule_class
+
+        record = registry.method_record(cfg.prune.method)
+        if record.command != command:
+            ours = registry.methods_run_by(command)
+            label = getattr(registry.method_record(ours[0]).section, "schedule_class", None)
+            raise ConfigError(f"distst {command} needs a {label.label if label else command} method, prune.method="
+                              f"{' | '.join(ours)} (got {cfg.prune.method}, which runs with distst {record.command})")
+        schedule = schedule_class(cfg)
+        if schedule is not None:
+            schedule.validate(cfg)
+
+    return check
+
+
+def run_schedule(cfg: Config, run_dir: Path) -> Any:
+    """The work of ``distst imp`` and ``distst prune``: the one schedule driver."""
+    from ..prune.schedule import run_schedule as drive
+
+    return drive(cfg, run_dir)
+
+
 def relaunch_if_requested(args: argparse.Namespace, command: str) -> int | None:
     """Exit code of ``torchrun --nproc_per_node N`` running ``distst COMMAND ...``, or None to run here."""
     if args.nproc <= 1 or "RANK" in os.environ:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .launch import add_job_arguments, run_job
-
-if TYPE_CHECKING:
-    from ..config import Config
+from .launch import add_job_arguments, run_job, run_schedule, schedule_check
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,23 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "report/report.md; re-running resumes at the stage and step where it stopped. "
                                    "Exits 75 after a SIGTERM/SIGUSR1 checkpoint.")
     add_job_arguments(p, "prune.method=iccp prune.ratios=[0.3,0.857]")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, stoppable=True)  # its job polls stop requests (see distst.cli)
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_job(args, "prune", _prune, check=_validate, report=_report)
-
-
-def _validate(cfg: Config) -> None:
-    from ..prune.channels.runner import validate
-
-    validate(cfg)
-
-
-def _prune(cfg: Config, run_dir: Path) -> Any:
-    from ..prune.channels import run_channel_pruning
-
-    return run_channel_pruning(cfg, run_dir)
+    return run_job(args, "prune", run_schedule, check=schedule_check("prune"), report=_report)
 
 
 def _report(result: Any, run_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""``distst report RUN_DIR``: Markdown + PNG report of an IMP run or a channel-pruning run."""
+"""``distst report RUN_DIR``: Markdown + PNG report of any multi-step run (its summary's ``kind``)."""
 
 from __future__ import annotations
 
@@ -15,28 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not Path(args.run_dir).is_dir():
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
         raise UserError(f"run directory {args.run_dir} does not exist")
-    if (Path(args.run_dir) / "summary.json").is_file() and list(Path(args.run_dir).glob("[0-9][0-9]_*/stage.json")):
-        return _channel_report(Path(args.run_dir))
-    from ..report import ReportError, load_run, markdown_table, write_report
+    from ..reports import report_for, write_report
 
-    try:
-        path = write_report(args.run_dir)
-    except ReportError as err:
-        raise UserError(str(err)) from None
-    summary, levels = load_run(Path(args.run_dir))
-    print(markdown_table(summary, levels))
-    print(f"\nreport: {path}")
-    return 0
-
-
-def _channel_report(run_dir: Path) -> int:
-    import json
-
-    from ..prune.channels.report import markdown_table, write_report
-
-    path = write_report(run_dir)
-    print(markdown_table(json.loads((run_dir / "summary.json").read_text())))
+    path = write_report(run_dir)  # a ReportError is a user error: one line
+    report, summary = report_for(run_dir)
+    print(report.table(run_dir, summary))
     print(f"\nreport: {path}")
     return 0

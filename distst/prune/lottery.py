@@ -8,21 +8,20 @@ the dense level's (times 1 + ``prune.matching_tolerance``); the extreme sparsity
 pruned level's (0 when none matches). A GAN's discriminator is treated as ``prune.discriminator`` says
 (``discriminator.py``).
 
-Run directory: ``level_<k>/`` (mask.pt, model.pt, metrics.json, samples.png, the level's checkpoints and
-metrics.jsonl) and ``summary.json``. Re-running resumes: finished levels are skipped, the current level
-resumes from its last checkpoint, and a level's mask, once written, is never recomputed.
+An IMP run is a schedule (``distst.prune.schedule``): each level is a prune step (its masks, ``mask.pt``)
+followed by a train step (rewind, then masked training), both in ``level_<k>/`` (mask.pt, model.pt,
+samples.png, the level's checkpoints and metrics.jsonl); ``steps/`` holds each finished step's record and
+``summary.json`` the levels' verdicts. Re-running resumes: finished steps are skipped, the current level
+resumes from its last checkpoint, and a level's mask, once written, is never recomputed. The controls
+(``prune.control``) are strategies of their own (``controls``).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.distributed as dist
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from .. import atomic, registry
@@ -33,27 +32,27 @@ from ..data.loader import first_images
 from ..evaluate import stylize_pairs
 from ..images import save_image
 from ..masters import fp32_state_dict
-from ..models import DiststModel, build, model_class
+from ..models import create, model_class
 from ..models.io import load_model, read_model_file
-from ..models.weights import load_checked
-from ..report import write_report
-from ..stop import StopRequest
-from ..track import Tracker
-from ..train import Method, MethodList, TrainContext, train
+from ..records import Record
+from ..train import Method, MethodList, TrainContext, TrainResult
 from ..train.engine import setup_distributed
 from . import discriminator
-from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, random_subset, sparsity_report
+from .controls import CONTROLS
+from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, sparsity_report
+from .schedule import Curve, PruneStep, Schedule, Step, TrainStep
 
 REWIND_FILE = "rewind.pt"
 MASK_FILE = "mask.pt"
-LEVEL_METRICS = "metrics.json"
 
 
+@registry.method(command="imp", needs_full_parameters=True, trains_encoder=True, decides_by_verdict=True)
 class ImpSection(MethodSection):
-    """``prune.*`` for lottery tickets by iterative magnitude pruning."""
+    """``prune.*`` for lottery tickets by iterative magnitude pruning (masks edit weights in place; a level matches
+    by the model's verdict metric)."""
 
-    trains_whole_network: ClassVar[bool] = True
-    command: ClassVar[str] = "imp"
+    #: An IMP run is a schedule of levels (``ImpSchedule``, below).
+    schedule_class: ClassVar[type[Schedule]]
 
     method: Literal["imp"] = "imp"
     rate: float = Field(0.2, gt=0, lt=1, description="fraction of the remaining weights pruned per round")
@@ -62,7 +61,7 @@ class ImpSection(MethodSection):
     scope: list[str] | None = Field(None, description="groups to prune; default: the model's (style transfer: "
                                                       "encoder, transform, decoder)")
     layerwise: bool = Field(False, description="prune the same rate in every layer instead of globally")
-    control: Literal["none", "random_prune", "random_reinit", "one_shot"] = "none"
+    control: Literal[tuple(CONTROLS)] = Field("none", description="a lottery-ticket control (controls.py)")  # type: ignore[valid-type]
     matching_tolerance: float = Field(0.0, ge=0, description="relative slack on the dense E (or FID) for "
                                                              "'matching'")
     discriminator: Literal["reset", "finetune", "prune", "distill"] | None = Field(
@@ -95,8 +94,6 @@ class ImpSection(MethodSection):
             raise ValueError(f"prune.scope is empty; choose from {', '.join(groups)}")
 
 
-registry.register_method_section("imp", ImpSection)
-
 
 class RewindSnapshot(Method):
     """Keeps the dense run's weights at ``step``, in fp32 (the optimizer's master copies when training in
@@ -122,106 +119,68 @@ class RewindSnapshot(Method):
         self._save(ctx)
 
 
-@dataclass
-class ImpResult:
-    stopped: bool
-    summary: dict[str, Any]
+def level_dir(run_dir: Path, level: int) -> Path:
+    return run_dir / f"level_{level}"
 
 
 def planned_levels(cfg: Config) -> list[int]:
     """Level numbers to train; the one-shot control trains only the dense level and one pruned level."""
-    if cfg.prune.control == "one_shot":
-        return [0, 1] if cfg.prune.rounds else [0]
-    return list(range(cfg.prune.rounds + 1))
+    return CONTROLS[cfg.prune.control].levels(cfg.prune.rounds)
 
 
-def pruning_depth(cfg: Config, level: int) -> int:
-    """How many rounds of ``prune.rate`` the masks of ``level`` amount to."""
-    return cfg.prune.rounds if cfg.prune.control == "one_shot" and level > 0 else level
+def load_masks(run_dir: Path, level: int) -> Masks:
+    return dict(torch.load(level_dir(run_dir, level) / MASK_FILE, weights_only=True))
 
 
-def validate(cfg: Config) -> None:
-    if cfg.prune.method != "imp":
-        raise ConfigError(f"distst imp needs prune.method=imp (got {cfg.prune.method})")
-    if cfg.prune.rewind_step > cfg.train.steps:
-        raise ConfigError(f"prune.rewind_step={cfg.prune.rewind_step} lies beyond train.steps={cfg.train.steps}")
-
-
-def _trained(level_dir: Path) -> DiststModel:
-    model, _ = load_model(level_dir / "model.pt")
-    return model
-
-
-def _compute_masks(cfg: Config, run_dir: Path, level: int) -> Masks:
-    """Masks of ``level`` from level ``level-1``'s final weights (or the dense ones, for one-shot)."""
-    previous = 0 if cfg.prune.control == "one_shot" else level - 1
-    model = _trained(run_dir / f"level_{previous}")
-    prior = _load_masks(run_dir, previous) if previous else full_masks(model, cfg.prune.scope)
+def compute_masks(cfg: Config, run_dir: Path, level: int) -> Masks:
+    """Masks of ``level``: all ones for the dense level; else pruned by magnitude from the trained weights of
+    the level the control ranks from (``prune.rate`` of the remainder per round), as the control chooses."""
+    if level == 0:
+        return full_masks(create(cfg.model, weights=False), cfg.prune.scope)
+    control = CONTROLS[cfg.prune.control]
+    source = control.ranked_level(level)
+    model, _ = load_model(level_dir(run_dir, source) / "model.pt")
+    prior = load_masks(run_dir, source) if source else full_masks(model, cfg.prune.scope)
+    depth = control.depth(cfg.prune.rounds, level)
     masks: Masks = {}
     for groups in discriminator.ranking_sets(cfg):
         ranked = {name: mask for name, mask in prior.items() if name.split(".", 1)[0] in groups}
-        masks.update(prune_magnitude(model, ranked, cfg.prune.rate, pruning_depth(cfg, level), cfg.prune.layerwise))
-    if cfg.prune.control == "random_prune":
-        generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + level)
-        masks = {name: random_subset(prior[name], int(mask.sum()), generator) for name, mask in masks.items()}
-    return masks
+        masks.update(prune_magnitude(model, ranked, cfg.prune.rate, depth, cfg.prune.layerwise))
+    return control.choose(masks, prior, cfg.train.seed, level)
 
 
-def _without_weight_files(cfg: Config) -> Any:
-    """The model config without pretrained files: for shapes and fresh initialisations."""
-    weight_files = {"vgg_weights", "decoder_weights", "transform_weights"} & set(type(cfg.model).model_fields)
-    return cfg.model.model_copy(update={key: None for key in weight_files})
-
-
-def _load_masks(run_dir: Path, level: int) -> Masks:
-    return dict(torch.load(run_dir / f"level_{level}" / MASK_FILE, weights_only=True))
-
-
-def _level_masks(cfg: Config, run_dir: Path, level: int, is_main: bool) -> Masks:
-    """The level's masks: computed once by rank 0 and written, then read by every rank."""
-    path = run_dir / f"level_{level}" / MASK_FILE
-    if is_main and not path.is_file():
-        if level == 0:
-            masks = full_masks(build(_without_weight_files(cfg)), cfg.prune.scope)
-        else:
-            masks = _compute_masks(cfg, run_dir, level)
-        atomic.torch_save(masks, path)
-    dist.barrier()
-    return _load_masks(run_dir, level)
-
-
-def _initial_state(cfg: Config, run_dir: Path, level: int, masks: Masks) -> dict[str, torch.Tensor]:
-    """Rewound weights (or, for the random re-init control, a fresh initialisation) with the masks applied."""
-    state = torch.load(run_dir / "level_0" / REWIND_FILE, weights_only=True)
-    if cfg.prune.control == "random_reinit":
-        torch.manual_seed(cfg.train.seed + 7919 * level)  # a different init per level, reproducible
-        fresh = build(_without_weight_files(cfg)).state_dict()
+def initial_state(cfg: Config, run_dir: Path, level: int, masks: Masks) -> dict[str, torch.Tensor]:
+    """Rewound weights (or what the control starts from instead) with the masks applied."""
+    state = torch.load(level_dir(run_dir, 0) / REWIND_FILE, weights_only=True)
+    fresh = CONTROLS[cfg.prune.control].fresh_weights(lambda: create(cfg.model, weights=False).state_dict(),
+                                                      cfg.train.seed, level)
+    if fresh is not None:
         state.update({f"{name}.weight": fresh[f"{name}.weight"] for name in masks})
     if level > 0:
-        discriminator.carry_over(cfg, state, run_dir / f"level_{level - 1}")
+        discriminator.carry_over(cfg, state, level_dir(run_dir, level - 1))
     for name, mask in masks.items():
         state[f"{name}.weight"] = state[f"{name}.weight"] * mask
     return state
 
 
-def _samples_row(cfg: Config, level_dir: Path) -> None:
+def _samples_row(cfg: Config, folder: Path) -> None:
     """``samples.png``: the level's stylisations of the held-out pairs, in one row (the report stacks rows)."""
     content, style = eval_pairs(cfg.data)
-    out = stylize_pairs(_trained(level_dir), content, style)
-    save_image(torch.cat(list(out), dim=2), level_dir / "samples.png")
-    if not (level_dir.parent / "pairs.png").is_file():
+    model, _ = load_model(folder / "model.pt")
+    out = stylize_pairs(model, content, style)
+    save_image(torch.cat(list(out), dim=2), folder / "samples.png")
+    if not (folder.parent / "pairs.png").is_file():
         save_image(torch.cat([torch.cat(list(content), dim=2), torch.cat(list(style), dim=2)], dim=1),
-                   level_dir.parent / "pairs.png")
+                   folder.parent / "pairs.png")
 
 
-def _set_metrics(cfg: Config, level_dir: Path, device: torch.device) -> dict[str, float]:
+def _set_metrics(cfg: Config, folder: Path, device: torch.device) -> dict[str, float]:
     """The trained level's metrics over whole held-out sets (a GAN's FID and KID), if its model has any."""
-    if model_class(cfg.model.name).set_metrics is DiststModel.set_metrics:
+    if not model_class(cfg.model.name).set_metric_names:
         return {}  # style transfer: nothing to build or read
-    section, state = read_model_file(level_dir / "model.pt")
+    section, state = read_model_file(folder / "model.pt")
     # The job's own evaluation keys (extractor, its weights, image count) with the file's plan.
-    model = model_class(section.name)(cfg.model.model_copy(update={"plan": section.plan}))
-    load_checked(model, state, str(level_dir / "model.pt"))
+    model = create(cfg.model.model_copy(update={"plan": section.plan}), weights=state, source=str(folder / "model.pt"))
     size = cfg.data.eval_size or cfg.data.crop
 
     def held_out(count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,16 +194,9 @@ def _set_metrics(cfg: Config, level_dir: Path, device: torch.device) -> dict[str
     return model.to(device).set_metrics(held_out)
 
 
-def _level_metrics(level: int, masks: Masks, summary: dict[str, Any], set_metrics: dict[str, float]
-                   ) -> dict[str, Any]:
-    report = sparsity_report(masks)
-    found = {"level": level, "sparsity": report["sparsity"], "sparsity_groups": report["groups"],
-             "sparsity_layers": report["layers"], "prunable_weights": report["prunable_weights"],
-             "remaining_weights": report["remaining_weights"], **summary["final"], "steps": summary["steps"],
-             "wall_s": summary["wall_s"], "images_per_s": summary["images_per_s"]}
-    if set_metrics:
-        found.update(set_metrics, set_metrics=sorted(set_metrics))
-    return found
+def level_values(record: Record) -> dict[str, Any]:
+    """A level's train record with its errors at the top level (as the summary's rows and the report show it)."""
+    return {**{k: v for k, v in record.items() if k != "errors"}, **record.get("errors", {})}
 
 
 def _row(lv: dict[str, Any]) -> dict[str, Any]:
@@ -253,10 +205,9 @@ def _row(lv: dict[str, Any]) -> dict[str, Any]:
     return {"level": lv["level"], "sparsity": lv["sparsity"], **{k: lv[k] for k in keys}}
 
 
-def imp_summary(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """``summary.json`` from the finished levels' metrics: per-level verdicts and the extreme sparsity."""
-    levels = [json.loads((run_dir / f"level_{k}" / LEVEL_METRICS).read_text())
-              for k in planned_levels(cfg) if (run_dir / f"level_{k}" / LEVEL_METRICS).is_file()]
+def imp_summary(cfg: Config, records: list[Record]) -> dict[str, Any]:
+    """``summary.json`` from the finished levels' records: per-level verdicts and the extreme sparsity."""
+    levels = [level_values(r) for r in records if r["kind"] == "train"]
     verdict = model_class(cfg.model.name).verdict_metric
     dense = levels[0][verdict] if levels else None
     bound = dense * (1.0 + cfg.prune.matching_tolerance) if dense is not None else None
@@ -273,73 +224,90 @@ def imp_summary(cfg: Config, run_dir: Path) -> dict[str, Any]:
         # E is an L2 norm over C x H x W: comparable only at the same evaluation size and pairs.
         "eval_size": cfg.data.eval_size or cfg.data.crop, "eval_pairs": cfg.data.eval_pairs,
         "levels": rows, "extreme_sparsity": max(matching) if matching else 0.0,
-        "complete": len(rows) == len(planned_levels(cfg)),
     }
 
 
-def run_imp(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
-            on_level: Callable[[dict[str, Any]], None] | None = None) -> ImpResult:
-    """Run (or resume) every IMP level of ``cfg`` in ``run_dir``.
+class ImpSchedule(Schedule):
+    """Level 0 trains the dense model (full masks, keeping the rewind point); level k ranks level k-1's trained
+    weights into masks (the prune step) and retrains the rewound survivors (the train step)."""
 
-    ``stop`` is passed to each level's training (checkpoint and return); ``on_level`` is called on rank 0
-    after each level finishes (also for levels finished before a resume) with that level's row of the summary
-    and ``extreme_sparsity_so_far``: what a Tune trial reports.
-    """
-    validate(cfg)
-    info = setup_distributed()
-    job = cfg.run.name or run_dir.name
-    group = cfg.tracking.group or f"{job}-{run_dir.name}"  # a sweep sets tracking.group: one group per sweep
-    for level in planned_levels(cfg):
-        level_dir = run_dir / f"level_{level}"
-        if (level_dir / LEVEL_METRICS).is_file():
-            _report_level(cfg, run_dir, level, info.is_main, on_level)
-            continue
-        masks = _level_masks(cfg, run_dir, level, info.is_main)
-        masked = MaskedTraining(masks)
+    kind = "imp"
+    label = "IMP"
+    iteration = "IMP level"
+    table_columns = ("level", "sparsity", "total_error", "extreme_sparsity", "matching", "dense_total_error")
+    log_prefix = "imp"
+    curve = Curve(x="sparsity", scale=100.0, label="sparsity (% of prunable weights)", file="e_vs_sparsity.png")
+    _ROW_METRICS = ("total_error", "content_error", "style_error", "sparsity", "extreme_sparsity", "matching",
+                    "level", "dense_total_error", "training_iteration")
+
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        if cfg.prune.rewind_step > cfg.train.steps:
+            raise ConfigError(f"prune.rewind_step={cfg.prune.rewind_step} lies beyond train.steps={cfg.train.steps}")
+
+    def steps(self) -> list[Step]:
+        steps: list[Step] = []
+        for level in planned_levels(self.cfg):
+            name = f"level_{level}"
+            steps += [PruneStep(f"{name}_masks", lambda folder, _r, level=level: self._prune(folder, level), dir=name),
+                      TrainStep(name, self.cfg.train.steps, lambda folder, level=level: self._method(folder, level),
+                                init_state=(lambda level=level: self._init(level)) if level else None)]
+        return steps
+
+    def _prune(self, folder: Path, level: int) -> Record:
+        masks = compute_masks(self.cfg, self.run_dir, level)
+        atomic.torch_save(masks, folder / MASK_FILE)
+        report = sparsity_report(masks)
+        return {"level": level, "sparsity": report["sparsity"]}
+
+    def _method(self, folder: Path, level: int) -> Method:
+        masked = MaskedTraining(load_masks(self.run_dir, level))
         if level == 0:
-            method: Method = MethodList([masked, RewindSnapshot(level_dir / REWIND_FILE, cfg.prune.rewind_step)])
-            init_state = None
-        else:
-            extra = discriminator.level_methods(cfg, run_dir)
-            method = MethodList([masked, *extra]) if extra else masked
-            init_state = _initial_state(cfg, run_dir, level, masks)
-        result = train(cfg, level_dir, method, init_state=init_state, run_name=f"{job}/level_{level}",
-                       run_group=group, stop=stop)
-        if result.stopped:
-            return ImpResult(stopped=True, summary=imp_summary(cfg, run_dir))
-        if info.is_main:
-            _samples_row(cfg, level_dir)
-            set_metrics = _set_metrics(cfg, level_dir, info.device)
-            atomic.write_json(level_dir / LEVEL_METRICS, _level_metrics(level, masks, result.summary, set_metrics))
-        dist.barrier()
-        _report_level(cfg, run_dir, level, info.is_main, on_level)
-    summary = imp_summary(cfg, run_dir)
-    if info.is_main:
-        atomic.write_json(run_dir / "summary.json", summary)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        publish(cfg, run_dir, summary, group=group)
-    dist.barrier()
-    return ImpResult(stopped=False, summary=summary)
+            return MethodList([masked, RewindSnapshot(folder / REWIND_FILE, self.cfg.prune.rewind_step)])
+        extra = discriminator.level_methods(self.cfg, self.run_dir)
+        return MethodList([masked, *extra]) if extra else masked
+
+    def _init(self, level: int) -> dict[str, torch.Tensor]:
+        return initial_state(self.cfg, self.run_dir, level, load_masks(self.run_dir, level))
+
+    def describe(self, step: Step, step_dir: Path, result: TrainResult | None) -> Record:
+        if not isinstance(step, TrainStep):
+            return {}
+        level = int(step.name.split("_")[1])
+        _samples_row(self.cfg, step_dir)
+        set_metrics = _set_metrics(self.cfg, step_dir, setup_distributed().device)
+        report = sparsity_report(load_masks(self.run_dir, level))
+        found = {"level": level, "sparsity": report["sparsity"], "sparsity_groups": report["groups"],
+                 "sparsity_layers": report["layers"], "prunable_weights": report["prunable_weights"],
+                 "remaining_weights": report["remaining_weights"]}
+        if set_metrics:
+            found.update(set_metrics, set_metrics=sorted(set_metrics))
+        return found
+
+    def summary(self, records: list[Record]) -> dict[str, Any]:
+        return imp_summary(self.cfg, records)
+
+    @classmethod
+    def metrics(cls, cfg: Config) -> tuple[str, ...]:
+        return (*cls._ROW_METRICS, *model_class(cfg.model.name).set_metric_names)
+
+    @classmethod
+    def rows(cls, cfg: Config, records: list[Record], macs_budget: int | None = None) -> list[dict[str, Any]]:
+        """Every finished level as the summary has it (its errors, set metrics such as a GAN's FID, and the
+        verdict of the model's own metric), with the dense E and the extreme sparsity so far."""
+        rows: list[dict[str, Any]] = []
+        best = 0.0
+        for level in imp_summary(cfg, records)["levels"]:
+            row = {**level, "matching": int(level["matching"])}
+            row["dense_total_error"] = rows[0]["total_error"] if rows else row["total_error"]
+            best = max(best, row["sparsity"]) if row["matching"] and row["level"] > 0 else best
+            row["extreme_sparsity"] = best
+            rows.append(row)
+        return rows
+
+    @classmethod
+    def iterations(cls, cfg: Config) -> int:
+        return len(planned_levels(cfg))
 
 
-def _report_level(cfg: Config, run_dir: Path, level: int, is_main: bool,
-                  on_level: Callable[[dict[str, Any]], None] | None) -> None:
-    if on_level is None or not is_main:
-        return
-    summary = imp_summary(cfg, run_dir)
-    row = next(r for r in summary["levels"] if r["level"] == level)
-    on_level({**row, "extreme_sparsity_so_far": summary["extreme_sparsity"]})
-
-
-def publish(cfg: Config, run_dir: Path, summary: dict[str, Any], group: str) -> Path:
-    """Write the report and send its table, plots and grid to W&B (one summary run in the IMP group)."""
-    report = write_report(run_dir)
-    tracker = Tracker(cfg.tracking, run_dir, config=cfg.model_dump(mode="json"), name=f"{group}/summary",
-                      group=group, enabled=True, job_type="imp-summary", resume_step=None, metrics_file=None)
-    columns = list(summary["levels"][0]) if summary["levels"] else ["level", "sparsity", "matching"]
-    tracker.log_table("imp/levels", columns, [[row[c] for c in columns] for row in summary["levels"]])
-    for image in sorted(report.parent.glob("*.png")):
-        tracker.log_image(f"imp/{image.stem}", image, step=None)
-    tracker.summary({"extreme_sparsity": summary["extreme_sparsity"], "levels": len(summary["levels"])})
-    tracker.finish()
-    return report
+ImpSection.schedule_class = ImpSchedule

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..track import Tracker
+from ..reports import publish_table
 from .spec import SweepSpec
 from .trial import ATTEMPTS_FILE
 
@@ -118,17 +118,13 @@ def publish(rows: list[dict[str, Any]], spec: SweepSpec, sweep_dir: Path, plot: 
     cfg = spec.base_config().tracking
     if cfg.backend != "wandb":
         return None
-    tracker = Tracker(cfg, sweep_dir, config={"sweep": spec.model_dump(mode="json")}, name=f"{spec.sweep_name}/results",
-                      group=spec.sweep_name, enabled=True, job_type="tune-results", metrics_file=None)
     columns = [c for c in (rows[0] if rows else {}) if c != "run_dir"]
-    tracker.log_table("tune/results", columns, [[_cell(row[c]) for c in columns] for row in rows])
-    if plot is not None:
-        tracker.log_image(f"tune/{plot.stem}", plot, step=None)
-    if rows:
-        tracker.summary({"best_trial": rows[0]["trial"], f"best_{spec.objective.metric}": rows[0].get(spec.objective.metric)})
-    where = tracker.where()
-    tracker.finish()
-    return where
+    best = {"best_trial": rows[0]["trial"], f"best_{spec.objective.metric}": rows[0].get(spec.objective.metric)}
+    return publish_table(cfg, sweep_dir, name=f"{spec.sweep_name}/results", group=spec.sweep_name,
+                         job_type="tune-results", config={"sweep": spec.model_dump(mode="json")},
+                         table_key="tune/results", columns=columns,
+                         rows=[[_cell(row[c]) for c in columns] for row in rows],
+                         images=[plot] if plot is not None else [], summary=best if rows else {})
 
 
 def write_results(spec: SweepSpec, results: Any, sweep_dir: Path) -> dict[str, Any]:

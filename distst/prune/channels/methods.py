@@ -1,8 +1,9 @@
 """The three channel-pruning methods: their config sections, their schedules of stages, their channel choices.
 
-A method is a ``prune.method`` section that says which stages to run (``schedule``): train stages (the dense
+A method is a ``prune.method`` section that says which stages to run (``stages``): train stages (the dense
 model, regularised "sparsify" training, fine-tuning) and prune stages that choose the channels to keep
-(``select``) and slim the model physically. ``runner.run_channel_pruning`` runs any schedule, resumably.
+(``select``) and slim the model physically. ``runner.ChannelSchedule`` turns them into the one driver's steps
+(``distst.prune.schedule``). Channels are scored by importance objects (``importance``).
 
 - ``l2`` (Agrawal & Kavi, mobile AdaIN): filter-L2 ranking of chosen encoder layers, the mirrored decoder layers
   cut to the same widths (by their own filter L2), in ``iterations`` steps with fine-tuning between.
@@ -19,7 +20,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -29,8 +30,9 @@ from ... import registry
 from ...config import Config, MethodSection
 from ...models import DiststModel
 from ...train import Method
+from .importance import FilterNorm, Importance, ResponseNorm, ScaleMagnitude
 from .regularisers import SCALES_FILE, ChannelScales, CpstLosses
-from .surgery import LayerKey, Selection, coupled_layers
+from .surgery import ChannelGraph, LayerKey, Selection
 
 
 @dataclass
@@ -45,6 +47,13 @@ class PruneInputs:
     dense_widths: dict[str, dict[str, int]]
     #: Held-out images (content and style) for response-based choices.
     images: Callable[[], Tensor]
+    #: The model's dependency graph, traced once per prune step (``graph()`` traces it when not given).
+    traced: ChannelGraph | None = None
+
+    def graph(self) -> ChannelGraph:
+        if self.traced is None:
+            self.traced = ChannelGraph(self.model)
+        return self.traced
 
 
 @dataclass
@@ -64,18 +73,20 @@ class PruneStage:
 Stage = TrainStage | PruneStage
 
 
+#: How every channel-pruning method registers (``@channel_method`` on its section): run by ``distst prune``; the
+#: encoder is pruned, so it is trained ("plus" set-up with a separate frozen loss VGG); ZeRO-3 is refused, as the
+#: scales are folded into the convs in place (``ChannelScales.on_train_end``).
+channel_method = registry.method(command="prune", needs_full_parameters=True, trains_encoder=True)
+
+
 class ChannelSection(MethodSection):
     """Keys every channel-pruning method has."""
-
-    #: The encoder is pruned, so it is trained ("plus" set-up with a separate frozen loss VGG).
-    trains_whole_network: ClassVar[bool] = True
-    command: ClassVar[str] = "prune"
 
     finetune_steps: int = Field(100, ge=0, description="fine-tuning steps after each pruning step")
     min_channels: int = Field(4, ge=1, description="floor on the channels any pruned layer keeps")
 
     @abstractmethod
-    def schedule(self, cfg: Config) -> list[Stage]:
+    def stages(self, cfg: Config) -> list[Stage]:
         """The stages to run, in order; the first trains the dense model."""
 
     @abstractmethod
@@ -95,32 +106,18 @@ def kept_count(width: int, keep_fraction: float, floor: int) -> int:
     return min(width, max(floor, int(round(width * keep_fraction))))
 
 
-def _leaders(model: DiststModel, keys: set[LayerKey]) -> dict[LayerKey, list[LayerKey]]:
-    """For each coupled set touching ``keys``: its first member in ``keys`` -> every member."""
-    out = {}
-    for members in coupled_layers(model):
-        chosen = [m for m in members if m in keys]
-        if chosen:
-            out[chosen[0]] = members
-    return out
-
-
 def top_channels(scores: Tensor, count: int) -> list[int]:
     """Indices of the ``count`` highest scores, ascending (ties: the lower index)."""
     order = torch.argsort(-scores, stable=True)[:count]
     return sorted(order.tolist())
 
 
-def filter_l2(module: torch.nn.Module) -> Tensor:
-    """L2 norm of each output filter (weights only: a bias is not a filter)."""
-    return module.weight.detach().flatten(1).norm(dim=1)
-
-
-def _select_by_scores(model: DiststModel, scores: dict[LayerKey, Tensor], keep: Callable[[LayerKey, int], int]
-                      ) -> Selection:
-    """Keep the highest-scoring channels of each coupled set (member scores summed)."""
+def select_by_importance(inputs: PruneInputs, importance: Importance, layers: list[LayerKey],
+                         keep: Callable[[LayerKey, int], int]) -> Selection:
+    """Keep the highest-scoring channels of each coupled set touching ``layers`` (member scores summed)."""
+    scores = importance(inputs.model, layers)
     selection: Selection = {}
-    for leader, members in _leaders(model, set(scores)).items():
+    for leader, members in inputs.graph().leaders(set(scores)).items():
         total = sum(scores[m] for m in members if m in scores)
         selection.setdefault(leader[0], {})[leader[1]] = top_channels(total, keep(leader, len(total)))
     return selection
@@ -128,6 +125,7 @@ def _select_by_scores(model: DiststModel, scores: dict[LayerKey, Tensor], keep: 
 
 # --- l2 ------------------------------------------------------------------------------------------
 
+@channel_method
 class L2Section(ChannelSection):
     """``prune.*`` for filter-L2 pruning of mirrored encoder/decoder layers (Agrawal & Kavi)."""
 
@@ -159,7 +157,7 @@ class L2Section(ChannelSection):
     def total_ratio(self, layer: str) -> float:
         return self.layer_ratios.get(layer, self.ratio)
 
-    def schedule(self, cfg: Config) -> list[Stage]:
+    def stages(self, cfg: Config) -> list[Stage]:
         stages: list[Stage] = [TrainStage("dense", cfg.train.steps)]
         for it in range(1, self.iterations + 1):
             stages += [PruneStage(f"prune_{it}", lambda inputs, it=it: self.select(inputs, it)),
@@ -175,18 +173,18 @@ class L2Section(ChannelSection):
             fraction = (1.0 - self.total_ratio(key[1])) ** (iteration / self.iterations)
             return min(width, kept_count(dense[key[0]][key[1]], fraction, self.min_channels))
 
-        scores = {("encoder", name): filter_l2(layers["encoder"][name]) for name in self.layers}
-        selection = _select_by_scores(model, scores, keep)
+        selection = select_by_importance(inputs, FilterNorm(p=2), [("encoder", name) for name in self.layers], keep)
         if self.mirror:
-            mirrored = {("decoder", name): filter_l2(layers["decoder"][name])
-                        for name in self.layers if name in layers.get("decoder", {})}
+            mirrored = [("decoder", name) for name in self.layers if name in layers.get("decoder", {})]
             widths = {name: len(kept) for name, kept in selection.get("encoder", {}).items()}
-            selection.update(_select_by_scores(model, mirrored, lambda key, width: min(width, widths[key[1]])))
+            selection.update(select_by_importance(inputs, FilterNorm(p=2), mirrored,
+                                                  lambda key, width: min(width, widths[key[1]])))
         return selection
 
 
 # --- iccp ----------------------------------------------------------------------------------------
 
+@channel_method
 class IccpSection(ChannelSection):
     """``prune.*`` for ICCP: slimming scales, L1 + correlation regularisers, alternate encoder/decoder pruning."""
 
@@ -208,7 +206,7 @@ class IccpSection(ChannelSection):
             raise ValueError(f"every ratio must lie in (0, 1), got {value}")
         return value
 
-    def schedule(self, cfg: Config) -> list[Stage]:
+    def stages(self, cfg: Config) -> list[Stage]:
         stages: list[Stage] = [TrainStage("dense", cfg.train.steps)]
         sparsify = self.sparsify_steps or cfg.train.steps
         for i, ratio in enumerate(self.ratios, start=1):
@@ -228,14 +226,14 @@ class IccpSection(ChannelSection):
         return ChannelScales([key for key in self.scope(cfg) if key[0] == side], self.lam, self.eta, stage_dir)
 
     def select(self, inputs: PruneInputs, side: str, ratio: float) -> Selection:
-        saved = torch.load(inputs.trained_dir / SCALES_FILE, weights_only=True)
-        scores = {(side, name): saved[f"{side}.{name}"].abs() for name in inputs.model.channel_layers()[side]}
-        return _select_by_scores(inputs.model, scores,
-                                 lambda key, width: kept_count(width, 1.0 - ratio, self.min_channels))
+        layers = [(side, name) for name in inputs.model.channel_layers()[side]]
+        return select_by_importance(inputs, ScaleMagnitude(inputs.trained_dir / SCALES_FILE), layers,
+                                    lambda key, width: kept_count(width, 1.0 - ratio, self.min_channels))
 
 
 # --- cpst ----------------------------------------------------------------------------------------
 
+@channel_method
 class CpstSection(ChannelSection):
     """``prune.*`` for CPST: channel and xor losses on relu4_1, then removal of the least-used channels."""
 
@@ -248,20 +246,13 @@ class CpstSection(ChannelSection):
     def scope(self, cfg: Config) -> list[LayerKey]:
         return [("encoder", "conv4_1")]
 
-    def schedule(self, cfg: Config) -> list[Stage]:
+    def stages(self, cfg: Config) -> list[Stage]:
         losses = CpstLosses(self.channel_weight, self.xor_weight, self.decorrelation_weight)
         return [TrainStage("dense", cfg.train.steps), TrainStage("sparsify", cfg.train.steps, lambda _d: losses),
                 PruneStage("prune", self.select), TrainStage("finetune", self.finetune_steps)]
 
-    @torch.no_grad()
     def select(self, inputs: PruneInputs) -> Selection:
         """Rank channels by their summed response L2 over the held-out images (content and style)."""
-        model = inputs.model.eval()
-        feats = model.encoder(inputs.images())[model.encoder.tap_names.index("relu4_1")]
-        scores = {("encoder", "conv4_1"): feats.flatten(2).norm(dim=2).sum(dim=0)}
-        return _select_by_scores(model, scores,
-                                 lambda key, width: kept_count(width, 1.0 - self.ratio, self.min_channels))
+        return select_by_importance(inputs, ResponseNorm(inputs.images(), "relu4_1"), self.scope(inputs.cfg),
+                                    lambda key, width: kept_count(width, 1.0 - self.ratio, self.min_channels))
 
-
-for _section in (L2Section, IccpSection, CpstSection):
-    registry.register_method_section(_section.model_fields["method"].default, _section)

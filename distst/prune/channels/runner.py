@@ -1,25 +1,25 @@
-"""Run any channel-pruning schedule end to end, resumably, and package the slimmed model.
+"""The channel methods' schedule: their stages run by the one driver (``distst.prune.schedule``), and the
+slimmed model packaged at the end.
 
 Run directory::
 
     loss_vgg.pth                  the frozen loss VGG of every stage (written when the job names no vgg_weights)
     00_dense/                     a train stage: model.pt, summary.json, checkpoints, metrics.jsonl ...
-    01_prune_1/                   a prune stage: model.pt (slimmed), channels.json (kept channels), stage.json
+    01_prune_1/                   a prune stage: model.pt (slimmed), channels.json (kept channels)
     02_finetune_1/ ...
+    steps/<stage>.json            each finished stage's record (the driver's done marker)
     slim/model.pt, slim/summary.json   the final slimmed model (``distst slim``)
     summary.json, report/report.md
 
-Each stage directory gets ``stage.json`` when it is done; re-running skips done stages and a train stage
-resumes from its last checkpoint (``train`` does that). Every train stage starts from the previous stage's
-model file (``model.init_from``), so a slimmed plan trains as a plain, smaller dense model.
+Re-running skips done stages and a train stage resumes from its last checkpoint (``train`` does that). Every
+train stage starts from the previous stage's model file (``model.init_from``), so a slimmed plan trains as a
+plain, smaller dense model.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,34 +35,15 @@ from ...models import DiststModel, param_counts
 from ...models.complexity import macs
 from ...models.io import load_model, save_model
 from ...models.vgg import vgg_normalised_layers
-from ...stop import StopRequest
-from ...train import train
-from ...train.engine import setup_distributed
+from ...records import STEPS_DIR, Record, step_records
+from ...train import TrainResult
+from ..schedule import Curve, PruneStep, Schedule, Step, TrainStep
 from .methods import ChannelSection, PruneInputs, PruneStage, TrainStage
 from .surgery import slim, widths
 
-STAGE_FILE = "stage.json"
 CHANNELS_FILE = "channels.json"
 LOSS_VGG = "loss_vgg.pth"
 SLIM_DIR = "slim"
-
-
-@dataclass
-class ChannelResult:
-    stopped: bool
-    summary: dict[str, Any]
-
-
-def validate(cfg: Config) -> None:
-    if not isinstance(cfg.prune, ChannelSection):
-        from ... import registry
-
-        channel = sorted(k for k, v in registry.METHOD_SECTIONS.items() if issubclass(v, ChannelSection))
-        raise ConfigError(f"distst prune needs a channel-pruning method, prune.method={' | '.join(channel)} "
-                          f"(got {cfg.prune.method}; lottery tickets run with distst imp)")
-    if not type(cfg.model).model_class.supports_channel_pruning():
-        raise ConfigError(f"{cfg.model.name} declares no channel layers (channel_layers, coupling_forward): "
-                          "channel pruning cannot run on it")
 
 
 def write_random_loss_vgg(path: Path, width: float, seed: int) -> Path:
@@ -103,76 +84,95 @@ def _errors(cfg: Config, model: DiststModel) -> dict[str, float]:
     return evaluate(model, model.loss_network(), content, style)
 
 
-def _prune(cfg: Config, stage: PruneStage, stage_dir: Path, current: Path, trained_dir: Path,
-           dense_widths: dict[str, dict[str, int]]) -> dict[str, Any]:
-    model = _load(cfg, current)
+class ChannelSchedule(Schedule):
+    """A channel method's stages (``ChannelSection.stages``) as the driver's steps: each train stage starts
+    from the previous stage's model file, each prune stage slims the previous model by the method's choice."""
 
-    def images() -> torch.Tensor:
-        return torch.cat(eval_pairs(cfg.data))
+    kind = "channels"
+    label = "channel-pruning"
+    iteration = "train stage"
+    table_columns = ("stage_index", "total_error", "budgeted_error", "macs", "macs_ratio", "params",
+                     "dense_total_error")
+    log_prefix = "prune"
+    curve = Curve(x="macs", scale=1e-9, label="GMACs per stylisation (log scale)", file="e_vs_macs.png", log_x=True)
+    _ROW_METRICS = ("total_error", "content_error", "style_error", "macs", "params", "stage_index",
+                    "dense_total_error", "macs_ratio", "budgeted_error", "training_iteration")
 
-    selection = stage.select(PruneInputs(cfg, model, trained_dir, dense_widths, images))
-    slimmed = slim(model, selection)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(stage_dir / CHANNELS_FILE, {"parent": str(current), "kept": selection})
-    save_model(slimmed, stage_dir / "model.pt")
-    return {"before_finetune": _errors(cfg, slimmed)}
+    @classmethod
+    def validate(cls, cfg: Config) -> None:
+        if not type(cfg.model).model_class.supports_channel_pruning():
+            raise ConfigError(f"{cfg.model.name} declares no channel layers (channel_layers, coupling_forward): "
+                              "channel pruning cannot run on it")
 
+    def prepare(self, is_main: bool) -> None:
+        self.cfg = _with_loss_vgg(self.cfg, self.run_dir, is_main)
 
-def run_channel_pruning(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
-                        on_stage: Callable[[dict[str, Any]], None] | None = None) -> ChannelResult:
-    """Run (or resume) every stage of ``cfg.prune``'s schedule in ``run_dir``; then slim, summarise, report.
-
-    ``on_stage`` is called on rank 0 with each finished stage's record (what a Tune trial reports).
-    """
-    validate(cfg)
-    info = setup_distributed()
-    cfg = _with_loss_vgg(cfg, run_dir, info.is_main)
-    size = cfg.data.eval_size or cfg.data.crop
-    group = cfg.tracking.group or f"{cfg.run.name or run_dir.name}-{run_dir.name}"
-    current = Path(cfg.model.init_from) if cfg.model.init_from else None
-    trained_dir = run_dir
-    records: list[dict[str, Any]] = []
-    for index, stage in enumerate(cfg.prune.schedule(cfg)):
-        stage_dir = run_dir / f"{index:02d}_{stage.name}"
-        done = stage_dir / STAGE_FILE
-        if not done.is_file():
-            record: dict[str, Any] = {"index": index, "stage": stage.name}
+    def steps(self) -> list[Step]:
+        steps: list[Step] = []
+        for index, stage in enumerate(self.cfg.prune.stages(self.cfg)):
+            name = f"{index:02d}_{stage.name}"
             if isinstance(stage, TrainStage):
-                # Each stage its own data order (a fine-tuning stage does not replay the dense stage's batches).
-                overrides: dict[str, Any] = {"train.steps": stage.steps, "data.seed": cfg.data.seed + index}
-                if current is not None:
-                    overrides["model.init_from"] = str(current)
-                method = stage.method(stage_dir) if stage.method else None
-                result = train(with_overrides(cfg, overrides), stage_dir, method,
-                               run_name=f"{cfg.run.name or run_dir.name}/{stage.name}", run_group=group, stop=stop)
-                if result.stopped:
-                    return ChannelResult(stopped=True, summary={})
-                record.update(kind="train", steps=stage.steps, errors=result.summary["final"])
-            elif info.is_main:
-                assert current is not None and records, "a schedule starts with a train stage"
-                record.update(kind="prune",
-                              **_prune(cfg, stage, stage_dir, current, trained_dir, records[0]["widths"]))
-            dist.barrier()
-            if info.is_main:
-                record.update(_describe(_load(cfg, stage_dir / "model.pt"), size))
-                atomic.write_json(done, record)
-            dist.barrier()
-        record = json.loads(done.read_text())
-        records.append(record)
-        if record["kind"] == "train":
-            trained_dir = stage_dir
-        current = stage_dir / "model.pt"
-        if on_stage is not None and info.is_main:
-            on_stage(record)
-    summary = channel_summary(cfg, run_dir, records)
-    if info.is_main:
-        atomic.write_json(run_dir / "summary.json", summary)
-        write_slim(run_dir)
-        from .report import publish
+                steps.append(TrainStep(name, stage.steps, stage.method,
+                                       overrides=lambda records, index=index: self._overrides(index, records)))
+            else:
+                steps.append(PruneStep(name, lambda folder, records, stage=stage: self._prune(stage, folder, records)))
+        return steps
 
-        publish(cfg, run_dir, summary, group)
-    dist.barrier()
-    return ChannelResult(stopped=False, summary=summary)
+    def _current(self, records: list[Record]) -> Path | None:
+        """The model file the next stage starts from: the last stage's, else the job's ``model.init_from``."""
+        if records:
+            return self.run_dir / records[-1]["dir"] / "model.pt"
+        return Path(self.cfg.model.init_from) if self.cfg.model.init_from else None
+
+    def _overrides(self, index: int, records: list[Record]) -> dict[str, Any]:
+        # Each stage its own data order (a fine-tuning stage does not replay the dense stage's batches).
+        overrides: dict[str, Any] = {"data.seed": self.cfg.data.seed + index}
+        current = self._current(records)
+        if current is not None:
+            overrides["model.init_from"] = str(current)
+        return overrides
+
+    def _prune(self, stage: PruneStage, folder: Path, records: list[Record]) -> Record:
+        current = self._current(records)
+        if current is None or not records:
+            raise ConfigError("a channel-pruning schedule starts with a train stage")
+        trained = next(r for r in reversed(records) if r["kind"] == "train")
+        model = _load(self.cfg, current)
+
+        def images() -> torch.Tensor:
+            return torch.cat(eval_pairs(self.cfg.data))
+
+        inputs = PruneInputs(self.cfg, model, self.run_dir / trained["dir"], records[0]["widths"], images)
+        selection = stage.select(inputs)
+        slimmed = slim(model, selection, inputs.graph())  # one trace per prune step: the choice's and the cut's
+        atomic.write_json(folder / CHANNELS_FILE, {"parent": str(current), "kept": selection})
+        save_model(slimmed, folder / "model.pt")
+        return {"before_finetune": _errors(self.cfg, slimmed)}
+
+    def describe(self, step: Step, step_dir: Path, result: TrainResult | None) -> Record:
+        size = self.cfg.data.eval_size or self.cfg.data.crop
+        return {"stage": step.name.split("_", 1)[1], **_describe(_load(self.cfg, step_dir / "model.pt"), size)}
+
+    def summary(self, records: list[Record]) -> dict[str, Any]:
+        return channel_summary(self.cfg, records)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        write_slim(self.run_dir)
+
+    @classmethod
+    def metrics(cls, cfg: Config) -> tuple[str, ...]:
+        return cls._ROW_METRICS
+
+    @classmethod
+    def rows(cls, cfg: Config, records: list[Record], macs_budget: int | None = None) -> list[dict[str, Any]]:
+        return channel_rows(records, macs_budget)
+
+    @classmethod
+    def iterations(cls, cfg: Config) -> int:
+        return sum(isinstance(stage, TrainStage) for stage in cfg.prune.stages(cfg))
+
+
+ChannelSection.schedule_class = ChannelSchedule
 
 
 def _fraction_removed(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]],
@@ -183,7 +183,7 @@ def _fraction_removed(before: dict[str, dict[str, int]], after: dict[str, dict[s
     return 1.0 - sum(after[g][n] for g, n in keys) / total if total else 0.0
 
 
-def channel_summary(cfg: Config, run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+def channel_summary(cfg: Config, records: list[Record]) -> dict[str, Any]:
     """``summary.json``: widths, parameters and MACs per group before and after, E of every stage, and each
     pruning step's E before and after its fine-tuning."""
     dense, final = records[0], records[-1]
@@ -215,23 +215,17 @@ def channel_summary(cfg: Config, run_dir: Path, records: list[dict[str, Any]]) -
     }
 
 
-def stage_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The finished stages' records, in order."""
-    files = sorted(run_dir.glob(f"[0-9][0-9]_*/{STAGE_FILE}"))
-    return [json.loads(p.read_text()) for p in files]
-
-
 def write_slim(run_dir: Path) -> Path:
     """``slim/model.pt`` from the run's last finished stage: a prune stage's selection is applied to its parent
     again (the surgery is deterministic), a train stage's model (scales folded, plan narrowed) is taken as is;
     ``slim/summary.json`` beside it holds the run's summary (or, mid-run, the stage's record)."""
     run_dir = Path(run_dir)
-    records = stage_records(run_dir)
-    if not records:
-        raise FileNotFoundError(f"{run_dir} has no finished stage (no NN_<stage>/{STAGE_FILE}): "
+    records = step_records(run_dir)
+    if not records or "stage" not in records[0]:
+        raise FileNotFoundError(f"{run_dir} has no finished stage (no {STEPS_DIR}/NN_<stage>.json): "
                                 "is it a distst prune run directory?")
     last = records[-1]
-    last_dir = run_dir / f"{last['index']:02d}_{last['stage']}"
+    last_dir = run_dir / last["dir"]
     out = run_dir / SLIM_DIR
     out.mkdir(exist_ok=True)
     if last["kind"] == "prune":
@@ -245,3 +239,28 @@ def write_slim(run_dir: Path) -> Path:
     info = json.loads(summary.read_text()) if summary.is_file() else {"complete": False, "last_stage": last}
     atomic.write_json(out / "summary.json", info)
     return out / "model.pt"
+
+
+def budgeted_error(total_error: float, macs: int, macs_budget: int) -> float:
+    """E within the MAC budget; beyond it E grows in proportion to the excess: E * macs / budget.
+
+    A model twice over the budget counts as twice as bad, so a search trades E against MACs near the budget
+    instead of ignoring them (or refusing every model over it, which would leave ASHA nothing to compare early).
+    """
+    return total_error if macs <= macs_budget else total_error * macs / macs_budget
+
+
+def channel_rows(records: list[Record], macs_budget: int | None = None) -> list[dict[str, Any]]:
+    """One sweep row per finished train stage of a channel-pruning run (its records, in order)."""
+    trained = [r for r in records if r["kind"] == "train"]
+    rows: list[dict[str, Any]] = []
+    for record in trained:
+        errors, cost = record["errors"], record["macs"]["total"]
+        row = {"stage_index": record["index"], "total_error": errors["total_error"],
+               "content_error": errors["content_error"], "style_error": errors["style_error"], "macs": cost,
+               "params": record["params"]["total"], "dense_total_error": trained[0]["errors"]["total_error"],
+               "macs_ratio": trained[0]["macs"]["total"] / cost}
+        if macs_budget is not None:
+            row["budgeted_error"] = budgeted_error(errors["total_error"], cost, macs_budget)
+        rows.append(row)
+    return rows

@@ -22,7 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ...models import DiststModel, model_class
+from ...models import DiststModel, create
 from ...models.plan import Plan
 
 #: group -> plan layer -> the output channels kept (ascending).
@@ -76,22 +76,47 @@ def _out_channel_targets(group: Any) -> Iterator[tuple[nn.Module, list[int]]]:
             yield dep.target.module, list(idxs)
 
 
+class ChannelGraph:
+    """A model's dependency graph, traced once (a trace costs a forward pass through autograd): what a prune
+    step's channel choice (the coupled sets) and its slimming both use."""
+
+    def __init__(self, model: DiststModel) -> None:
+        self.model = model
+        self.graph = dependency_graph(model)
+        self._coupled: list[list[LayerKey]] | None = None
+
+    def coupled_layers(self) -> list[list[LayerKey]]:
+        """Channel layers whose output channels are tied (removing one's removes the others'), in model order;
+        each layer appears in exactly one set, most in a set of their own."""
+        if self._coupled is None:
+            index = _layer_index(self.model)
+            order = list(index.values())
+            seen: set[LayerKey] = set()
+            self._coupled = []
+            for group, layers in self.model.channel_layers().items():
+                for name, module in layers.items():
+                    if (group, name) in seen:
+                        continue
+                    members = [index[id(m)] for m, _ in _out_channel_targets(_group(self.graph, module, [0]))
+                               if id(m) in index]
+                    members = sorted(set(members) | {(group, name)}, key=order.index)
+                    seen.update(members)
+                    self._coupled.append(members)
+        return self._coupled
+
+    def leaders(self, keys: set[LayerKey]) -> dict[LayerKey, list[LayerKey]]:
+        """For each coupled set touching ``keys``: its first member in ``keys`` -> every member."""
+        out = {}
+        for members in self.coupled_layers():
+            chosen = [m for m in members if m in keys]
+            if chosen:
+                out[chosen[0]] = members
+        return out
+
+
 def coupled_layers(model: DiststModel) -> list[list[LayerKey]]:
-    """Channel layers whose output channels are tied (removing one's removes the others'), in model order;
-    each layer appears in exactly one set, most in a set of their own."""
-    graph = dependency_graph(model)
-    index = _layer_index(model)
-    seen: set[LayerKey] = set()
-    sets = []
-    for group, layers in model.channel_layers().items():
-        for name, module in layers.items():
-            if (group, name) in seen:
-                continue
-            members = [index[id(m)] for m, _ in _out_channel_targets(_group(graph, module, [0])) if id(m) in index]
-            members = sorted(set(members) | {(group, name)}, key=list(index.values()).index)
-            seen.update(members)
-            sets.append(members)
-    return sets
+    """``ChannelGraph(model).coupled_layers()``: one trace, for a single question."""
+    return ChannelGraph(model).coupled_layers()
 
 
 def _pruned(model: DiststModel, selection: Selection) -> Iterator[tuple[nn.Module, list[int]]]:
@@ -129,20 +154,24 @@ def current_plan(model: DiststModel) -> Plan:
     return plan
 
 
-def slim(model: DiststModel, selection: Selection) -> DiststModel:
+def slim(model: DiststModel, selection: Selection, graph: ChannelGraph | None = None) -> DiststModel:
     """A new, physically smaller model keeping the selected channels (and the originals' weights and biases of
-    every kept channel); built from its channel plan, so its layout is exactly a model of that plan's."""
-    pruned_copy = copy.deepcopy(model)
-    graph = dependency_graph(pruned_copy)
-    for module, pruned in list(_pruned(pruned_copy, selection)):
-        group = _group(graph, module, pruned)
-        if not graph.check_pruning_group(group):
-            raise ValueError(f"removing {len(pruned)} channels of {module} would leave a layer without channels")
+    every kept channel); built from its channel plan, so its layout is exactly a model of that plan's.
+
+    Given ``graph`` (``model``'s own, already traced) the surgery uses it and consumes ``model``; without it,
+    ``model`` is left as it was (a copy is traced and cut)."""
+    if graph is None:
+        graph = ChannelGraph(copy.deepcopy(model))
+    elif graph.model is not model:
+        raise ValueError("slim: the graph was traced from another model")
+    pruned = graph.model
+    for module, removed in list(_pruned(pruned, selection)):
+        group = _group(graph.graph, module, removed)
+        if not graph.graph.check_pruning_group(group):
+            raise ValueError(f"removing {len(removed)} channels of {module} would leave a layer without channels")
         group.prune()
-    plan = current_plan(pruned_copy)
-    section = model.cfg.model_copy(update={"plan": plan})
-    slimmed = model_class(model.name)(section)
-    slimmed.load_state_dict(pruned_copy.state_dict(), strict=True)  # a layout check as much as a copy
+    section = model.cfg.model_copy(update={"plan": current_plan(pruned)})
+    slimmed = create(section, weights=pruned.state_dict(), source="the slimmed model")  # a layout check too
     slimmed.encoder_source = getattr(model, "encoder_source", None)
     slimmed.train(model.training)
     return slimmed

@@ -1,11 +1,11 @@
-"""Reports of channel-pruning runs: a stage table, widths before/after as bars, E against MACs; sent to W&B too.
+"""Reports of channel-pruning runs (``kind: channels``): a stage table, widths before/after as bars, E against
+MACs.
 
-Reads only ``summary.json`` and the stages' ``stage.json`` files, like the IMP report.
+Reads only ``summary.json``, like the IMP report.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ...config import Config  # noqa: E402
-from ...track import Tracker  # noqa: E402
+from .base import Report, register  # noqa: E402
 
 
 def plot_widths(summary: dict[str, Any], path: Path) -> Path:
@@ -67,10 +66,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path) -> Path:
-    summary = json.loads((run_dir / "summary.json").read_text())
-    out = run_dir / "report"
-    out.mkdir(exist_ok=True)
+def write_report(run_dir: Path, summary: dict[str, Any], out: Path) -> Path:
     widths_png = plot_widths(summary, out / "widths.png")
     errors_png = plot_error_vs_macs(summary, out / "error_vs_macs.png")
     dense, final = summary["dense"], summary["final"]
@@ -100,18 +96,22 @@ def write_report(run_dir: Path) -> Path:
     return report
 
 
-def publish(cfg: Config, run_dir: Path, summary: dict[str, Any], group: str) -> Path:
-    """Write the report and send its table, plots and headline numbers to W&B (one summary run in the group)."""
-    report = write_report(run_dir)
-    tracker = Tracker(cfg.tracking, run_dir, config=cfg.model_dump(mode="json"), name=f"{group}/summary",
-                      group=group, enabled=True, job_type=f"{summary['method']}-summary", resume_step=None,
-                      metrics_file=None)
-    columns = ["stage", "kind", "params", "macs", "total_error"]
-    tracker.log_table("channels/stages", columns, [[r[c] for c in columns] for r in summary["stages"]])
-    for image in sorted(report.parent.glob("*.png")):
-        tracker.log_image(f"channels/{image.stem}", image, step=None)
-    tracker.summary({"channels_removed": summary["channels_removed"], "params_removed": summary["params_removed"],
-                     "macs_speedup": summary["macs_speedup"],
-                     "final_total_error": summary["final"]["errors"].get("total_error")})
-    tracker.finish()
-    return report
+@register
+class ChannelReport(Report):
+    kind = "channels"
+    table_key = "channels/stages"
+
+    def write(self, run_dir: Path, summary: dict[str, Any], out: Path) -> Path:
+        return write_report(run_dir, summary, out)
+
+    def table(self, run_dir: Path, summary: dict[str, Any]) -> str:
+        return markdown_table(summary)
+
+    def rows(self, summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+        columns = ["stage", "kind", "params", "macs", "total_error"]
+        return columns, [[r[c] for c in columns] for r in summary["stages"]]
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {"channels_removed": summary["channels_removed"], "params_removed": summary["params_removed"],
+                "macs_speedup": summary["macs_speedup"],
+                "final_total_error": summary["final"]["errors"].get("total_error")}

@@ -1,12 +1,12 @@
-"""Reports of IMP runs: a Markdown table, plots against sparsity, per-group sparsity bars, an image grid.
+"""Reports of IMP runs (``kind: imp``): a Markdown table, plots against sparsity, per-group sparsity bars, an
+image grid.
 
-Reads only the run directory (``summary.json``, ``level_<k>/metrics.json``, ``level_<k>/samples.png``,
+Reads only the run directory (``summary.json``, the levels' records in ``steps/``, ``level_<k>/samples.png``,
 ``pairs.png``), so a report can be made anywhere the directory is, without the data or a GPU.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from .errors import DiststError  # noqa: E402
+from ..records import step_records  # noqa: E402
+from .base import Report, ReportError, register  # noqa: E402
 
 ERRORS = (("total_error", "E (total)"), ("content_error", "content error"), ("style_error", "style error"))
 #: Plots of a run whose verdict is a set metric (a GAN's FID), with KID and the cycle errors' E beside it.
@@ -24,19 +25,13 @@ SET_PLOTS = (("fid", "FID"), ("kid", "KID"), ("total_error", "E (cycle errors)")
 LABELS = {"total_error": "E", "fid": "FID", "kid": "KID", "kid_std": "KID std", "fid_images": "images"}
 
 
-class ReportError(DiststError, ValueError):
-    """The directory is not a finished (or partly finished) IMP run."""
-
-
-def load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The run's summary and each finished level's metrics (level order)."""
-    summary_path = run_dir / "summary.json"
-    level_files = sorted(run_dir.glob("level_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not level_files:
-        raise ReportError(f"{run_dir} has no finished level (no level_*/metrics.json): is it an IMP run directory?")
-    levels = [json.loads(p.read_text()) for p in level_files]
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return summary, levels
+def load_levels(run_dir: Path) -> list[dict[str, Any]]:
+    """Each finished level's values (its train step's record, errors at the top level), in level order."""
+    levels = [{**{k: v for k, v in r.items() if k != "errors"}, **r.get("errors", {})}
+              for r in step_records(run_dir) if r["kind"] == "train"]
+    if not levels:
+        raise ReportError(f"{run_dir} has no finished level yet")
+    return levels
 
 
 def _verdicts(summary: dict[str, Any]) -> dict[int, bool]:
@@ -136,12 +131,9 @@ def image_grid(run_dir: Path, levels: list[dict[str, Any]], path: Path) -> Path 
     return path
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """``RUN_DIR/report/report.md`` with its PNGs; returns the Markdown file."""
-    run_dir = Path(run_dir)
-    summary, levels = load_run(run_dir)
-    out = run_dir / "report"
-    out.mkdir(exist_ok=True)
+def write_report(run_dir: Path, summary: dict[str, Any], out: Path) -> Path:
+    """``out/report.md`` with its PNGs; returns the Markdown file."""
+    levels = load_levels(run_dir)
     verdict = summary.get("verdict", "total_error")
     by_error = verdict == "total_error"
     name = "E" if by_error else _label(verdict)
@@ -186,3 +178,22 @@ def write_report(run_dir: str | Path) -> Path:
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     return report
+
+
+@register
+class ImpReport(Report):
+    kind = "imp"
+    table_key = "imp/levels"
+
+    def write(self, run_dir: Path, summary: dict[str, Any], out: Path) -> Path:
+        return write_report(run_dir, summary, out)
+
+    def table(self, run_dir: Path, summary: dict[str, Any]) -> str:
+        return markdown_table(summary, load_levels(run_dir))
+
+    def rows(self, summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+        columns = list(summary["levels"][0]) if summary["levels"] else ["level", "sparsity", "matching"]
+        return columns, [[row[c] for c in columns] for row in summary["levels"]]
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {"extreme_sparsity": summary["extreme_sparsity"], "levels": len(summary["levels"])}
