@@ -38,9 +38,9 @@ COMMANDS = (
     "distst.commands.export",
 )
 
-# Commands whose work polls ``stop.PROCESS`` (checkpoint, exit 75). Every other command gets the default
-# signal behaviour back after parsing, so that SIGTERM still ends a `distst stylize` at once.
-STOPPABLE_COMMANDS = frozenset({"train", "imp", "prune"})
+# A command whose work polls ``stop.PROCESS`` (checkpoint, exit 75) says so where it is defined:
+# ``parser.set_defaults(stoppable=True)``. Every other command gets the default signal behaviour back after
+# parsing, so that SIGTERM still ends a `distst stylize` at once.
 
 DEBUG_ENV = "DISTST_DEBUG"  # DISTST_DEBUG=1: print the traceback of user errors too
 
@@ -89,7 +89,7 @@ def _give_back_signals(previous: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     previous = stop.install_signal_handlers()  # first thing: see the module docstring
     args = parse(build_parser(), argv)
-    if args.command not in STOPPABLE_COMMANDS:
+    if not getattr(args, "stoppable", False):
         _give_back_signals(previous)
     try:
         return int(args.func(args) or 0)

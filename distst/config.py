@@ -48,7 +48,7 @@ class ModelSection(Section):
     groups: ClassVar[tuple[str, ...]] = ()
     #: Groups pruned by default (``prune.scope`` when not given).
     default_prune_scope: ClassVar[tuple[str, ...]] = ()
-    #: The model class, set when the model registers: it checks plans (``resolve_plan``).
+    #: The model class, set by its ``@registry.model`` decorator: it checks plans (``resolve_plan``).
     model_class: ClassVar[Any] = None
 
     name: str
@@ -74,12 +74,8 @@ class ModelSection(Section):
 
 
 class MethodSection(Section):
-    """What every compression method's section has; each method registers a subclass chosen by ``prune.method``."""
-
-    #: The lottery-ticket setting: prune and train the whole network (a model may then train its encoder).
-    trains_whole_network: ClassVar[bool] = False
-    #: The command that runs the method (``distst <command>``): one training run, or a multi-run driver.
-    command: ClassVar[str] = "train"
+    """What every compression method's section has; each method registers a subclass chosen by ``prune.method``
+    with ``@registry.method(...)``, whose record holds its command and capabilities."""
 
     method: str
 
@@ -87,6 +83,11 @@ class MethodSection(Section):
         """Resolve and check values against the model (e.g. a scope against its groups)."""
 
 
+def _plain_training(cfg: Config) -> None:
+    return None  # distst.train runs without a method
+
+
+@registry.method(factory=_plain_training)
 class NoMethod(MethodSection):
     """Plain training, no compression."""
 
@@ -208,8 +209,8 @@ _CHOOSERS = ("model.name", "prune.method")
 def config_class(model: str, method: str) -> type[Config]:
     """``Config`` with the sections registered for ``model`` and ``method`` (unknown names: a ConfigError)."""
     registry.load_builtins()
-    model_section = _registered(registry.MODEL_SECTIONS, model, "model.name", "model")
-    method_section = _registered(registry.METHOD_SECTIONS, method, "prune.method", "method")
+    model_section = _registered(registry.MODELS, model, "model.name", "model")
+    method_section = _registered(registry.METHODS, method, "prune.method", "method")
     return create_model(  # type: ignore[call-overload]
         f"Config_{model}_{method}", __base__=Config,
         model=(model_section, Field(default_factory=model_section)),
@@ -217,12 +218,13 @@ def config_class(model: str, method: str) -> type[Config]:
     )
 
 
-def _registered(table: Mapping[str, type[Section]], name: Any, key: str, kind: str) -> type[Section]:
+def _registered(table: Mapping[str, Any], name: Any, key: str, kind: str) -> type[Section]:
+    """The config section of the record ``table`` holds under ``name`` (``registry.MODELS`` / ``METHODS``)."""
     if not isinstance(name, str) or name not in table:
         near = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise ConfigError(f"{key}: unknown {kind} {name!r}{hint}; registered: {', '.join(sorted(table))}")
-    return table[name]
+    return table[name].section
 
 
 def _section_at(path: tuple[str, ...], root: type[BaseModel]) -> type[BaseModel] | None:
@@ -370,7 +372,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] =
 def model_section(**values: Any) -> ModelSection:
     """The section registered for ``values['name']`` (default: the registry's default model), validated."""
     registry.load_builtins()
-    cls = _registered(registry.MODEL_SECTIONS, values.get("name", registry.DEFAULTS["model.name"]), "model.name",
+    cls = _registered(registry.MODELS, values.get("name", registry.DEFAULTS["model.name"]), "model.name",
                       "model")
     try:
         return cls.model_validate(values)  # type: ignore[return-value]
@@ -400,5 +402,3 @@ def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
             tree[section] = {k: v for k, v in (tree.get(section) or {}).items() if k in fields}
     return build_config(tree, {k: v for k, v in overrides.items() if k not in _CHOOSERS})
 
-
-registry.register_method_section("none", NoMethod)

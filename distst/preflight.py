@@ -11,6 +11,7 @@ import os
 import tarfile
 from pathlib import Path
 
+from . import registry
 from .config import Config, ConfigError
 from .models import model_class
 
@@ -120,10 +121,8 @@ def _size_problems(cfg: Config) -> list[str]:
 
 
 def _method_problems(cfg: Config) -> list[str]:
-    found = []
-    if cfg.prune.method != "none" and cfg.deepspeed.zero_stage == 3:
-        found.append(f"deepspeed.zero_stage=3 cannot be combined with prune.method={cfg.prune.method}: ZeRO-3 "
-                     "partitions every parameter across ranks, so masks cannot be applied in place; use 0, 1 or 2")
+    zero3 = registry.method_record(cfg.prune.method).zero3_problem(cfg.deepspeed.zero_stage)  # the trainer's rule
+    found = [zero3] if zero3 else []
     rewind = getattr(cfg.prune, "rewind_step", None)
     if rewind is not None and rewind > cfg.train.steps:
         found.append(f"prune.rewind_step={rewind} lies beyond train.steps={cfg.train.steps}")
@@ -163,8 +162,8 @@ def problems(cfg: Config, run_dir: Path | None = None) -> list[str]:
             found += _shard_problems(key, pattern)
     if not found:  # counting evaluation images needs readable shards
         found += _eval_problems(cfg)
-    for key in ("vgg_weights", "decoder_weights", "transform_weights", "inception_weights"):
-        path = getattr(cfg.model, key, None)
+    for key in registry.model_record(cfg.model.name).weight_keys:
+        path = getattr(cfg.model, key)
         if path and not Path(path).is_file():
             found.append(f"model.{key}: {path} does not exist (distst never downloads weights; see README)")
     init_from = cfg.model.init_from

@@ -85,16 +85,3 @@ def test_shipped_jobs_validate(job: Path) -> None:
 def test_missing_job_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("jobs/nope.yaml")
-
-
-def test_every_method_runs_through_exactly_one_command() -> None:
-    """``distst train`` runs a method through its registered factory; a method without one names its own command
-    (imp, prune), and a method with one must not (the two tables agree)."""
-    from distst.registry import METHOD_FACTORIES, METHOD_SECTIONS, load_builtins
-
-    load_builtins()
-    builtin = {name: section for name, section in METHOD_SECTIONS.items() if section.__module__.startswith("distst.")}
-    assert {"none", "imp", "qat", "l2", "iccp", "cpst"} <= set(builtin)  # not the toy methods other tests register
-    for name, section in builtin.items():
-        trained_by_train = name in METHOD_FACTORIES or name == "none"
-        assert (section.command == "train") == trained_by_train, (name, section.command)

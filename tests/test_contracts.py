@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import REPO, run_distst, subprocess_env, tiny_config
-from torch import nn
-from toy_models import ToyGAN, register_toys, same_weights
+from toy_models import ChannelGate, ToyGAN, same_weights
 
 from distst.config import ConfigError, build_config, model_section, with_overrides
 from distst.models import PlanError, build
@@ -24,8 +23,6 @@ from distst.prune.masks import MaskedTraining, full_masks, prune_magnitude
 from distst.stop import StopRequest
 from distst.track import read_metrics
 from distst.train import GradientAccess, Method, StepInputs, TrainContext, train
-
-register_toys()
 
 SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
               "decoder": {"conv3_4": 12, "conv3_1": 20, "conv1_1": 5}}
@@ -117,37 +114,6 @@ def test_slim_model_trains_further_and_stylizes_from_the_cli(tmp_path: Path) -> 
 
 
 # --- method hooks -----------------------------------------------------------------------------
-
-class ChannelGate(Method):
-    """A per-channel gate after one conv, added before DeepSpeed starts, with an L1 penalty; folded into the
-    conv at the end so ``model.pt`` keeps the reference layout."""
-
-    def __init__(self, lam: float, layer: str = "decoder.1") -> None:
-        self.lam, self.layer = lam, layer
-
-    def _conv(self, model: nn.Module) -> nn.Conv2d:
-        return dict(model.named_modules())[self.layer]
-
-    def prepare_model(self, model, cfg) -> None:  # noqa: ANN001
-        conv = self._conv(model)
-        conv.register_parameter("gate", nn.Parameter(torch.ones(conv.out_channels)))
-        self._hook = conv.register_forward_hook(lambda m, _i, out: out * m.gate.view(1, -1, 1, 1))
-
-    def extra_losses(self, ctx: TrainContext, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        return {"gate_l1": self.lam * self._conv(ctx.model).gate.abs().sum()}
-
-    def on_evaluate(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
-        metrics["gate_mean"] = float(self._conv(ctx.model).gate.detach().mean())
-
-    def on_train_end(self, ctx: TrainContext) -> None:
-        conv = self._conv(ctx.model)
-        self.final_gate = conv.gate.detach().clone()
-        with torch.no_grad():
-            conv.weight.mul_(conv.gate.view(-1, 1, 1, 1))
-            conv.bias.mul_(conv.gate)
-        del conv.gate
-        self._hook.remove()
-
 
 def test_l1_on_a_gate_added_before_deepspeed_drives_it_down_and_folds(tmp_path: Path) -> None:
     gates = {}

@@ -56,7 +56,7 @@ def test_a_gan_lottery_needs_its_fid_images_in_the_held_out_shards(tmp_path: Pat
 def test_zero3_with_imp_is_refused_before_deepspeed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     reason = refused_alike(capsys, "imp", IMP_JOB, [f"run.out_dir={tmp_path / 'run'}", "deepspeed.zero_stage=3"])
     assert reason.endswith("deepspeed.zero_stage=3 cannot be combined with prune.method=imp: ZeRO-3 partitions "
-                           "every parameter across ranks, so masks cannot be applied in place; use 0, 1 or 2")
+                           "every parameter across ranks, so the method cannot edit weights in place; use 0, 1 or 2")
     assert not (tmp_path / "run").exists()
 
 

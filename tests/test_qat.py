@@ -13,9 +13,10 @@ from toy_models import same_weights
 from distst.config import ConfigError, build_config, model_section
 from distst.models import build
 from distst.models.io import load_model, save_model
+from distst.preflight import problems
 from distst.quant import QatSection, QuantAwareTraining
 from distst.quant.fake import ActivationObserver, FakeQuantWeight
-from distst.registry import method_factory
+from distst.registry import method_record
 from distst.stop import StopRequest
 from distst.train import MethodList, train
 
@@ -51,7 +52,7 @@ def test_qat_is_a_registered_method_that_trains_the_whole_network() -> None:
     cfg = build_config({}, ["prune.method=qat", "prune.observer_momentum=0.1"])
     assert isinstance(cfg.prune, QatSection) and cfg.prune.scope == ["encoder", "transform", "decoder"]
     assert cfg.model.encoder == "trainable"
-    assert isinstance(method_factory("qat")(cfg), QuantAwareTraining)
+    assert isinstance(method_record("qat").factory(cfg), QuantAwareTraining)
     with pytest.raises(ConfigError, match="prune.scope"):
         build_config({}, ["prune.method=qat", "prune.scope=[generator]"])
 
@@ -108,3 +109,12 @@ def test_observers_follow_the_model_into_eval_mode_and_rest_during_evaluation() 
     model.train()
     model(content, style)
     assert all(o.training and int(o.seen) == 2 * int(before[n]["seen"]) for n, o in qat.observers().items())
+
+
+def test_qat_on_cyclegan_asks_for_no_inception_weights(tmp_path: Path) -> None:
+    """QAT trains the whole network but is judged by its own run, never by FID: no Inception file, no FID set."""
+    cfg = build_config({}, ["model.name=cyclegan", "prune.method=qat"])  # no model.inception_weights: accepted
+    assert cfg.model.held_out_images(cfg) == ("", 0)
+    assert not [p for p in problems(cfg, tmp_path / "run") if "inception" in p or "fid_images" in p]
+    with pytest.raises(ConfigError, match="model.inception_weights: prune.method=imp on cyclegan decides by FID"):
+        build_config({}, ["model.name=cyclegan", "prune.method=imp"])  # a lottery decides by FID: it needs them

@@ -7,11 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_distst, tiny_overrides, write_job
+import toy_models  # noqa: F401 - registers the toy methods
+from helpers import run_distst, tiny_config, tiny_overrides, write_job
 
-from distst.config import model_section
+from distst import registry
+from distst.config import ConfigError, model_section
 from distst.models import build
 from distst.models.io import load_model
+from distst.preflight import problems
+from distst.track import read_metrics
+from distst.train import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -42,3 +47,20 @@ def test_zero3_two_ranks_evaluate_write_a_whole_model_and_resume(tmp_path: Path)
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]  # resumed at step 2, not restarted
+
+
+def test_one_zero3_rule_refuses_only_methods_that_need_whole_parameters(tmp_path: Path) -> None:
+    """Preflight and trainer ask the method's record: the same refusal for a method that edits weights in place
+    (the toy gate, folded at the end), none for one that only adds a loss (it trains under ZeRO-3)."""
+    needs = tiny_config(tmp_path / "gate", deepspeed__zero_stage=3, prune__method="gate_l1")
+    gate = registry.method_record("gate_l1")
+    reason = gate.zero3_problem(3)
+    assert reason and reason in problems(needs)
+    with pytest.raises(ConfigError) as refused:
+        train(needs, tmp_path / "gate", gate.factory(needs))
+    assert str(refused.value) == reason and not (tmp_path / "gate" / "model.pt").exists()
+
+    free = tiny_config(tmp_path / "l1", deepspeed__zero_stage=3, prune__method="output_l1", train__steps=2)
+    assert not [p for p in problems(free) if "zero_stage" in p]
+    result = train(free, tmp_path / "l1", registry.method_record("output_l1").factory(free))
+    assert result.steps == 2 and any("output_l1" in row for row in read_metrics(tmp_path / "l1" / "metrics.jsonl"))

@@ -156,14 +156,14 @@ def prepare_torch(path: Path, size: int, style_size: int, threads: int) -> Prepa
 def prepare_onnx(path: Path, size: int, style_size: int, threads: int) -> Prepared:
     from ..config import model_section
     from ..export.runtime import OnnxStylizer, profile_by_operator
-    from ..models import build
+    from ..models import create
     from ..models.complexity import macs
 
     runner = OnnxStylizer(path, "fp32", threads) if path.is_dir() else OnnxStylizer.from_file(path, threads)
     manifest = runner.manifest
     content, style = _images(manifest["input_multiple"], manifest["min_size"], size, style_size)
     cached = runner.style_inputs(style)
-    shadow = build(model_section(**manifest["model"]))  # the architecture, for MACs (the graph's own)
+    shadow = create(model_section(**manifest["model"]))  # the architecture, for MACs (the graph's own)
     row = _set_error(Row(str(path), f"onnx {runner.variant}", 0.0, 0.0, int(manifest["params"]["total"]),
                          macs(shadow, content.shape[-1], style.shape[-1])["total"], runner.file_bytes("forward")),
                      _onnx_error(runner.dir, runner.variant, Path(manifest["source"])))
@@ -204,11 +204,11 @@ def default_entries(out_dir: Path, width: float) -> list[Path]:
     from ..config import model_section
     from ..export import export_model
     from ..export.quantize import quantize_export, read_calibration
-    from ..models import build
+    from ..models import create
     from ..models.io import save_model
 
     torch.manual_seed(0)
-    model_file = save_model(build(model_section(name="adain", width=width)), out_dir / "adain.pt")
+    model_file = save_model(create(model_section(name="adain", width=width)), out_dir / "adain.pt")
     export_model(model_file, out_dir / "onnx")
     quantize_export(out_dir / "onnx", read_calibration(SAMPLE_CONTENT, SAMPLE_STYLE, 8, 256))
     return [model_file, out_dir / "onnx" / "forward.onnx", out_dir / "onnx" / "forward.int8.onnx"]

@@ -61,13 +61,13 @@ def _entries(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, Path
     from ..export import export_model
     from ..export.errors import compare_errors
     from ..export.quantize import quantize_export, read_calibration
-    from ..models import build
+    from ..models import create
     from ..models.io import save_model
 
     dense = Path(args.dense) if args.dense else None
     if dense is None:
         torch.manual_seed(0)
-        dense = save_model(build(model_section(name="adain", width=1.0)), work / "dense_random" / "model.pt")
+        dense = save_model(create(model_section(name="adain", width=1.0)), work / "dense_random" / "model.pt")
     calibration = read_calibration(args.calibration, args.calibration_style, 8 + EVAL_PAIRS, 256)
     held_out = calibration.content[8:], calibration.style[8:]
     errors: dict[str, float] = {}

@@ -133,15 +133,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _method_factory(cfg: Any) -> Any:
-    """The method ``distst train`` would run for this job (None: plain training); refused as ``train`` does."""
-    from ..cli import UserError
-    from ..registry import method_factory
+    """The factory of the method ``distst train`` would run for this job; refused as ``train`` does."""
+    from ..errors import UserError
+    from ..registry import method_record
 
-    factory = method_factory(cfg.prune.method)
-    if cfg.prune.method != "none" and factory is None:
+    record = method_record(cfg.prune.method)
+    if record.factory is None:
         raise UserError(f"prune.method={cfg.prune.method} runs through its own command (distst "
-                        f"{type(cfg.prune).command}), not distst train: bench train measures what distst train runs")
-    return factory
+                        f"{record.command}), not distst train: bench train measures what distst train runs")
+    return record.factory
 
 
 def measure(job: str, overrides: list[str], precisions: list[str], steps: int, warmup: int, factory: Any,
@@ -182,7 +182,8 @@ def measure(job: str, overrides: list[str], precisions: list[str], steps: int, w
         for precision in precisions:
             cfg = load_config(job, bench_overrides(overrides, precision, root / precision, total))
             clock = _StepClock()
-            method = MethodList([factory(cfg), clock]) if factory is not None else clock
+            chosen = factory(cfg)  # None: plain training
+            method = MethodList([chosen, clock]) if chosen is not None else clock
             begun = time.perf_counter()
             train(cfg, cfg.run_dir(), method)
             if len(clock.times) != total:

@@ -30,12 +30,12 @@ def _row(label: str, model: object) -> dict:
 
 def describe(width: float = 1.0, checkpoints: list[str] | None = None) -> list[dict]:
     from ..config import model_section
-    from ..models import available, build
+    from ..models import available, create
     from ..models.io import load_model
 
     if checkpoints:
         return [_row(path, load_model(path)[0]) for path in checkpoints]
-    return [_row(name, build(model_section(name=name, width=width))) for name in available()]
+    return [_row(name, create(model_section(name=name, width=width))) for name in available()]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -83,12 +83,12 @@ def _parts_without_weights(model: Any, args: argparse.Namespace) -> list[str]:
 def reference_model(args: argparse.Namespace) -> Any:
     """The ``--model`` at ``--width`` with the reference weight files given."""
     from ..config import model_section
-    from ..models import available, build
+    from ..models import available, create
 
     if args.model not in available():
         raise UserError(f"unknown --model {args.model!r}; registered models: {', '.join(available())}")
-    model = build(model_section(name=args.model, width=args.width, vgg_weights=args.vgg,
-                                decoder_weights=args.decoder, transform_weights=args.transform))
+    model = create(model_section(name=args.model, width=args.width, vgg_weights=args.vgg,
+                                 decoder_weights=args.decoder, transform_weights=args.transform))
     missing = _parts_without_weights(model, args)
     if missing and not args.allow_random:
         flags = " and ".join(WEIGHT_FLAGS.get(part, f"weights for {part}") for part in missing)

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Re-running the same command resumes from the run directory's last checkpoint. "
                                    "SIGTERM/SIGUSR1 checkpoint at the next step and exit with code 75.")
     add_job_arguments(p, "train.lr=3e-4 model.width=0.25")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, stoppable=True)  # its job polls stop requests (see distst.cli)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,11 +26,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Config, run_dir: Path, job: str) -> Any:
-    from ..registry import method_factory
+    from ..registry import method_record
     from ..train import train
 
-    factory = method_factory(cfg.prune.method)
-    if cfg.prune.method != "none" and factory is None:
+    record = method_record(cfg.prune.method)
+    if record.factory is None:
         raise UserError(f"prune.method={cfg.prune.method} runs through its own command: "
-                        f"distst {type(cfg.prune).command} {job} ...")
-    return train(cfg, run_dir, factory(cfg) if factory else None)
+                        f"distst {record.command} {job} ...")
+    return train(cfg, run_dir, record.factory(cfg))

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .. import registry
 from ..errors import DiststError
 from ..models import StyleTransferModel, param_counts
 from ..models.io import load_model
@@ -116,8 +117,8 @@ def export_model(model_file: str | Path, out_dir: str | Path, *, opset: int = DE
     _cut(combined, ["style"], names, out / GRAPHS["style"])
     _cut(combined, ["content", *names], ["image"], out / GRAPHS["stylize"])
     combined_path.unlink()
-    record = section.model_dump(mode="json", exclude={"vgg_weights", "decoder_weights", "transform_weights",
-                                                      "init_from"})
+    # Where the weights came from is not part of the export (as in a model file): the record names those keys.
+    record = section.model_dump(mode="json", exclude={"init_from", *registry.model_record(section.name).weight_keys})
     manifest = build_manifest(model, record, cache, Path(model_file), opset)
     write_manifest(out, manifest)
     return manifest

@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .. import registry
 from .base import StyleTransferModel, StyleTransferSection
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .plan import Plan
@@ -27,9 +28,8 @@ class AdaINSection(StyleTransferSection):
     name: Literal["adain"] = "adain"
 
 
+@registry.model(AdaINSection, weight_keys=StyleTransferModel.WEIGHT_KEYS)
 class AdaIN(StyleTransferModel):
-    name = "adain"
-    section = AdaINSection
     encoder_depth = "relu4_1"
 
     def __init__(self, cfg: AdaINSection | None = None) -> None:

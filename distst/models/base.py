@@ -21,10 +21,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from .. import registry
 from ..config import Config, ModelSection, TrainConfig
 from .decoder import Decoder
 from .plan import Plan, merge_plan, scale_plan
-from .vgg import LAST_CONV, VGGEncoder, frozen_copy
+from .vgg import LAST_CONV, VGGEncoder, frozen_copy, init_encoder
+from .weights import load_checked, read_state_dict
 
 
 @dataclass
@@ -98,6 +100,10 @@ class DiststModel(nn.Module, metaclass=ABCMeta):
         self.cfg = cfg
         self.plan: Plan = self.resolve_plan(cfg)
         self.features = FeatureRecorder()
+
+    def init_weights(self, files: bool = True) -> None:
+        """Weights of a fresh model (``distst.models.create``): from the local files its section names (its
+        record's ``weight_keys``) when ``files``. Default: the modules' own initialisation."""
 
     # --- channel plans -------------------------------------------------------------------------
     @classmethod
@@ -177,8 +183,10 @@ class DiststModel(nn.Module, metaclass=ABCMeta):
                 tensor.copy_(state[name])
 
     #: What decides whether a pruned level matches the dense one (lower is better): ``total_error`` (E, the
-    #: sum of the per-pair errors' means) or a key of ``set_metrics`` (a GAN's FID).
+    #: sum of the per-pair errors' means) or a key of ``set_metrics`` (a GAN's FID). Set by ``@registry.model``.
     verdict_metric: ClassVar[str] = "total_error"
+    #: The keys ``set_metrics`` returns (what a sweep may rank trials by). Set by ``@registry.model``.
+    set_metric_names: ClassVar[tuple[str, ...]] = ()
 
     def set_metrics(self, held_out: Callable[[int], tuple[Tensor, Tensor]]) -> dict[str, float]:
         """Metrics over whole held-out sets (FID, KID...), once per finished IMP level; ``held_out(n)`` gives the
@@ -219,7 +227,7 @@ class StyleTransferSection(ModelSection):
 
     def resolve(self, cfg: Config) -> None:
         if self.encoder == "auto":
-            self.encoder = "trainable" if cfg.prune.trains_whole_network else "frozen"
+            self.encoder = "trainable" if registry.method_record(cfg.prune.method).trains_encoder else "frozen"
 
 
 class StyleTransferModel(DiststModel):
@@ -237,8 +245,24 @@ class StyleTransferModel(DiststModel):
         self.transform = self.build_transform(self.plan)
         self.decoder = self.build_decoder(self.plan)
         self._reference_encoder = self.plan == self.default_plan(cfg.width)
-        #: The file the encoder's weights were loaded from (``build`` sets it), if any.
+        #: The file the encoder's weights were loaded from (``init_weights`` sets it), if any.
         self.encoder_source: str | None = None
+
+    #: ``model.*`` keys naming the parts' reference weight files (their records' ``weight_keys``).
+    WEIGHT_KEYS: ClassVar[tuple[str, ...]] = ("vgg_weights", "decoder_weights", "transform_weights")
+
+    def init_weights(self, files: bool = True) -> None:
+        """The encoder pretrained from ``model.vgg_weights`` (else He-initialised) and the decoder and transform
+        from their files when ``files``; ``model.encoder == 'frozen'`` (the reference set-up) leaves the encoder
+        without gradients."""
+        cfg = self.cfg
+        init_encoder(self.encoder, cfg.vgg_weights if files else None)  # type: ignore[attr-defined]
+        self.encoder_source = cfg.vgg_weights if files else None  # type: ignore[attr-defined]
+        for path, part in ((cfg.decoder_weights, self.decoder), (cfg.transform_weights, self.transform)):  # type: ignore[attr-defined]
+            if path and files:
+                # A part whose official files hold unused weights (MCCNet's h conv) drops them by name.
+                load_checked(part, getattr(part, "reference_state", dict)(read_state_dict(path)), path)
+        self.encoder.requires_grad_(cfg.encoder == "trainable")  # type: ignore[attr-defined]
 
     @abstractmethod
     def build_transform(self, plan: Plan) -> nn.Module:
@@ -274,8 +298,6 @@ class StyleTransferModel(DiststModel):
         vgg_weights = self.cfg.vgg_weights  # type: ignore[attr-defined]
         if self._reference_encoder and (not vgg_weights or self.encoder_source == vgg_weights):
             return frozen_copy(self.encoder)
-        from . import init_encoder  # the registry's initialisation; imported late (it imports this module)
-
         vgg = VGGEncoder(self.encoder_depth, self.cfg.width)
         init_encoder(vgg, vgg_weights)
         return frozen_copy(vgg)

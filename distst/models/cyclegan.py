@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from .. import registry
 from ..config import Config, ModelSection, TrainConfig
 from .base import DiststModel, Stage
 from .plan import Plan, merge_plan, scale_plan
@@ -72,15 +73,20 @@ class CycleGANSection(ModelSection):
     def resolve(self, cfg: Config) -> None:
         if self.pool_crop is None:
             self.pool_crop = cfg.data.crop
-        # Lottery tickets decide by FID: refuse at once what would fail only after the dense level's training.
-        if cfg.prune.trains_whole_network and self.feature_extractor == "inception" and not self.inception_weights:
+        # A method that decides by the verdict (lottery tickets) decides by FID here: refuse at once what would
+        # fail only after the dense level's training. Other methods (plain training, QAT) never compute FID.
+        if self._needs_fid(cfg) and self.feature_extractor == "inception" and not self.inception_weights:
             raise ValueError(f"model.inception_weights: prune.method={cfg.prune.method} on cyclegan decides by FID, "
                              "which needs a local Inception file (pytorch-fid's "
                              "pt_inception-2015-12-05-6726825d.pth); or set model.feature_extractor=random_conv "
                              "for a smoke run whose FIDs compare with nothing")
 
     def held_out_images(self, cfg: Config) -> tuple[str, int]:
-        return ("model.fid_images", self.fid_images) if cfg.prune.trains_whole_network else ("", 0)
+        return ("model.fid_images", self.fid_images) if self._needs_fid(cfg) else ("", 0)
+
+    @staticmethod
+    def _needs_fid(cfg: Config) -> bool:
+        return registry.method_record(cfg.prune.method).decides_by_verdict
 
 
 def linear_decay(steps: int, start_fraction: float) -> Callable[[int], float]:
@@ -248,12 +254,11 @@ def _least_squares(score: Tensor, real: bool) -> Tensor:
     return F.mse_loss(score, torch.full_like(score, 1.0 if real else 0.0))
 
 
+@registry.model(CycleGANSection, verdict_metric="fid", set_metrics=("fid", "kid", "kid_std", "fid_images"),
+                weight_keys=("inception_weights",))
 class CycleGAN(DiststModel):
-    name = "cyclegan"
-    section = CycleGANSection
     input_multiple = 4  # two stride-2 convs, then two transposed ones
     min_size = 32  # the PatchGAN's last instance norm needs more than one position
-    verdict_metric = "fid"
     feature_names = ("output", *(f"discriminator.{d}/{io}" for d in DISCRIMINATORS for io in ("input", "output")))
 
     def __init__(self, cfg: CycleGANSection | None = None) -> None:

@@ -11,21 +11,24 @@ from typing import Any
 
 import torch
 
-from .. import atomic
+from .. import atomic, registry
 from ..config import ConfigError, ModelSection, model_section
+from . import create
 from .base import DiststModel
-from .weights import WeightsError, load_checked
+from .weights import WeightsError
 
 FORMAT = "distst-model/2"
 READABLE = ("distst-model/1", FORMAT)
-# Where weights came from is not part of a model file: the file is the weights.
-_NOT_SAVED = {"vgg_weights", "decoder_weights", "transform_weights", "inception_weights", "init_from"}
+# Where weights came from is not part of a model file: the file is the weights (a model's record names its
+# weight-file keys).
+_NOT_SAVED_EVER = {"init_from"}
 
 
 def save_model(model: DiststModel, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``path`` atomically: ``{'format', 'model': section (with the full plan), 'state_dict'}``; the state
     is ``model``'s own unless given (a trainer passes the fp32 masters)."""
-    record = model.cfg.model_dump(mode="json", exclude=_NOT_SAVED)
+    exclude = _NOT_SAVED_EVER | set(registry.model_record(model.name).weight_keys)
+    record = model.cfg.model_dump(mode="json", exclude=exclude)
     record["plan"] = model.plan
     state = {k: v.detach().cpu().clone() for k, v in (model.state_dict() if state is None else state).items()}
     return atomic.torch_save({"format": FORMAT, "model": record, "state_dict": state}, path)
@@ -67,11 +70,7 @@ def _first_non_finite(state: Any) -> str | None:
 
 def load_model(path: str | Path, **overrides: Any) -> tuple[DiststModel, ModelSection]:
     """A model and its section from a distst model file (or a run directory holding ``model.pt``)."""
-    from . import model_class  # the registry imports this module's siblings; import late to avoid a cycle
-
     section, state = read_model_file(path)
     if overrides:
         section = section.model_copy(update=overrides)
-    model = model_class(section.name)(section)
-    load_checked(model, state, str(path))
-    return model, section
+    return create(section, weights=state, source=str(path)), section

@@ -21,11 +21,12 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from .. import registry
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .identity import IdentitySection, IdentityTrainedModel
 from .plan import Plan
 from .stats import blend, mean_variance_norm
-from .vgg import VGGEncoder, frozen_copy, reference_plan
+from .vgg import VGGEncoder, frozen_copy, init_encoder, reference_plan
 
 #: Keys of the official transform file that belong to the unused ``h`` conv.
 UNUSED_REFERENCE_KEYS = ("MCCN.h.weight", "MCCN.h.bias")
@@ -94,9 +95,8 @@ class MCCNetSection(IdentitySection):
     tv_weight: float = Field(1.0e-4, ge=0, description="total variation of the output (a sum, as the reference)")
 
 
+@registry.model(MCCNetSection, weight_keys=IdentityTrainedModel.WEIGHT_KEYS)
 class MCCNet(IdentityTrainedModel):
-    name = "mccnet"
-    section = MCCNetSection
     encoder_depth = "relu4_1"
     #: The frozen loss VGG's depth: content loss at relu4_1 and relu5_1, style and identity losses at all five taps.
     loss_depth = "relu5_1"
@@ -121,8 +121,6 @@ class MCCNet(IdentityTrainedModel):
         """A frozen VGG to relu5_1: the pretrained ``model.vgg_weights`` when given; else He-initialised, with the
         layers up to relu4_1 taken from the encoder as built when it has the reference plan (the random features
         the encoder computes are then the ones the losses measure, as with the other models' loss VGG)."""
-        from . import init_encoder  # the registry's initialisation; imported late (it imports this module)
-
         vgg_weights = self.cfg.vgg_weights  # type: ignore[attr-defined]
         vgg = VGGEncoder(self.loss_depth, self.cfg.width)
         init_encoder(vgg, vgg_weights)

@@ -11,6 +11,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from .. import registry
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .identity import IdentitySection, IdentityTrainedModel
 from .plan import Plan, require_equal
@@ -65,9 +66,8 @@ class SANetSection(IdentitySection):
     style_weight: float = Field(3.0, ge=0)
 
 
+@registry.model(SANetSection, weight_keys=IdentityTrainedModel.WEIGHT_KEYS)
 class SANet(IdentityTrainedModel):
-    name = "sanet"
-    section = SANetSection
     encoder_depth = "relu5_1"
     input_multiple = 16  # relu5_1 is upsampled 2x onto relu4_1: both sides must halve exactly
     min_size = 32

@@ -159,3 +159,24 @@ def convert_torchvision_vgg19(src: str | Path, dst: str | Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, dst)
     return dst
+
+
+def init_encoder(encoder: VGGEncoder, vgg_weights: str | Path | None) -> None:
+    """Pretrained weights from a local ``vgg_normalised.pth``, else a He initialisation."""
+    if vgg_weights:
+        encoder.load_reference(vgg_weights)
+    else:
+        random_features_init(encoder)
+
+
+def random_features_init(encoder: nn.Module) -> None:
+    """He (fan-in, ReLU) init for an encoder without pretrained weights.
+
+    PyTorch's default conv init shrinks activations about 3x per layer, so a random VGG's relu4_1 features
+    vanish (content losses ~1e-9) and nothing useful is learnt; He init keeps their scale, and random VGG
+    features are a known workable basis for style statistics. Only used when no ``vgg_weights`` are given.
+    """
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(module.bias)

@@ -10,7 +10,7 @@ of ``model.init_from``, e.g. a slimmed model).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -26,11 +26,18 @@ from .fake import ActivationObserver, FakeQuantWeight
 _OBSERVER = "input_observer"  # the observer's attribute name on a quantised conv
 
 
+def build_method(cfg: Config) -> Method:
+    """What ``distst train`` runs for ``prune.method=qat`` (the record's factory)."""
+    assert isinstance(cfg.prune, QatSection)
+    return QuantAwareTraining(cfg.prune)
+
+
+# The shipped int8 graph quantises the encoder too: let it adapt (the losses use a separate frozen VGG). It is
+# judged by its own run's E, never by a set metric (a GAN's FID), so it needs no Inception weights.
+# Parametrizations wrap whole weights: ZeRO-3's partitioned parameters cannot be.
+@registry.method(factory=build_method, needs_full_parameters=True, trains_encoder=True)
 class QatSection(MethodSection):
     """``prune.*`` for quantisation-aware fine-tuning."""
-
-    # The shipped int8 graph quantises the encoder too: let it adapt (the losses use a separate frozen VGG).
-    trains_whole_network: ClassVar[bool] = True
 
     method: Literal["qat"] = "qat"
     scope: list[str] | None = Field(None, description="groups to fake-quantise; default: the model's (style "
@@ -52,8 +59,6 @@ class QatSection(MethodSection):
                              f"its groups: {', '.join(groups)}")
 
 
-registry.register_method_section("qat", QatSection)
-
 
 def quantised_layers(model: DiststModel, scope: list[str]) -> dict[str, nn.Module]:
     """Convs and linear layers of the groups in ``scope``, by qualified name in the model."""
@@ -70,9 +75,6 @@ def _observe_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 class QuantAwareTraining(Method):
     """Fake-quant weights (parametrizations) and conv inputs (observer pre-hooks) while training."""
-
-    # Parametrizations wrap whole weights: ZeRO-3's partitioned parameters cannot be.
-    needs_full_parameters = True
 
     def __init__(self, section: QatSection) -> None:
         self.section = section
@@ -133,10 +135,3 @@ class QuantAwareTraining(Method):
         # Restored in on_train_start, once the observers are on the run's device.
         self._pending = dict(state.get("observers", {}))
 
-
-def build_method(cfg: Config) -> Method:
-    assert isinstance(cfg.prune, QatSection)
-    return QuantAwareTraining(cfg.prune)
-
-
-registry.register_method_factory("qat", build_method)

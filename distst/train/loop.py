@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .. import atomic, rundir
+from .. import atomic, registry, rundir
 from ..config import Config, ConfigError
 from ..data import TrainStream, eval_pairs
 from ..evaluate import evaluate, fp32_view, gathered, stylized_grid
@@ -166,9 +166,8 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
     request = stop or PROCESS
     cfg = with_init_plan(cfg)
     info = setup_distributed()
-    if method.needs_full_parameters and cfg.deepspeed.zero_stage == 3:
-        raise ConfigError(f"deepspeed.zero_stage=3 cannot be combined with prune.method={cfg.prune.method}: ZeRO-3 "
-                          "partitions every parameter across ranks, so masks cannot be applied in place; use 0, 1 or 2")
+    if zero3 := registry.method_record(cfg.prune.method).zero3_problem(cfg.deepspeed.zero_stage):  # = preflight's
+        raise ConfigError(zero3)
     check_deterministic(cfg, info.device)
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)
