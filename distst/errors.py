@@ -23,3 +23,8 @@ class UserError(DiststError):
 
 class ConfigError(DiststError, ValueError):
     """A config file or override is wrong; the message names the key and what would be valid."""
+
+
+class DataError(DiststError, ValueError):
+    """Shards or images that cannot be used as given (shard patterns, shards, image folders); the message says
+    which and why."""

@@ -322,7 +322,7 @@ def print_record(record: FaultRecord) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.kills < 0 or args.steps < 4:
-        from ..cli import UserError
+        from ..errors import UserError
 
         raise UserError("--kills must be at least 0 and --steps at least 4")
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="distst-faults-"))

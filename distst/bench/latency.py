@@ -261,7 +261,7 @@ def print_rows(rows: list[Row], title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..errors import UserError
 
     if args.size < 16 or (args.style_size is not None and args.style_size < 16):
         raise UserError("--size and --style-size must be at least 16")

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:
-    from ..cli import UserError
+    from ..errors import UserError
 
     try:
         pairs = [tuple(int(v) for v in item.split("/")) for item in text.split(",")]
@@ -130,7 +130,7 @@ def _e(row: Row) -> str:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..export import ExportError
 
     sizes = _sizes(args.sizes)

@@ -34,7 +34,7 @@ step.
   batches are decoded inside the training step, and the training rate includes that.
 
 ``--nproc N`` re-runs the bench under torchrun exactly as ``distst train --nproc`` does
-(``distst.commands.launch``). The temporary run directories are made by rank 0 (under ``TMPDIR``: on
+(``distst.launcher``). The temporary run directories are made by rank 0 (under ``TMPDIR``: on
 several nodes it must be a shared folder) and removed at the end.
 """
 
@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_precisions(text: str) -> list[str]:
     """``"fp32,bf16"`` -> ``["fp32", "bf16"]``; an unknown or repeated name is a user error."""
-    from ..cli import UserError
+    from ..errors import UserError
 
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in PRECISIONS]
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     import tempfile
 
-    from ..cli import UserError
-    from ..commands.launch import relaunch_if_requested
+    from ..errors import UserError
+    from ..launcher import relaunch_if_requested
     from ..config import load_config
     from ..preflight import require
 

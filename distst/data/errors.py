@@ -1,9 +1,5 @@
-"""Errors in data a user gave (shard patterns, shards, image folders): one line and exit code 2 in the CLI."""
+"""Errors in data a user gave: ``DataError`` lives in the one errors module (``distst.errors``)."""
 
-from __future__ import annotations
+from ..errors import DataError
 
-from ..errors import DiststError
-
-
-class DataError(DiststError, ValueError):
-    """Shards or images that cannot be used as given; the message says which and why."""
+__all__ = ["DataError"]
