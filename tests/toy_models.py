@@ -103,6 +103,7 @@ class MixTransform(nn.Module):
 # The whole of "adding a model" (docs/architecture.md): a section, a class, one decorator; nothing else changes.
 @registry.model(ToyMixSection, weight_keys=StyleTransferModel.WEIGHT_KEYS)
 class ToyMix(AdaIN):
+    style_cache = None  # AdaIN's cached statistics would skip the mix: export caches every tap instead
     def build_transform(self, plan: Plan) -> nn.Module:
         return MixTransform(plan["encoder"]["conv4_1"])
 

@@ -2,7 +2,7 @@
 
 An app that stylises many photos with one style runs the style side once and keeps its result:
 ``StyleGraph`` maps a style image to the transform's style inputs, ``CachedStylizeGraph`` maps a content
-image plus those inputs to the stylised image. What is cached is chosen per model (``STYLE_CACHES``):
+image plus those inputs to the stylised image. What is cached is the model's own choice (its ``style_cache``):
 
 - AdaIN: the per-channel mean and std of the style's relu4_1 features (2 x C numbers, independent of the
   style image's size): the transform needs nothing else.
@@ -21,54 +21,15 @@ model's forward at alpha 1, minus the input checks (Python-side guards; the mani
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
 from ..models import StyleTransferModel
-from ..models.stats import calc_mean_std, mean_variance_norm
-
-
-@dataclass(frozen=True)
-class StyleCache:
-    """What the style side hands the content side: named tensors, and how the content side uses them."""
-
-    #: Names of the cached tensors, in graph-input order.
-    names: tuple[str, ...]
-    #: Encoder taps the cache is taken from (``relu4_1``...); ``stats`` caches their mean and std instead.
-    taps: tuple[str, ...]
-    stats: bool = False
-
-    def from_style(self, model: StyleTransferModel, style_feats: list[Tensor]) -> tuple[Tensor, ...]:
-        by_tap = dict(zip(model.encoder.tap_names, style_feats, strict=True))
-        if self.stats:
-            mean, std = calc_mean_std(by_tap[self.taps[0]])
-            return mean, std
-        return tuple(by_tap[tap] for tap in self.taps)
-
-    def transform(self, model: StyleTransferModel, content_feats: list[Tensor], cached: tuple[Tensor, ...]) -> Tensor:
-        if self.stats:  # AdaIN with the style's statistics given (stats.adain with calc_mean_std done already)
-            mean, std = cached
-            return mean_variance_norm(content_feats[-1]) * std + mean
-        # Taps the cache leaves out are never read by this model's transform (see STYLE_CACHES).
-        style_feats = [dict(zip(self.taps, cached, strict=True)).get(tap) for tap in model.encoder.tap_names]
-        return model.stylize_features(content_feats, style_feats, 1.0)  # type: ignore[arg-type]
-
-
-STYLE_CACHES: dict[str, StyleCache] = {
-    "adain": StyleCache(("style_mean", "style_std"), ("relu4_1",), stats=True),
-    "sanet": StyleCache(("style_relu4_1", "style_relu5_1"), ("relu4_1", "relu5_1")),
-    "mccnet": StyleCache(("style_relu4_1",), ("relu4_1",)),
-}
+from ..models.stylecache import StyleCache
 
 
 def style_cache(model: StyleTransferModel) -> StyleCache:
-    """The model's registered cache, else every encoder tap of the style."""
-    found = STYLE_CACHES.get(model.name)
-    if found is not None:
-        return found
-    taps = tuple(model.encoder.tap_names)
-    return StyleCache(tuple(f"style_{tap}" for tap in taps), taps)
+    """The model's own cache (``style_cache``), else every encoder tap of the style."""
+    return model.style_cache or StyleCache.of_taps(tuple(model.encoder.tap_names))
 
 
 class CombinedGraph(nn.Module):

@@ -16,6 +16,7 @@ Both take images in [0, 1], resized to 299 x 299 (bilinear) and mapped to [-1, 1
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,21 +26,40 @@ from torch import Tensor, nn
 from ..models.weights import WeightsError, read_state_dict
 
 ExtractorFactory = Callable[[str | None], nn.Module]
-EXTRACTORS: dict[str, ExtractorFactory] = {}
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A feature extractor's record: its factory and whether it reads a local weights file."""
+
+    name: str
+    factory: ExtractorFactory
+    #: It needs ``model.inception_weights``: a job that computes FID with it must name the file.
+    needs_weights: bool = False
+
+
+EXTRACTORS: dict[str, Extractor] = {}
 
 INCEPTION_FILES = ("pt_inception-2015-12-05-6726825d.pth (pytorch-fid's release: paper-comparable FID) or "
                    "torchvision's inception_v3_google-0cc3c7bd.pth")
 
 
-def register_extractor(name: str, factory: ExtractorFactory) -> None:
-    """``factory(weights_path_or_None)`` builds the extractor: images N x 3 x H x W in [0, 1] -> N x D."""
-    EXTRACTORS[name] = factory
+def register_extractor(name: str, factory: ExtractorFactory, needs_weights: bool = False) -> ExtractorFactory:
+    """``factory(weights_path_or_None)`` builds the extractor: images N x 3 x H x W in [0, 1] -> N x D. Called
+    next to the factory's definition (built-ins) or by a plugin."""
+    EXTRACTORS[name] = Extractor(name, factory, needs_weights)
+    return factory
+
+
+def needs_weights(name: str) -> bool:
+    """Whether extractor ``name`` reads a local weights file (False for an unknown name: validation says so)."""
+    return name in EXTRACTORS and EXTRACTORS[name].needs_weights
 
 
 def build_extractor(name: str, weights: str | Path | None) -> nn.Module:
     if name not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; registered: {', '.join(sorted(EXTRACTORS))}")
-    return EXTRACTORS[name](str(weights) if weights else None).eval().requires_grad_(False)
+    return EXTRACTORS[name].factory(str(weights) if weights else None).eval().requires_grad_(False)
 
 
 def _tf_pool_branch(block: type[nn.Module], pool: Callable[[Tensor], Tensor]) -> type[nn.Module]:
@@ -120,5 +140,5 @@ def random_conv_features(weights: str | None) -> nn.Module:
     return net
 
 
-register_extractor("inception", inception_features)
+register_extractor("inception", inception_features, needs_weights=True)
 register_extractor("random_conv", random_conv_features)

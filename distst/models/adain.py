@@ -12,6 +12,7 @@ from .base import StyleTransferModel, StyleTransferSection
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .plan import Plan
 from .stats import adain, blend, per_sample_l2, style_error, style_loss
+from .stylecache import StyleCache
 from .vgg import VGGEncoder, reference_plan
 
 
@@ -31,6 +32,9 @@ class AdaINSection(StyleTransferSection):
 @registry.model(AdaINSection, weight_keys=StyleTransferModel.WEIGHT_KEYS)
 class AdaIN(StyleTransferModel):
     encoder_depth = "relu4_1"
+    # The per-channel mean and std of the style's relu4_1 features (2 x C numbers, independent of the style
+    # image's size): the transform needs nothing else.
+    style_cache = StyleCache(("style_mean", "style_std"), ("relu4_1",), stats=True)
 
     def __init__(self, cfg: AdaINSection | None = None) -> None:
         super().__init__(cfg or AdaINSection())

@@ -25,6 +25,7 @@ from .. import registry
 from ..config import Config, ModelSection, TrainConfig
 from .decoder import Decoder
 from .plan import Plan, merge_plan, scale_plan
+from .stylecache import StyleCache
 from .vgg import LAST_CONV, VGGEncoder, frozen_copy, init_encoder
 from .weights import load_checked, read_state_dict
 
@@ -248,6 +249,8 @@ class StyleTransferModel(DiststModel):
         #: The file the encoder's weights were loaded from (``init_weights`` sets it), if any.
         self.encoder_source: str | None = None
 
+    #: What an exported style side caches for the content side (``distst export``); None: every encoder tap.
+    style_cache: ClassVar[StyleCache | None] = None
     #: ``model.*`` keys naming the parts' reference weight files (their records' ``weight_keys``).
     WEIGHT_KEYS: ClassVar[tuple[str, ...]] = ("vgg_weights", "decoder_weights", "transform_weights")
 

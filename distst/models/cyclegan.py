@@ -75,7 +75,9 @@ class CycleGANSection(ModelSection):
             self.pool_crop = cfg.data.crop
         # A method that decides by the verdict (lottery tickets) decides by FID here: refuse at once what would
         # fail only after the dense level's training. Other methods (plain training, QAT) never compute FID.
-        if self._needs_fid(cfg) and self.feature_extractor == "inception" and not self.inception_weights:
+        from ..metrics import needs_weights  # metrics imports models.weights: a top-level import is a cycle
+
+        if self._needs_fid(cfg) and needs_weights(self.feature_extractor) and not self.inception_weights:
             raise ValueError(f"model.inception_weights: prune.method={cfg.prune.method} on cyclegan decides by FID, "
                              "which needs a local Inception file (pytorch-fid's "
                              "pt_inception-2015-12-05-6726825d.pth); or set model.feature_extractor=random_conv "

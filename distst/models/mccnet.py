@@ -26,6 +26,7 @@ from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .identity import IdentitySection, IdentityTrainedModel
 from .plan import Plan
 from .stats import blend, mean_variance_norm
+from .stylecache import StyleCache
 from .vgg import VGGEncoder, frozen_copy, init_encoder, reference_plan
 
 #: Keys of the official transform file that belong to the unused ``h`` conv.
@@ -98,6 +99,8 @@ class MCCNetSection(IdentitySection):
 @registry.model(MCCNetSection, weight_keys=IdentityTrainedModel.WEIGHT_KEYS)
 class MCCNet(IdentityTrainedModel):
     encoder_depth = "relu4_1"
+    # Its g conv, FC_S and fc are a small part of the style side; caching their output would split the module.
+    style_cache = StyleCache.of_taps(("relu4_1",))
     #: The frozen loss VGG's depth: content loss at relu4_1 and relu5_1, style and identity losses at all five taps.
     loss_depth = "relu5_1"
     input_multiple = 8  # the identity losses compare decoder outputs with the inputs pixel for pixel

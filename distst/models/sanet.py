@@ -16,6 +16,7 @@ from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .identity import IdentitySection, IdentityTrainedModel
 from .plan import Plan, require_equal
 from .stats import blend, mean_variance_norm
+from .stylecache import StyleCache
 from .vgg import reference_plan
 
 
@@ -69,6 +70,9 @@ class SANetSection(IdentitySection):
 @registry.model(SANetSection, weight_keys=IdentityTrainedModel.WEIGHT_KEYS)
 class SANet(IdentityTrainedModel):
     encoder_depth = "relu5_1"
+    # The attention's key/value projections (1x1 convs) stay in the content graph: under a tenth of the style
+    # side's MACs, and one definition of the attention (the model's own module).
+    style_cache = StyleCache.of_taps(("relu4_1", "relu5_1"))
     input_multiple = 16  # relu5_1 is upsampled 2x onto relu4_1: both sides must halve exactly
     min_size = 32
 
