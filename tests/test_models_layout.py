@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distst.config import model_section
-from distst.models import build, param_counts
+from distst.models import create, param_counts
 from distst.models.decoder import REFERENCE_WIDTHS as REFERENCE_DECODER_WIDTHS
 from distst.models.decoder import Decoder
 from distst.models.vgg import VGGEncoder, vgg_normalised_layers
@@ -70,16 +70,16 @@ def test_decoder_layout_equals_reference() -> None:
 
 
 def test_parameter_counts_are_exact() -> None:
-    adain = param_counts(build(model_section(name="adain")))
+    adain = param_counts(create(model_section(name="adain")))
     assert adain["encoder"] == 3_505_740 and adain["decoder"] == 3_505_219 and adain["transform"] == 0
-    sanet = build(model_section(name="sanet"))
+    sanet = create(model_section(name="sanet"))
     assert sum(p.numel() for p in sanet.transform.sanet4_1.parameters()) == 1_050_624
     assert param_counts(sanet)["transform"] == 4_461_056
     assert param_counts(sanet)["decoder"] == 3_505_219
 
 
 def test_sanet_transform_keys_follow_reference() -> None:
-    keys = set(build(model_section(name="sanet", width=0.0625)).transform.state_dict())
+    keys = set(create(model_section(name="sanet", width=0.0625)).transform.state_dict())
     for module in ("sanet4_1", "sanet5_1"):
         for conv in ("f", "g", "h", "out_conv"):
             assert {f"{module}.{conv}.weight", f"{module}.{conv}.bias"} <= keys
@@ -87,7 +87,7 @@ def test_sanet_transform_keys_follow_reference() -> None:
 
 
 def test_width_scales_hidden_channels_only() -> None:
-    model = build(model_section(name="adain", width=0.25))
+    model = create(model_section(name="adain", width=0.25))
     assert model.encoder[0].weight.shape == (3, 3, 1, 1)
     assert model.encoder[2].weight.shape == (16, 3, 3, 3)
     assert model.encoder[29].weight.shape == (128, 64, 3, 3)
@@ -96,19 +96,19 @@ def test_width_scales_hidden_channels_only() -> None:
 
 
 def test_groups_are_the_three_parts() -> None:
-    model = build(model_section(name="sanet", width=0.0625))
+    model = create(model_section(name="sanet", width=0.0625))
     assert list(model.groups()) == ["encoder", "transform", "decoder"]
     assert model.groups()["transform"] is model.transform
 
 
 def test_sanet_rejects_sizes_not_multiple_of_16() -> None:
-    model = build(model_section(name="sanet", width=0.0625))
+    model = create(model_section(name="sanet", width=0.0625))
     image = torch.rand(1, 3, 100, 100)
     with pytest.raises(ValueError, match="multiples of 16.*100x100"):
         model(image, image)
 
 
 def test_adain_accepts_any_size() -> None:
-    model = build(model_section(name="adain", width=0.0625))
+    model = create(model_section(name="adain", width=0.0625))
     out = model(torch.rand(1, 3, 40, 40), torch.rand(1, 3, 36, 52))
     assert out.shape == (1, 3, 40, 40)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distst.config import model_section
-from distst.models import build, frozen_copy
+from distst.models import create, frozen_copy
 from distst.models.stats import adain, blend, calc_mean_std, mean_variance_norm, style_error
 
 
@@ -57,7 +57,7 @@ def test_blend_alpha_zero_gives_content_back() -> None:
 
 
 def test_adain_model_alpha_zero_decodes_content_features() -> None:
-    model = build(model_section(name="adain", width=0.125)).eval()
+    model = create(model_section(name="adain", width=0.125)).eval()
     content, style = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         features = model.stylize_features(model.encoder(content), model.encoder(style), alpha=0.0)
@@ -74,7 +74,7 @@ def test_style_error_is_zero_for_identical_features_and_l2_otherwise() -> None:
 
 @pytest.mark.parametrize("name", ["adain", "sanet"])
 def test_loss_terms_and_errors_are_finite(name: str) -> None:
-    model = build(model_section(name=name, width=0.125))
+    model = create(model_section(name=name, width=0.125))
     loss_net = frozen_copy(model.encoder)
     content, style = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     terms = model.loss_terms(content, style, loss_net)
@@ -87,7 +87,7 @@ def test_loss_terms_and_errors_are_finite(name: str) -> None:
 def test_frozen_encoder_gets_no_gradient_but_trainable_does() -> None:
     content, style = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
     for setting, expect_grad in (("frozen", False), ("trainable", True)):
-        model = build(model_section(name="adain", width=0.125, encoder=setting))
+        model = create(model_section(name="adain", width=0.125, encoder=setting))
         loss_net = frozen_copy(model.encoder)
         sum(model.loss_terms(content, style, loss_net).values()).backward()
         assert (model.encoder[2].weight.grad is not None) == expect_grad
@@ -100,7 +100,7 @@ def test_identity_models_errors_through_forward_calls_equal_the_training_pass(na
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """errors() stylise through whole forward calls (so an exported graph can answer them); the numbers are
     exactly those of the training pass, which reuses the encoder's features."""
-    model = build(model_section(name=name, width=0.125)).eval()
+    model = create(model_section(name=name, width=0.125)).eval()
     loss_net = model.loss_network()
     content, style = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     with torch.no_grad():

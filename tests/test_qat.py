@@ -11,7 +11,7 @@ from helpers import StopAt, on_int8_grid, tiny_config
 from toy_models import same_weights
 
 from distst.config import ConfigError, build_config, model_section
-from distst.models import build
+from distst.models import create
 from distst.models.io import load_model, save_model
 from distst.preflight import problems
 from distst.quant import QatSection, QuantAwareTraining
@@ -58,7 +58,7 @@ def test_qat_is_a_registered_method_that_trains_the_whole_network() -> None:
 
 
 def test_qat_from_a_slimmed_model_resumes_bitwise_after_a_stop_and_saves_plain_int8_weights(tmp_path: Path) -> None:
-    slim = build(model_section(name="adain", width=0.125, plan=SLIM_ADAIN))
+    slim = create(model_section(name="adain", width=0.125, plan=SLIM_ADAIN))
     save_model(slim, tmp_path / "slim.pt")
     settings = {"prune__method": "qat", "model__init_from": str(tmp_path / "slim.pt"), "train__steps": 4,
                 "train__deterministic": "true", "train__checkpoint_every": 100, "train__eval_every": 4}
@@ -73,7 +73,8 @@ def test_qat_from_a_slimmed_model_resumes_bitwise_after_a_stop_and_saves_plain_i
     _, stopped = run(tmp_path / "resumed", 2, request)
     assert stopped.stopped and stopped.steps == 2
     saved = torch.load(tmp_path / "resumed" / "checkpoints" / "step_00000002" / "state.pt", weights_only=True)
-    observers = saved["method"]["0"]["observers"]  # the QAT method's state, checkpointed with the step
+    # The QAT method's state, checkpointed with the step (whatever key MethodList files it under).
+    observers = next(state["observers"] for state in saved["method"].values() if "observers" in state)
     assert observers and all(int(o["seen"]) > 0 and float(o["high"]) > float(o["low"]) for o in observers.values())
     resumed, result = run(tmp_path / "resumed", None, request)
     assert not result.stopped and result.steps == 4
@@ -94,7 +95,7 @@ def test_observers_follow_the_model_into_eval_mode_and_rest_during_evaluation() 
     from distst.evaluate import evaluate
 
     cfg = tiny_config(Path("unused"), prune__method="qat")
-    model = build(cfg.model)
+    model = create(cfg.model)
     qat = QuantAwareTraining(cfg.prune)
     qat.prepare_model(model, cfg)
     content, style = eval_pairs(cfg.data)

@@ -12,7 +12,7 @@ from helpers import run_distst, tiny_config, tiny_overrides, write_job
 
 from distst import registry
 from distst.config import ConfigError, model_section
-from distst.models import build
+from distst.models import create
 from distst.models.io import load_model
 from distst.preflight import problems
 from distst.track import read_metrics
@@ -34,7 +34,7 @@ def test_zero3_two_ranks_evaluate_write_a_whole_model_and_resume(tmp_path: Path)
     run_distst("train", str(job), "--nproc", "2", *tiny_overrides(out, train__steps=2, **settings), timeout=600)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
-    reference = build(model_section(name="adain", width=WIDTH))
+    reference = create(model_section(name="adain", width=WIDTH))
     model, _ = load_model(out)  # loads strictly: every tensor whole, none a partition
     assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
