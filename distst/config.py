@@ -179,8 +179,16 @@ class Config(Section):
 
     # --- derived values -------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """What defines a run's results: everything but where it is written and how it is tracked."""
-        return self.model_dump(mode="json", exclude={"run", "tracking"})
+        """What defines a run's results: everything but where it is written and how it is tracked; weight
+        files and shards by their content's sha256, not their path (moving them keeps the run's hash)."""
+        from .data.checksums import checksums  # reads files: only when an identity is asked for
+
+        tree = self.model_dump(mode="json", exclude={"run", "tracking"})
+        for key, digest in checksums(self).items():
+            if digest is not None:  # a remote or missing file: its path stands for it
+                section, name = key.split(".")
+                tree[section][name] = digest
+        return tree
 
     def config_hash(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))

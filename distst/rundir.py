@@ -11,6 +11,14 @@ subdirectories: ``distst imp`` locks the run directory once and each level's ``t
 resolved config is compared with the stored ``config.yaml``; any change is refused with the list of changed
 keys, except those in ``SAFE_ON_RESUME`` (how long to train and how often to log, evaluate and keep
 checkpoints; tracking; where the run is written), which are returned so the trainer records them.
+
+**The inputs.** Weight files, ``model.init_from`` and shards are the run's by content, not by path
+(``distst.data.checksums``): each run records their sha256 in ``inputs.json`` beside ``config.yaml``. At resume a
+path may change (the files moved to another file system): it is a safe change when the content is the same,
+and refused, naming the key, when the content differs (also under an unchanged path).
+
+``RunDir`` is what the trainer holds: the lock, the resume check, and the files it writes (``config.yaml``,
+``inputs.json``, ``summary.json``, ``model.pt``; rank 0 writes, the other ranks skip).
 """
 
 from __future__ import annotations
@@ -29,11 +37,14 @@ from typing import Any
 
 import yaml
 
+from . import atomic
 from .config import Config, ConfigError
+from .data import checksums
 from .distributed import on_main_then_shared, rank
 from .errors import UserError
 
 LOCK_FILE = ".distst-lock.json"
+INPUTS_FILE = "inputs.json"  # {key: {"path", "sha256"}} of the run's weight files and shards, beside config.yaml
 
 #: Keys that may change when a run is resumed: none of them changes what a step computes or which data it
 #: sees (a run has one data stream, continued from its position at every checkpoint, whatever the interval).
@@ -263,18 +274,57 @@ def config_changes(cfg: Config, run_dir: Path) -> dict[str, tuple[Any, Any]]:
             if old.get(key, missing) != new.get(key, missing) and (key in old or key in set_keys)}
 
 
+def _recorded_inputs(run_dir: Path) -> dict[str, Any]:
+    """``inputs.json`` beside the stored config (empty for a run from before it was written)."""
+    stored = stored_config(run_dir)
+    try:
+        recorded = json.loads((stored.parent / INPUTS_FILE).read_text()) if stored is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def input_verdicts(cfg: Config, run_dir: Path, changes: dict[str, tuple[Any, Any]]
+                   ) -> tuple[set[str], dict[str, str]]:
+    """(path keys in ``changes`` whose files hold what they held: moved, safe), and ``{key: why}`` for each
+    path key whose content differs from the run's, under a changed path or the same one."""
+    recorded = _recorded_inputs(run_dir)
+    moved: set[str] = set()
+    differ: dict[str, str] = {}
+    for key, value in checksums.input_paths(cfg).items():
+        now = checksums.checksum(key, value)
+        entry = recorded.get(key)
+        before = entry.get("sha256") if isinstance(entry, dict) else None
+        if before is None and key in changes and isinstance(changes[key][0], str):
+            before = checksums.checksum(key, changes[key][0])  # an older run: its files, if still there
+        if now is None or before is None:
+            continue  # nothing to compare: the paths decide
+        if now == before:
+            if key in changes:
+                moved.add(key)
+        else:
+            differ[key] = (f"{key} (the content of {value} differs from the run's: sha256 "
+                           f"{before.removeprefix(checksums.PREFIX)[:12]} -> {now.removeprefix(checksums.PREFIX)[:12]})")
+    return moved, differ
+
+
 def check_resume(cfg: Config, run_dir: Path) -> dict[str, tuple[Any, Any]]:
-    """Refuse a config that differs from the stored one in anything but ``SAFE_ON_RESUME`` keys (one line
-    listing them); returns the safe changes, for the record. Rank 0 reads, every rank gets the outcome."""
+    """Refuse a config that differs from the stored one in anything but ``SAFE_ON_RESUME`` keys, or input files
+    of other content (one line listing them); returns the safe changes (moved files included), for the
+    record. Rank 0 reads, every rank gets the outcome."""
 
     def decide() -> dict[str, tuple[Any, Any]]:
         changes = config_changes(cfg, run_dir)
-        refused = [f"{k} ({old!r} -> {new!r})" for k, (old, new) in changes.items() if not safe_on_resume(k)]
+        resumable = stored_config(run_dir) is not None and _resumable(run_dir)
+        moved, differ = input_verdicts(cfg, run_dir, changes) if resumable else (set(), {})
+        refused = [f"{k} ({old!r} -> {new!r})" for k, (old, new) in changes.items()
+                   if not safe_on_resume(k) and k not in moved and k not in differ]
+        refused += differ.values()
         if refused:
             raise ConfigError(
                 f"{run_dir} holds a run of another config; changed: {', '.join(refused)}. Only "
-                f"{', '.join(SAFE_ON_RESUME)} may change on resume: choose another run.out_dir (the default one "
-                f"is per config) or move {run_dir} away")
+                f"{', '.join(SAFE_ON_RESUME)} and the paths of files with the same content may change on resume: "
+                f"choose another run.out_dir (the default one is per config) or move {run_dir} away")
         return changes
 
     return on_main_then_shared(decide)
@@ -283,3 +333,46 @@ def check_resume(cfg: Config, run_dir: Path) -> dict[str, tuple[Any, Any]]:
 def change_record(changes: dict[str, tuple[Any, Any]]) -> dict[str, Any]:
     """The ``metrics.jsonl`` row of safe changes at a resume: ``{'config_changed': {key: {'from', 'to'}}}``."""
     return {"config_changed": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}
+
+
+# --- the run directory the trainer holds --------------------------------------------------------------------
+
+class RunDir:
+    """One run's directory: its lock, the check that a resume continues the same run, and the files a run
+    writes there. Writing methods write on rank 0 only (every rank may call them)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the lock for the block (see ``exclusive``)."""
+        return exclusive(self.path)
+
+    def check_resume(self, cfg: Config) -> dict[str, tuple[Any, Any]]:
+        """Refuse another run's config or other input files; returns the safe changes (``check_resume``)."""
+        return check_resume(cfg, self.path)
+
+    def write_config(self, cfg: Config) -> None:
+        """``config.yaml`` (the resolved config, paths as given) and ``inputs.json`` (their content's sha256)."""
+        if rank() != 0:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(cfg.to_yaml())
+        recorded = {key: {"path": value, "sha256": checksums.checksum(key, value)}
+                    for key, value in checksums.input_paths(cfg).items()}
+        atomic.write_json(self.path / INPUTS_FILE, recorded, indent=1)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if rank() == 0:
+            atomic.write_json(self.path / "summary.json", summary)
+
+    def write_model(self, model: Any, state: dict[str, Any]) -> None:
+        """``model.pt``: ``model``'s plan and section with ``state`` (its weights)."""
+        if rank() == 0:
+            from .models.io import save_model  # torch: only when a model is written, the CLI starts light
+
+            save_model(model, self.path / "model.pt", state=state)

@@ -182,13 +182,15 @@ class _BatchSource:
             self.epoch = self.start["epoch"]  # the seeds of workers that had not yet yielded a batch
         self._begin()
 
-    def _fingerprint(self) -> int:
-        """What a saved position depends on: another value here makes it meaningless."""
-        return derive_seed("position", self.cfg.seed, self.rank, self.world_size, self.cfg.workers,
-                           sorted(self.urls.items()))
+    def _fingerprint(self, full_urls: bool = False) -> int:
+        """What a saved position depends on: another value here makes it meaningless. The shards by file name:
+        a run resumed after its shards moved (same content: the resume check compares checksums) continues its
+        stream; ``full_urls``: the fingerprint of positions saved before that."""
+        urls = {k: v if full_urls else tuple(u.rsplit("/", 1)[-1] for u in v) for k, v in self.urls.items()}
+        return derive_seed("position", self.cfg.seed, self.rank, self.world_size, self.cfg.workers, sorted(urls.items()))
 
     def _usable(self, position: dict[str, Any] | None) -> dict[str, Any] | None:
-        if position is None or position.get("fits") == self._fingerprint():
+        if position is None or position.get("fits") in (self._fingerprint(), self._fingerprint(full_urls=True)):
             return position
         warnings.warn("the saved data position was made with other data settings (seed, shards, workers or "
                       "world size); the data stream restarts, re-seeded", RuntimeWarning, stacklevel=3)

@@ -11,6 +11,13 @@ Before a resume the newest checkpoint is checked (manifest, sizes, every torch f
 files loaded); a damaged one is reported by name and file and the next older one is used (the last
 ``train.keep_checkpoints`` are kept for this). A checkpoint that passes the checks but that DeepSpeed still
 cannot load falls back the same way. Only when none is usable does the run stop, with one line.
+
+``Checkpointer`` is what the loop holds: given the engines (saved through DeepSpeed's own
+``save_checkpoint``/``load_checkpoint``) and named ``Stateful`` objects (anything with ``state_dict`` /
+``load_state_dict``: the method, the data position, the model's rank state), it saves them all and its
+``load()`` returns what it restored (``Restored``: the checkpoint, its step, the names) rather than leaving
+callers to ask afterwards which checkpoint a fallback chose. Shared objects live in ``state.pt`` (rank 0's),
+per-rank ones beside each rank's RNG in ``rng_rank<r>.pt``, under their names: the files are those of before.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import shutil
 import sys
 import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -37,11 +45,6 @@ MANIFEST = "manifest.json"
 STATE_FILE = "state.pt"
 STAGING_SUFFIX = ".tmp"
 MANIFEST_FORMAT = 1
-
-# Which checkpoint ``load`` really restored when it fell back from the one it was given, so that callers who
-# read more of the checkpoint afterwards by its path (``load_rank_extra``) read the same one.
-_loaded_instead: dict[Path, Path] = {}
-
 
 class CheckpointError(DiststError, RuntimeError):
     """No checkpoint of a run can be resumed from, or one cannot be written; the message names the file.
@@ -84,7 +87,7 @@ def save(engines: Mapping[str, Any], root: Path, step: int, state: dict[str, Any
          keep: int, rank_extra: Mapping[str, Any] | None = None) -> Path:
     """Write checkpoint ``step`` of every stage's engine from every rank (collective); returns its directory.
 
-    ``rank_extra``: this rank's own state (e.g. its data position), stored with its RNG; read back by ``load_rank_extra``.
+    ``rank_extra``: this rank's own state (e.g. its data position), stored with its RNG; ``load`` returns it.
     """
     final = root / tag_for(step)
     staging = root / (tag_for(step) + STAGING_SUFFIX)
@@ -263,25 +266,33 @@ def latest(root: Path) -> Path | None:
     return on_main_then_shared(choose)
 
 
-def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: bool = True) -> dict[str, Any]:
-    """Restore every stage's engine (module, optimizer, scheduler) and this rank's RNG; returns the loop state.
+@dataclass
+class Loaded:
+    """What ``load`` restored: the checkpoint (an older one when it fell back), its loop state (``state.pt``) and
+    this rank's own state (``rank_extra`` of ``save``, RNG keys left out), all from that one checkpoint."""
+
+    path: Path
+    state: dict[str, Any]
+    rank_extra: dict[str, Any]
+
+
+def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: bool = True) -> Loaded:
+    """Restore every stage's engine (module, optimizer, scheduler) and this rank's RNG; returns what it loaded.
 
     If any rank cannot load ``path`` (DeepSpeed or torch fail on a file the checks could not fault), every
-    rank moves on to the next older usable checkpoint, so the returned state's ``step`` may be earlier than
+    rank moves on to the next older usable checkpoint, so the returned ``path`` and step may be earlier than
     ``path``'s. Collective. Raises ``CheckpointError`` when none loads.
     """
     _check_world_size(path, info)
     reasons: list[str] = []
     candidate: Path | None = path
     while candidate is not None:
-        state, error = _try_load(engines, candidate, info)
+        loaded, error = _try_load(engines, candidate, info)
         errors = _gather(error)
-        if not any(errors):
-            if candidate != path:
-                _loaded_instead[path] = candidate
-                if info.is_main:
-                    _say(f"resuming from {candidate.name} instead of {path.name}")
-            return state
+        if loaded is not None and not any(errors):
+            if candidate != path and info.is_main:
+                _say(f"resuming from {candidate.name} instead of {path.name}")
+            return loaded
         reason = "; ".join(f"rank {rank}: {text}" for rank, text in enumerate(errors) if text)
         if info.is_main:
             _say(f"checkpoint {candidate} cannot be loaded ({reason}); trying the one before it")
@@ -293,36 +304,24 @@ def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: b
     raise CheckpointError(_none_usable(path.parent, reasons))
 
 
-def _try_load(engines: Mapping[str, Any], path: Path, info: DistInfo) -> tuple[dict[str, Any], str | None]:
-    """Load ``path`` on this rank; returns (state, None) or ({}, what failed, naming the files)."""
+def _try_load(engines: Mapping[str, Any], path: Path, info: DistInfo) -> tuple[Loaded | None, str | None]:
+    """Load ``path`` on this rank; returns (what it loaded, None) or (None, what failed, naming the files)."""
     for stage, engine in engines.items():
         try:
             load_path, _ = engine.load_checkpoint(str(path), tag=stage, load_optimizer_states=True,
                                                   load_lr_scheduler_states=True)
         except Exception as err:  # noqa: BLE001 - DeepSpeed raises anything from AssertionError to KeyError
-            return {}, f"DeepSpeed cannot load {_stage_files(path, stage)}: {_first_line(err)}"
+            return None, f"DeepSpeed cannot load {_stage_files(path, stage)}: {_first_line(err)}"
         if load_path is None:
-            return {}, f"DeepSpeed found no checkpoint in {_stage_files(path, stage)}"
+            return None, f"DeepSpeed found no checkpoint in {_stage_files(path, stage)}"
     rng_file = path / f"rng_rank{info.rank}.pt"
     try:
-        set_rng_state(torch.load(rng_file, weights_only=True))
-        return torch.load(path / STATE_FILE, weights_only=True), None
+        own = torch.load(rng_file, weights_only=True)
+        set_rng_state(own)
+        state = torch.load(path / STATE_FILE, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        return {}, f"cannot load {rng_file.name} or {STATE_FILE}: {_first_line(err)}"
-
-
-def loaded(path: Path) -> Path:
-    """The checkpoint ``load(engines, path, ...)`` actually restored: ``path``, or the older one it fell back to."""
-    return _loaded_instead.get(path, path)
-
-
-def load_rank_extra(path: Path, rank: int) -> dict[str, Any]:
-    """The ``rank_extra`` that ``save`` stored for ``rank`` in checkpoint ``path`` (its RNG keys left out).
-
-    After ``load`` fell back from ``path`` to an older checkpoint, this reads the older one: the one restored.
-    """
-    saved = torch.load(loaded(path) / f"rng_rank{rank}.pt", weights_only=True)
-    return {k: v for k, v in saved.items() if k not in RNG_KEYS}
+        return None, f"cannot load {rng_file.name} or {STATE_FILE}: {_first_line(err)}"
+    return Loaded(path, state, {k: v for k, v in own.items() if k not in RNG_KEYS}), None
 
 
 def _stage_files(path: Path, stage: str) -> str:
@@ -363,3 +362,69 @@ def _everywhere_or_raise(work: Callable[[], None], what: str) -> None:
     failures = [text for text in _gather(error) if text]
     if failures:
         raise CheckpointError(failures[0])
+
+
+# --- the checkpointer the loop holds ------------------------------------------------------------------------
+
+@runtime_checkable
+class Stateful(Protocol):
+    """What the checkpointer saves by name: torch's (and torchtitan's) ``state_dict`` / ``load_state_dict``."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+@dataclass
+class Restored:
+    """What ``Checkpointer.load`` restored: the checkpoint (an older one if the newest could not be loaded),
+    its step, the loop state saved with it, and the names of the stateful objects found in it (a checkpoint
+    from an older distst may lack some: those keep their fresh state)."""
+
+    path: Path
+    step: int
+    state: dict[str, Any]
+    names: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Checkpointer:
+    """Saves and restores a run's engines and named ``Stateful`` objects under ``root`` (``checkpoints/``).
+
+    ``shared``: one state for the run, saved by rank 0 into ``state.pt`` (the method). ``per_rank``: each rank's
+    own, saved beside its RNG (the data position, the model's rank state). Every rank's RNG is always saved.
+    """
+
+    def __init__(self, root: Path, info: DistInfo, engines: Mapping[str, Any], *,
+                 shared: Mapping[str, Stateful] | None = None, per_rank: Mapping[str, Stateful] | None = None,
+                 keep: int = 2) -> None:
+        self.root, self.info, self.engines, self.keep = root, info, engines, keep
+        self.shared, self.per_rank = dict(shared or {}), dict(per_rank or {})
+        clash = (self.shared.keys() & self.per_rank.keys()) | (self.per_rank.keys() & set(RNG_KEYS))
+        if clash:  # they would overwrite each other in the files
+            raise ValueError(f"checkpointer: names used twice: {sorted(clash)}")
+
+    def save(self, step: int, loop_state: Mapping[str, Any]) -> Path:
+        """Write checkpoint ``step`` (collective); ``loop_state``: what the loop itself resumes (timings)."""
+        reserved = loop_state.keys() & self.shared.keys()
+        if reserved:
+            raise ValueError(f"checkpointer: loop state keys {sorted(reserved)} are names of stateful objects")
+        # Every object's state is taken before DeepSpeed writes, as the loop always did.
+        state = {**loop_state, "step": step, **{name: obj.state_dict() for name, obj in self.shared.items()}}
+        extra = {name: obj.state_dict() for name, obj in self.per_rank.items()}
+        return save(self.engines, self.root, step, state, self.info, self.keep, rank_extra=extra)
+
+    def load(self) -> Restored | None:
+        """Restore the newest usable checkpoint into the engines, the RNG and every named object (collective);
+        None for a fresh start. Raises ``CheckpointError`` when there are checkpoints but none loads."""
+        newest = latest(self.root)
+        if newest is None:
+            return None
+        loaded = load(self.engines, newest, self.info)
+        names = []
+        for table, saved in ((self.shared, loaded.state), (self.per_rank, loaded.rank_extra)):
+            for name, obj in table.items():
+                if name in saved:
+                    obj.load_state_dict(saved[name])
+                    names.append(name)
+        loop_state = {k: v for k, v in loaded.state.items() if k not in self.shared}
+        return Restored(loaded.path, int(loop_state["step"]), loop_state, tuple(names))

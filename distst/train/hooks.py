@@ -26,6 +26,7 @@ from torch import nn
 
 from ..config import Config
 from ..models import DiststModel
+from .checkpoint import CheckpointError
 from .engine import DistInfo
 
 
@@ -85,10 +86,22 @@ class GradientAccess:
 
 
 class Method:
-    """Base class of compression methods. Override what the method needs."""
+    """Base class of compression methods. Override what the method needs.
+
+    ``name`` (the class name unless a subclass or the caller sets another) keys the method's state in a
+    checkpoint when it runs in a ``MethodList``: two methods of one list need different names.
+    """
 
     #: Methods that edit weights in place (masks) cannot run under ZeRO-3, whose parameters are partitioned.
     needs_full_parameters: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.__dict__.get("_name") or type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.__dict__["_name"] = value
 
     def prepare_model(self, model: DiststModel, cfg: Config) -> None:
         """Before DeepSpeed is initialised: add parameters or modules the optimizer must see."""
@@ -125,11 +138,19 @@ class Method:
 
 
 class MethodList(Method):
-    """Several methods applied together, in order."""
+    """Several methods applied together, in order; their state is checkpointed by name, so the order may change
+    between a save and a resume, but not the names."""
 
-    def __init__(self, methods: list[Method]) -> None:
+    def __init__(self, methods: list[Method], name: str | None = None) -> None:
+        names = [m.name for m in methods]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # their states would share one key in the checkpoint
+            raise ValueError(f"MethodList: methods named {', '.join(twice)} more than once; give each its own "
+                             "name (method.name = ...)")
         self.methods = methods
         self.needs_full_parameters = any(m.needs_full_parameters for m in methods)
+        if name is not None:
+            self.name = name
 
     def prepare_model(self, model: DiststModel, cfg: Config) -> None:
         for m in self.methods:
@@ -143,7 +164,15 @@ class MethodList(Method):
             m.on_train_start(ctx)
 
     def extra_losses(self, ctx: TrainContext, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        return {k: v for m in self.methods for k, v in m.extra_losses(ctx, inputs).items()}
+        losses: dict[str, torch.Tensor] = {}
+        owner: dict[str, str] = {}
+        for m in self.methods:
+            for key, value in m.extra_losses(ctx, inputs).items():
+                if key in losses:  # one would silently replace the other in the loss and the log
+                    raise ValueError(f"methods {owner[key]} and {m.name} both return an extra loss named {key!r}; "
+                                     "rename one")
+                losses[key], owner[key] = value, m.name
+        return losses
 
     def edit_gradients(self, ctx: TrainContext, stage: str, grads: GradientAccess) -> None:
         for m in self.methods:
@@ -162,8 +191,20 @@ class MethodList(Method):
             m.on_train_end(ctx)
 
     def state_dict(self) -> dict[str, Any]:
-        return {str(i): m.state_dict() for i, m in enumerate(self.methods)}
+        return {m.name: m.state_dict() for m in self.methods}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for i, m in enumerate(self.methods):
-            m.load_state_dict(state.get(str(i), {}))
+        ours = {m.name: m for m in self.methods}
+        if state and all(k.isdigit() for k in state) and len(state) == len(ours):
+            state = dict(zip(ours, (state[str(i)] for i in range(len(ours))), strict=True))  # saved by position
+        # A method with state on one side only would silently start over (or drop what was saved): refuse.
+        lost = sorted(k for k, v in state.items() if v and k not in ours)
+        missing = sorted(k for k, m in ours.items() if k not in state and m.state_dict())
+        if lost or missing:
+            raise CheckpointError(
+                f"the checkpoint holds the state of methods {sorted(state)}, this run's are {sorted(ours)}"
+                + (f"; no method here for {', '.join(lost)}" if lost else "")
+                + (f"; nothing saved for {', '.join(missing)}" if missing else "")
+                + ": resume with the methods (names) that saved it, or move the run directory away")
+        for key, m in ours.items():
+            m.load_state_dict(state.get(key, {}))

@@ -12,7 +12,8 @@ a Tune trial or a test sets its own) and checkpoints and returns at the next ste
 Resume is bitwise on the CPU: a run has one data stream whatever ``checkpoint_every``, every rank saves its
 stream's position with each checkpoint and a resumed run continues it (see ``distst.data.loader``), so it sees
 exactly the batches an uninterrupted one does; every engine, the RNG of every rank and the method state are
-restored.
+restored. One ``Checkpointer`` holds what is saved, by name (``checkpoint.py``); one ``RunDir`` holds the lock,
+the resume check and the files written beside the checkpoints (``distst.rundir``).
 """
 
 from __future__ import annotations
@@ -28,18 +29,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .. import atomic, registry, rundir
-from ..config import Config, ConfigError
+from .. import registry, rundir
+from ..config import Config, ConfigError, ModelSection
 from ..data import TrainStream, eval_pairs
 from ..evaluate import evaluate, fp32_view, gathered, stylized_grid
 from ..masters import fp32_state_dict, use_fp32_masters
 from ..models import DiststModel, Stage, build
-from ..models.io import read_model_file, save_model
+from ..models.io import read_model_file
 from ..models.plan import plan_differences
 from ..models.weights import load_checked
 from ..stop import PROCESS, StopRequest
 from ..track import Tracker
-from . import checkpoint, divergence
+from . import divergence
+from .checkpoint import Checkpointer, Restored
 from .engine import DistInfo, check_deterministic, initialize, resolve_precision, setup_distributed
 from .hooks import GradientAccess, Method, StepInputs, TrainContext
 
@@ -64,23 +66,48 @@ def _step_outcome(terms_sum: dict[str, torch.Tensor], accumulation: int, request
     return dict(zip(terms_sum, means, strict=True)), diverged > 0, stop > 0
 
 
-_DATA_KEY = "data_position"  # the data position's key in each rank's checkpoint.save(rank_extra=...)
-_MODEL_KEY = "model_rank_state"  # the model's rank_state() there (DeepSpeed saves rank 0's module only)
+class _DataPosition:
+    """The data stream's position as a checkpointed object (``data_position``, per rank): restored before the
+    stream exists, which then starts from it; saved from the running stream."""
+
+    def __init__(self) -> None:
+        self.stream: TrainStream | None = None
+        self.restored: Any = None
+
+    def state_dict(self) -> Any:
+        assert self.stream is not None, "saved before the stream started"
+        return self.stream.position()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.restored = state
 
 
-def _batches(cfg: Config, info: DistInfo, rank_extra: dict[str, Any] | None, step: int
-             ) -> tuple[TrainStream, Iterator[tuple[tuple[torch.Tensor, ...], dict]]]:
-    """The run's data stream, continued from this rank's position in the resumed checkpoint's ``rank_extra``
-    (None: a fresh run), and its micro-batches.
+class _RankState:
+    """The model's ``rank_state()`` as a checkpointed object (``model_rank_state``, per rank): DeepSpeed saves
+    rank 0's module only."""
 
-    One stream for the whole run, so the data order does not depend on ``train.checkpoint_every``; save
-    ``stream.position()`` with every checkpoint (``_DATA_KEY`` of the rank's extra state).
+    def __init__(self, model: DiststModel) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.rank_state().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_rank_state(state)
+
+
+def _batches(cfg: Config, info: DistInfo, data: _DataPosition, restored: Restored | None
+             ) -> Iterator[tuple[tuple[torch.Tensor, ...], dict]]:
+    """The run's micro-batches, continued from this rank's restored position (a fresh run: from the start).
+
+    One stream for the whole run, so the data order does not depend on ``train.checkpoint_every``; ``data``
+    saves its position with every checkpoint.
     """
-    position = rank_extra.get(_DATA_KEY) if rank_extra is not None else None
     # A checkpoint from before data positions were saved: a stream of its own, not a replay of the first batches.
-    epoch = step if rank_extra is not None and position is None else 0
-    stream = TrainStream(cfg.data, rank=info.rank, world_size=info.world_size, epoch=epoch, position=position)
-    return stream, ((batch, stream.counters) for batch in stream)
+    epoch = restored.step if restored is not None and "data_position" not in restored.names else 0
+    stream = TrainStream(cfg.data, rank=info.rank, world_size=info.world_size, epoch=epoch, position=data.restored)
+    data.stream = stream
+    return ((batch, stream.counters) for batch in stream)
 
 
 def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -90,13 +117,22 @@ def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[s
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, tensor.tolist(), strict=True)}
 
 
-def with_init_plan(cfg: Config) -> Config:
+InitFile = tuple[ModelSection, dict[str, torch.Tensor]]  # a model file's section and weights (read_model_file)
+
+
+def read_init(cfg: Config) -> InitFile | None:
+    """``model.init_from``'s section and weights, or None: read once per ``train()``, which plans and loads from it."""
+    return read_model_file(cfg.model.init_from) if cfg.model.init_from else None
+
+
+def with_init_plan(cfg: Config, init: InitFile | None = None) -> Config:
     """``cfg`` with ``model.plan`` taken from ``model.init_from`` (the layers that differ from the default), so the
-    run's resolved config records the architecture it trains; a conflicting explicit plan is refused."""
+    run's resolved config records the architecture it trains; a conflicting explicit plan is refused.
+    ``init``: the file as ``read_init`` read it (default: read it here)."""
     source = cfg.model.init_from
     if not source:
         return cfg
-    saved, _ = read_model_file(source)
+    saved, _ = init if init is not None else read_model_file(source)
     if saved.name != cfg.model.name:
         raise ConfigError(f"model.init_from={source} holds a {saved.name} model, but model.name={cfg.model.name}")
     model_class = type(cfg.model).model_class
@@ -107,13 +143,15 @@ def with_init_plan(cfg: Config) -> Config:
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"plan": plan or None})})
 
 
-def build_for_training(cfg: Config, init_state: dict[str, torch.Tensor] | None = None
+def build_for_training(cfg: Config, init_state: dict[str, torch.Tensor] | None = None, init: InitFile | None = None
                        ) -> tuple[DiststModel, torch.nn.Module | None]:
     """The model to train and its loss network: from the config's plan, then the weights of
-    ``model.init_from`` (a model file) and ``init_state`` (rewound weights) if given."""
+    ``model.init_from`` (a model file; ``init``: as ``read_init`` read it) and ``init_state`` (rewound weights)."""
     model = build(cfg.model, part_weights=not cfg.model.init_from)  # the file's weights replace them
     loss_net = model.loss_network()  # from pretrained (or initial) weights, before any loading or rewinding
-    start_state = read_model_file(cfg.model.init_from)[1] if cfg.model.init_from else None
+    if init is None and cfg.model.init_from:
+        init = read_init(cfg)
+    start_state = init[1] if init is not None else None
     for state, source in ((start_state, cfg.model.init_from), (init_state, "the initial state")):
         if state is not None:
             load_checked(model, state, str(source))
@@ -153,18 +191,21 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     a config that differs from the stored one in more than the keys safe to change is refused.
     """
     setup_distributed()  # the lock and the config check are decided on rank 0 and shared
-    with rundir.exclusive(workdir):
-        changes = rundir.check_resume(with_init_plan(cfg), workdir)
-        return _train(cfg, workdir, method, init_state=init_state, run_name=run_name, run_group=run_group,
+    run_dir = rundir.RunDir(workdir)
+    with run_dir.locked():
+        init = read_init(cfg)  # the one read of model.init_from: its plan here, its weights in the model
+        cfg = with_init_plan(cfg, init)
+        changes = run_dir.check_resume(cfg)
+        return _train(cfg, run_dir, method, init=init, init_state=init_state, run_name=run_name, run_group=run_group,
                       stop=stop, config_changes=changes)
 
 
-def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dict[str, torch.Tensor] | None,
-           run_name: str | None, run_group: str | None, stop: StopRequest | None,
-           config_changes: dict[str, tuple[Any, Any]]) -> TrainResult:
+def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: InitFile | None,
+           init_state: dict[str, torch.Tensor] | None, run_name: str | None, run_group: str | None,
+           stop: StopRequest | None, config_changes: dict[str, tuple[Any, Any]]) -> TrainResult:
     method = method or Method()
     request = stop or PROCESS
-    cfg = with_init_plan(cfg)
+    workdir = run_dir.path
     info = setup_distributed()
     if zero3 := registry.method_record(cfg.prune.method).zero3_problem(cfg.deepspeed.zero_stage):  # = preflight's
         raise ConfigError(zero3)
@@ -172,7 +213,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     torch.manual_seed(cfg.train.seed)
 
-    model, loss_net = build_for_training(cfg, init_state)
+    model, loss_net = build_for_training(cfg, init_state, init)
     method.prepare_model(model, cfg)
     model.to(info.device)
     stages = _start_stages(cfg, model, info)
@@ -185,18 +226,16 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
     weights = model.loss_weights()
     prefix = len(stages) > 1  # several stages log as "<stage>/<term>"
 
-    ckpt_root = workdir / "checkpoints"
-    resume_from = checkpoint.latest(ckpt_root)
-    state: dict[str, Any] = {"step": 0, "train_s": 0.0, "images": 0, "wall_s": 0.0}
-    rank_extra: dict[str, Any] | None = None  # this rank's own part of the resumed checkpoint
-    if resume_from is not None:
-        state = checkpoint.load(engines, resume_from, info)
-        resume_from = checkpoint.loaded(resume_from)  # an older one, if the newest could not be loaded
-        method.load_state_dict(state.get("method", {}))
-        rank_extra = checkpoint.load_rank_extra(resume_from, info.rank)
-        if _MODEL_KEY in rank_extra:  # else a checkpoint from before rank states were saved: rank 0's
-            model.load_rank_state(rank_extra[_MODEL_KEY])
-    step = int(state["step"])
+    data = _DataPosition()
+    # The names are those of the files' keys (state.pt; rng_rank<r>.pt): checkpoints of earlier versions load.
+    checkpointer = Checkpointer(run_dir.checkpoints, info, engines, shared={"method": method},
+                                per_rank={"data_position": data, "model_rank_state": _RankState(model)},
+                                keep=cfg.train.keep_checkpoints)
+    restored = checkpointer.load()  # a checkpoint without a model rank state (older): rank 0's, in the module
+    state: dict[str, Any] = {"train_s": 0.0, "images": 0, "wall_s": 0.0}
+    if restored is not None:
+        state = {k: v for k, v in restored.state.items() if k != "step"}
+    step = restored.step if restored is not None else 0
     ctx = TrainContext(cfg=cfg, model=model, workdir=workdir, dist=info, step=step, engines=engines,
                        loss_net=loss_net)
     model.features.want(method.feature_requests(), model)
@@ -204,15 +243,13 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
 
     # Read before anything is written: a data problem must leave no config.yaml or metrics.jsonl behind.
     eval_content, eval_style = (t.to(info.device, torch.float32) for t in eval_pairs(cfg.data))
-    if info.is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.yaml").write_text(cfg.to_yaml())
+    run_dir.write_config(cfg)
     tracker = Tracker(cfg.tracking, workdir, config=cfg.model_dump(mode="json"), name=run_name or workdir.name,
-                      group=run_group, enabled=info.is_main, resume_step=step if resume_from else None)
-    if config_changes and resume_from is not None and tracker.metrics is not None:
+                      group=run_group, enabled=info.is_main, resume_step=step if restored else None)
+    if config_changes and restored is not None and tracker.metrics is not None:
         tracker.metrics.write({"step": step, **rundir.change_record(config_changes)})  # keys safe to change
-    if info.is_main and resume_from is not None:
-        tqdm.write(f"resuming {workdir} from {resume_from.name}")
+    if info.is_main and restored is not None:
+        tqdm.write(f"resuming {workdir} from {restored.path.name}")
 
     started = time.perf_counter()
     stopped = False
@@ -224,11 +261,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
 
     def save_checkpoint() -> None:
         divergence.check_parameters(model.parameters(), step, workdir, info.device)  # never save NaN weights
-        saved = {**state, "step": step, "wall_s": earlier_wall_s + time.perf_counter() - started,
-                 "method": method.state_dict()}
-        checkpoint.save(engines, ckpt_root, step, saved, info, cfg.train.keep_checkpoints,
-                        rank_extra={_DATA_KEY: stream.position(),
-                                    _MODEL_KEY: {k: v.detach().cpu() for k, v in model.rank_state().items()}})
+        checkpointer.save(step, {**state, "wall_s": earlier_wall_s + time.perf_counter() - started})
 
     def run_evaluation() -> dict[str, float]:
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
@@ -243,6 +276,9 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
         for run in stages:
             terms = model.stage_losses(run.spec.name, batch, loss_net)
             extra = method.extra_losses(ctx, StepInputs(run.spec.name, batch, model.features.take()))
+            if extra.keys() & terms.keys():  # the log would show one under the other's name
+                raise ValueError(f"the method's extra losses {sorted(extra.keys() & terms.keys())} have the names "
+                                 f"of the model's loss terms; rename them")
             loss = sum(weights[k] * v for k, v in terms.items()) + sum(extra.values())
             run.engine.backward(loss)
             if run.engine.is_gradient_accumulation_boundary():
@@ -253,7 +289,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
                 value = value.detach().float()  # summed on the device: read once per step (_step_outcome)
                 terms_sum[key] = terms_sum[key] + value if key in terms_sum else value
 
-    stream, batches = _batches(cfg, info, rank_extra, step)
+    batches = _batches(cfg, info, data, restored)
     accumulation = cfg.deepspeed.gradient_accumulation_steps
     while step < cfg.train.steps:
         tick = time.perf_counter()
@@ -308,7 +344,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
         in_module = use_fp32_masters(model)
         method.on_train_end(ctx)
         wall_s = earlier_wall_s + time.perf_counter() - started
-        summary = _finish(workdir, model, info, state, last_eval, wall_s, step, masters_in_module=in_module,
+        summary = _finish(run_dir, model, info, state, last_eval, wall_s, step, masters_in_module=in_module,
                           precision={"precision": resolve_precision(cfg, info.device),
                                      "communication_dtype": cfg.deepspeed.communication_dtype})
         tracker.summary(summary["final"])
@@ -319,7 +355,7 @@ def _train(cfg: Config, workdir: Path, method: Method | None, *, init_state: dic
     return TrainResult(steps=step, stopped=stopped, summary=summary)
 
 
-def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, Any], final: dict[str, float],
+def _finish(run_dir: rundir.RunDir, model: DiststModel, info: DistInfo, state: dict[str, Any], final: dict[str, float],
             wall_s: float, step: int, masters_in_module: bool, precision: dict[str, str]) -> dict[str, Any]:
     """Write ``model.pt`` and ``summary.json`` (rank 0); returns the summary. Under ZeRO-3 the parameters are
     gathered first (collective), so counts and the model file are of whole tensors."""
@@ -331,8 +367,7 @@ def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, 
         # The module itself once it holds the masters (a method may have folded into it since); ZeRO-3's
         # gathered masters otherwise (collective).
         weights = model.state_dict() if masters_in_module else fp32_state_dict(model)
-        if info.is_main:
-            save_model(model, workdir / "model.pt", state=weights)
+        run_dir.write_model(model, weights)
     summary = {
         "steps": step,
         "final": final,
@@ -344,7 +379,6 @@ def _finish(workdir: Path, model: DiststModel, info: DistInfo, state: dict[str, 
         **precision,
         "model_file": "model.pt",
     }
-    if info.is_main:
-        atomic.write_json(workdir / "summary.json", summary)
+    run_dir.write_summary(summary)
     dist.barrier()
     return summary
