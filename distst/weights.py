@@ -1,4 +1,7 @@
-"""Loading weight files safely (``weights_only=True``) with errors that name the mismatching keys."""
+"""Loading weight files safely (``weights_only=True``) with errors that name the mismatching keys.
+
+A bottom floor: models, metrics (the Inception file) and the trainer read weights through it, so metrics need
+not import models (which import metrics)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import DiststError
+from .errors import DiststError
 
 
 class WeightsError(DiststError, ValueError):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.weights import WeightsError, read_state_dict
+from ..weights import WeightsError, load_checked, read_state_dict
 
 ExtractorFactory = Callable[[str | None], nn.Module]
 
@@ -122,8 +122,6 @@ def inception_features(weights: str | None) -> nn.Module:
         raise WeightsError(f"{weights} is not an Inception v3 state dict (no fc.weight with 1008 or 1000 classes); "
                            f"expected {INCEPTION_FILES}")
     network = inception_network(tf_fid=classes[0] == 1008)
-    from ..models.weights import load_checked
-
     load_checked(network, state, str(weights))
     return InceptionFeatures(network)
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .. import registry
 from ..config import ModelSection
+from ..weights import WeightsError, load_checked
 from .adain import AdaIN, AdaINSection
 from .base import DiststModel, FeatureRecorder, Stage, StyleTransferModel, StyleTransferSection
 from .cyclegan import CycleGAN
@@ -16,7 +17,6 @@ from .mccnet import MCCNet
 from .plan import Plan, PlanError
 from .sanet import SANet, SANetSection
 from .vgg import VGGEncoder, frozen_copy, init_encoder, random_features_init
-from .weights import WeightsError, load_checked
 
 
 def model_class(name: str) -> type[DiststModel]:

@@ -23,11 +23,11 @@ from torch import Tensor, nn
 
 from .. import registry
 from ..config import Config, ModelSection, TrainConfig
+from ..weights import load_checked, read_state_dict
 from .decoder import Decoder
 from .plan import Plan, merge_plan, scale_plan
 from .stylecache import StyleCache
 from .vgg import LAST_CONV, VGGEncoder, frozen_copy, init_encoder
-from .weights import load_checked, read_state_dict
 
 
 @dataclass

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .. import registry
 from ..config import Config, ModelSection, TrainConfig
+from ..metrics import EXTRACTORS, build_extractor, needs_weights, set_scores
 from .base import DiststModel, Stage
 from .plan import Plan, merge_plan, scale_plan
 
@@ -64,8 +65,6 @@ class CycleGANSection(ModelSection):
     @field_validator("feature_extractor")
     @classmethod
     def _registered_extractor(cls, name: str) -> str:
-        from ..metrics import EXTRACTORS
-
         if name not in EXTRACTORS:
             raise ValueError(f"model.feature_extractor={name!r}: unknown; registered: {', '.join(sorted(EXTRACTORS))}")
         return name
@@ -75,8 +74,6 @@ class CycleGANSection(ModelSection):
             self.pool_crop = cfg.data.crop
         # A method that decides by the verdict (lottery tickets) decides by FID here: refuse at once what would
         # fail only after the dense level's training. Other methods (plain training, QAT) never compute FID.
-        from ..metrics import needs_weights  # metrics imports models.weights: a top-level import is a cycle
-
         if self._needs_fid(cfg) and needs_weights(self.feature_extractor) and not self.inception_weights:
             raise ValueError(f"model.inception_weights: prune.method={cfg.prune.method} on cyclegan decides by FID, "
                              "which needs a local Inception file (pytorch-fid's "
@@ -369,8 +366,6 @@ class CycleGAN(DiststModel):
     @torch.no_grad()
     def set_metrics(self, held_out: Callable[[int], tuple[Tensor, Tensor]], batch_size: int = 16) -> dict[str, float]:
         """FID and KID of the held-out photos translated to paintings against held-out real paintings."""
-        from ..metrics import build_extractor, set_scores
-
         cfg: Any = self.cfg
         device = next(self.parameters()).device
         extractor = build_extractor(cfg.feature_extractor, cfg.inception_weights).to(device)

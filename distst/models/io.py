@@ -13,9 +13,9 @@ import torch
 
 from .. import atomic, registry
 from ..config import ConfigError, ModelSection, model_section
+from ..weights import WeightsError
 from . import create
 from .base import DiststModel
-from .weights import WeightsError
 
 FORMAT = "distst-model/2"
 READABLE = ("distst-model/1", FORMAT)

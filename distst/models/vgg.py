@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..weights import WeightsError, load_checked, read_state_dict
 from .plan import scale_plan
-from .weights import WeightsError, load_checked, read_state_dict
 
 # Conv widths of VGG-19; "M" is a max pool.
 VGG19_PLAN: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
