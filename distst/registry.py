@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -84,26 +84,6 @@ MODELS: dict[str, ModelRecord] = {}
 METHODS: dict[str, MethodRecord] = {}
 
 
-class _Sections(Mapping[str, type]):
-    """name -> config section, read from the records: a view for callers not yet moved to the records."""
-
-    def __init__(self, records: Mapping[str, Any]) -> None:
-        self._records = records
-
-    def __getitem__(self, name: str) -> type:
-        return self._records[name].section
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-
-MODEL_SECTIONS: Mapping[str, type] = _Sections(MODELS)
-METHOD_SECTIONS: Mapping[str, type] = _Sections(METHODS)
-
-
 def _add(table: dict[str, Any], kind: str, record: Any) -> None:
     old = table.get(record.name)
     # The same definition imported again (a module reloaded) replaces its record; another one is a clash.
@@ -158,7 +138,6 @@ def method(*, command: str = "train", factory: Callable[[Any], Any] | None = Non
         raise ValueError("a method run by `distst train` needs a factory, and only such a method has one")
 
     def register(section: T) -> T:
-        section.command = command  # type: ignore[attr-defined]  # a mirror of the record, for older callers
         _add(METHODS, "method", MethodRecord(_literal_default(section, "method"), section, command, factory,
                                              needs_full_parameters, trains_encoder, decides_by_verdict))
         return section

@@ -57,9 +57,10 @@ def kind_of(cfg: Config) -> TrialKind:
     if schedule is None:
         registry.load_builtins()
         by_label: dict[str, list[str]] = {}
-        for name, section in sorted(registry.METHOD_SECTIONS.items()):
-            if getattr(section, "schedule_class", None) is not None:
-                by_label.setdefault(section.schedule_class.label, []).append(name)
+        for name, record in sorted(registry.METHODS.items()):
+            schedule = getattr(record.section, "schedule_class", None)
+            if schedule is not None:
+                by_label.setdefault(schedule.label, []).append(name)
         known = " or ".join(f"{label} (prune.method={'|'.join(names)})" for label, names in sorted(by_label.items()))
         raise ConfigError(f"sweeps run {known} trials; got prune.method={cfg.prune.method}")
     return TrialKind(schedule, cfg)
