@@ -124,6 +124,12 @@ def test_method_state_is_keyed_by_name_and_reordering_loads_the_right_state() ->
     c, d = Counter(), Other()
     MethodList([c, d]).load_state_dict({"0": {"count": 1}, "1": {"count": 2}})  # saved by position (older)
     assert (c.count, d.count) == (1, 2)
+    # Nesting does not matter either: a run stopped with a stateless stopper around its list resumes without it.
+    nested = MethodList([MethodList([Counter(3), Other(4)]), Named("StopAt", ())]).state_dict()
+    assert nested == {"Counter": {"count": 3}, "Other": {"count": 4}, "StopAt": {}}
+    e, f = Counter(), Other()
+    MethodList([f, e]).load_state_dict(nested)
+    assert (e.count, f.count) == (3, 4)
 
 
 def test_method_names_that_do_not_match_the_checkpoint_are_a_clear_error() -> None:
@@ -132,8 +138,8 @@ def test_method_names_that_do_not_match_the_checkpoint_are_a_clear_error() -> No
                                               r"for renamed"):
         MethodList([Counter(), Counter(name="renamed")]).load_state_dict({"Counter": {"count": 1},
                                                                           "Other": {"count": 2}})
-    with pytest.raises(ValueError, match="methods named Counter more than once"):
-        MethodList([Counter(), Counter()])
+    with pytest.raises(ValueError, match="two methods are named Counter"):
+        MethodList([Counter(), MethodList([Other(), Counter()])])
     assert Counter(name="b").name == "b" and Method().name == "Method"
 
 

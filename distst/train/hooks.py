@@ -138,19 +138,13 @@ class Method:
 
 
 class MethodList(Method):
-    """Several methods applied together, in order; their state is checkpointed by name, so the order may change
-    between a save and a resume, but not the names."""
+    """Several methods applied together, in order; their state is checkpointed by name (nested lists' methods
+    too, in one flat table), so the order and the nesting may change between a save and a resume, not the names."""
 
-    def __init__(self, methods: list[Method], name: str | None = None) -> None:
-        names = [m.name for m in methods]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:  # their states would share one key in the checkpoint
-            raise ValueError(f"MethodList: methods named {', '.join(twice)} more than once; give each its own "
-                             "name (method.name = ...)")
+    def __init__(self, methods: list[Method]) -> None:
         self.methods = methods
+        self._leaves()  # refuses two methods of one name: their states would share one key in the checkpoint
         self.needs_full_parameters = any(m.needs_full_parameters for m in methods)
-        if name is not None:
-            self.name = name
 
     def prepare_model(self, model: DiststModel, cfg: Config) -> None:
         for m in self.methods:
@@ -190,13 +184,26 @@ class MethodList(Method):
         for m in self.methods:
             m.on_train_end(ctx)
 
+    def _leaves(self) -> dict[str, Method]:
+        """Every method of the list and of the lists inside it, by name."""
+        leaves: dict[str, Method] = {}
+        for m in self.methods:
+            for name, leaf in (m._leaves().items() if isinstance(m, MethodList) else ((m.name, m),)):
+                if name in leaves:
+                    raise ValueError(f"MethodList: two methods are named {name}; give each its own name "
+                                     "(method.name = ...)")
+                leaves[name] = leaf
+        return leaves
+
     def state_dict(self) -> dict[str, Any]:
-        return {m.name: m.state_dict() for m in self.methods}
+        return {name: m.state_dict() for name, m in self._leaves().items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        ours = {m.name: m for m in self.methods}
-        if state and all(k.isdigit() for k in state) and len(state) == len(ours):
-            state = dict(zip(ours, (state[str(i)] for i in range(len(ours))), strict=True))  # saved by position
+        if state and all(k.isdigit() for k in state) and len(state) == len(self.methods):  # saved by position
+            for i, m in enumerate(self.methods):
+                m.load_state_dict(state[str(i)])
+            return
+        ours = self._leaves()
         # A method with state on one side only would silently start over (or drop what was saved): refuse.
         lost = sorted(k for k, v in state.items() if v and k not in ours)
         missing = sorted(k for k, m in ours.items() if k not in state and m.state_dict())

@@ -231,7 +231,7 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
     checkpointer = Checkpointer(run_dir.checkpoints, info, engines, shared={"method": method},
                                 per_rank={"data_position": data, "model_rank_state": _RankState(model)},
                                 keep=cfg.train.keep_checkpoints)
-    restored = checkpointer.load()  # a checkpoint without a model rank state (older): rank 0's, in the module
+    restored = checkpointer.load()  # None: a fresh run; an older checkpoint may lack some names (see Restored)
     state: dict[str, Any] = {"train_s": 0.0, "images": 0, "wall_s": 0.0}
     if restored is not None:
         state = {k: v for k, v in restored.state.items() if k != "step"}
