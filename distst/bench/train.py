@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     import tempfile
 
+    from ..config import load_config
     from ..errors import UserError
     from ..launcher import relaunch_if_requested
-    from ..config import load_config
     from ..preflight import require
 
     precisions = parse_precisions(args.precision)
