@@ -20,7 +20,7 @@ PYTEST_JOBS ?= -n 2 --dist loadgroup
 export DS_ACCELERATOR ?= cpu
 export DS_BUILD_OPS ?= 0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast test-integration test-cluster lint bench clean
 
 install: $(STAMP)
 
@@ -35,8 +35,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/distst imp jobs/local/imp_adain.yaml
 
+# Every layer (CI); the slowest tests are listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_JOBS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_JOBS) --durations=15 $(PYTEST_ARGS)
+
+# The edit-test loop: tests/unit only (no process group, no DeepSpeed engine, no services).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_JOBS) $(PYTEST_ARGS) tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_JOBS) $(PYTEST_ARGS) tests/integration
+
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_JOBS) $(PYTEST_ARGS) tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check distst tests tune

@@ -1,7 +1,7 @@
 """FID and KID, computed here from features (numpy, float64). pytorch-fid, torch-fidelity and clean-fid download
 their Inception weights at run time (fails offline); torchmetrics, fed our extractor, gives the same numbers but
 seeds KID's subsets from torch's global generator (breaks bitwise resume) among other traps: docs/metrics.md,
-with the parity measured by tests/test_fid_parity.py. The features come from an injectable extractor
+with the parity measured by tests/unit/test_fid_parity.py. The features come from an injectable extractor
 (``extractors.py``); with the pytorch-fid Inception file the numbers are those of the TTUR/pytorch-fid
 implementations.
 

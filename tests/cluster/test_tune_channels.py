@@ -13,10 +13,10 @@ import yaml
 from helpers import REPO, SAMPLE
 
 from distst.config import ConfigError
-from distst.sweep import load_sweep
 from distst.prune.channels.runner import ChannelSchedule, budgeted_error, channel_rows
 from distst.prune.lottery import ImpSchedule
 from distst.records import record_path, step_records
+from distst.sweep import load_sweep
 from distst.sweep.kinds import TrialKind
 
 # Ray clusters are not run two at a time: every Ray test runs on one xdist worker (--dist loadgroup).

@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README_LIMIT = 15_000
 #: The folders whose Markdown is the documentation (besides README.md and any other tracked ``*.md``).
 DOC_DIRS = ("docs", "slurm", "tune")

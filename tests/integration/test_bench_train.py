@@ -58,7 +58,7 @@ def test_verdict_is_data_bound_below_the_margin() -> None:
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the default job is relative to the repository
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the default job is relative to the repository
     code = main(["bench", "train", *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2, err

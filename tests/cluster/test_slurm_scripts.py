@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted((REPO / "slurm").glob("*.sh"))
 SUBMITTED = [p for p in SCRIPTS if any(line.startswith("#SBATCH ") for line in p.read_text().splitlines())]
 

@@ -18,8 +18,8 @@ from distst.models import build
 from distst.models.io import load_model
 from distst.prune import planned_levels, prunable_layers, prune_magnitude, run_schedule
 from distst.prune.lottery import initial_state, level_values
-from distst.records import record_path, step_records
 from distst.prune.masks import full_masks
+from distst.records import record_path, step_records
 
 IMP = {"prune__method": "imp", "prune__rounds": 2, "prune__rewind_step": 2, "model__encoder": "trainable"}
 

@@ -17,8 +17,8 @@ from distst.models import build
 from distst.models.io import load_model
 from distst.prune import prune_magnitude, run_schedule
 from distst.prune.lottery import compute_masks, imp_summary, initial_state, level_values
-from distst.records import record_path, step_records
 from distst.prune.masks import full_masks, remaining_target
+from distst.records import record_path, step_records
 from distst.track import read_metrics
 
 GAN = {"model__name": "cyclegan", "model__width": 0.0625, "model__blocks": 1, "model__pool_size": 2,

@@ -8,7 +8,7 @@ import pytest
 
 from distst.config import ConfigError, build_config, load_config, parse_override, with_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_overrides_are_typed() -> None:
