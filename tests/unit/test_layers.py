@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"evaluate", "masters", "stylize", "rundir", "export", "reports"},
     {"train"},
     {"prune", "quant", "preflight"},
-    {"sweep", "bench", "presets", "smoke", "launcher"},
+    {"sweep", "bench", "presets", "smoke", "launcher", "study"},
     {"commands", "cli", "__main__", "distst"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -1,0 +1,71 @@
+"""Study files and the Pareto front (no run trained: configs and schedules only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from distst.config import Config, ConfigError
+from distst.study.pareto import pareto_front
+from distst.study.spec import load_study, pipeline_steps
+
+HAS_DISTILL = "distill" in Config.model_fields
+LOCAL = {"imp": "jobs/local/imp_adain.yaml", "iccp": "jobs/local/iccp_adain.yaml"}
+
+
+def write(path: Path, **fields: Any) -> Path:
+    tree = {"dense": "jobs/local/adain.yaml", "methods": dict(LOCAL), **fields}
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def test_pareto_front_is_the_non_dominated_points() -> None:
+    points = [(1.0, 5.0), (2.0, 3.0), (3.0, 3.5), (4.0, 1.0), (2.5, 2.0), (5.0, 1.0), (1.0, 6.0)]
+    # (3,3.5) by (2,3); (2,3) by (2.5,2)? no: cheaper. (5,1) by (4,1); (1,6) by (1,5).
+    assert pareto_front(points) == [0, 1, 4, 3]
+    assert pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]
+    assert pareto_front([]) == []
+
+
+def test_dense_baseline_gets_the_longest_pipelines_steps(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path / "s.yaml"))
+    names = [r.name for r in study.runs]
+    assert names == ["dense", "imp", "iccp"]
+    longest = max(pipeline_steps(r.cfg) for r in study.runs[1:])
+    assert study.runs[0].cfg.train.steps == longest > study.runs[1].cfg.train.steps
+    assert study.name == "s"
+
+
+@pytest.mark.skipif(not HAS_DISTILL, reason="distst.config.Config has no distill section yet")
+def test_distilled_twins_carry_the_studys_weight(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path / "s.yaml", distill=[False, True], distill_weight=0.5))
+    assert [r.name for r in study.runs] == ["dense", "imp", "imp_distill", "iccp", "iccp_distill"]
+    assert [r.cfg.distill.weight for r in study.runs] == [0.0, 0.0, 0.5, 0.0, 0.5]
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"methods": {"slim": "jobs/local/adain.yaml"}}, "methods.slim: unknown method"),
+    ({"methods": {"iccp": "jobs/local/imp_adain.yaml"}}, "methods.iccp: jobs/local/imp_adain.yaml has prune.method=imp"),
+    ({"methods": {"imp": "jobs/local/imp_sanet.yaml"}}, "methods.imp: jobs/local/imp_sanet.yaml trains sanet"),
+    ({"distill": {"dense": [True]}}, "distill.dense: the equal-budget dense run cannot be distilled"),
+    ({"distill": {"l2": [True]}}, "distill.l2: not a method of this study"),
+    ({"concurency": 2}, "concurency: unknown key (did you mean 'concurrency'?)"),
+    ({"overrides": {"train.stpes": 3}}, "dense: "),
+])
+def test_bad_study_files_end_in_one_line_naming_the_key(tmp_path: Path, fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_study(write(tmp_path / "bad.yaml", **fields))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_teacher_of_another_model_is_refused(tmp_path: Path) -> None:
+    from distst.config import model_section
+    from distst.models import create
+    from distst.models.io import save_model
+
+    teacher = save_model(create(model_section(name="sanet", width=0.125), weights=False), tmp_path / "t.pt")
+    with pytest.raises(ConfigError, match=r"^teacher: .* is a sanet model; this study's model is adain$"):
+        load_study(write(tmp_path / "bad.yaml", teacher=str(teacher)))
