@@ -69,3 +69,28 @@ def test_a_teacher_of_another_model_is_refused(tmp_path: Path) -> None:
     teacher = save_model(create(model_section(name="sanet", width=0.125), weights=False), tmp_path / "t.pt")
     with pytest.raises(ConfigError, match=r"^teacher: .* is a sanet model; this study's model is adain$"):
         load_study(write(tmp_path / "bad.yaml", teacher=str(teacher)))
+
+
+def test_final_models_and_finished_runs(tmp_path: Path) -> None:
+    import json
+
+    from distst.study.finals import final_model, finished
+
+    imp = tmp_path / "imp"
+    imp.mkdir()
+    levels = [{"level": 0, "sparsity": 0.0, "matching": True}, {"level": 1, "sparsity": 0.2, "matching": True},
+              {"level": 2, "sparsity": 0.36, "matching": False}]
+    (imp / "summary.json").write_text(json.dumps({"kind": "imp", "levels": levels, "complete": False}))
+    assert not finished(imp)
+    assert final_model(imp, "imp") == (imp / "level_1" / "model.pt", "sparsest matching: level 1")
+    levels[1]["matching"] = False
+    (imp / "summary.json").write_text(json.dumps({"kind": "imp", "levels": levels, "complete": True}))
+    assert finished(imp)
+    assert final_model(imp, "imp") == (imp / "level_2" / "model.pt", "last level (none matching): level 2")
+    assert final_model(tmp_path / "c", "iccp")[0] == tmp_path / "c" / "slim" / "model.pt"
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "summary.json").write_text("{}")
+    assert not finished(dense)
+    (dense / "model.pt").write_bytes(b"")
+    assert finished(dense) and final_model(dense, "dense")[0] == dense / "model.pt"
