@@ -94,3 +94,19 @@ def test_final_models_and_finished_runs(tmp_path: Path) -> None:
     assert not finished(dense)
     (dense / "model.pt").write_bytes(b"")
     assert finished(dense) and final_model(dense, "dense")[0] == dense / "model.pt"
+
+
+def test_every_model_is_measured_with_one_loss_network(tmp_path: Path) -> None:
+    from distst.config import load_config
+    from distst.models import create
+    from distst.models.io import save_model
+    from distst.study.measure import LOSS_VGG, measure_all
+
+    dense = load_config("jobs/local/adain.yaml", {"model.width": 0.125, "data.crop": 32, "data.eval_pairs": 2})
+    paths = {name: save_model(create(dense.model, weights=False), tmp_path / f"{name}.pt") for name in ("a", "b")}
+    rows = measure_all(paths, dense, tmp_path)
+    assert (tmp_path / LOSS_VGG).is_file()
+    assert rows["a"]["params"] == rows["b"]["params"] > 0 and rows["a"]["macs"] > 0
+    assert rows["a"]["total_error"] != rows["b"]["total_error"]  # two different models, one network
+    again = measure_all({"a": paths["a"]}, dense, tmp_path)
+    assert again["a"]["total_error"] == rows["a"]["total_error"]
