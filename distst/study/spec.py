@@ -42,6 +42,7 @@ class StudyFile(BaseModel):
     distill_weight: float = Field(1.0, gt=0)
     teacher: str | None = Field(None, description="a model file every distilled run learns from")
     overrides: dict[str, Any] = Field({}, description="dotted overrides for every run")
+    run_overrides: dict[str, dict[str, Any]] = Field({}, description="dense or a method -> its own overrides")
     bench: Bench = Field(default_factory=Bench)
     concurrency: int = Field(1, ge=1)
 
@@ -123,7 +124,9 @@ def build_study(tree: dict[str, Any], base: Path = Path(".")) -> Study:
         raise ConfigError("distill.dense: the equal-budget dense run cannot be distilled (it has no teacher)")
     for name in set(choices) - set(spec.methods) - {DENSE}:
         raise ConfigError(f"distill.{name}: not a method of this study ({', '.join(spec.methods)})")
-    dense = _job(spec.dense, "dense", spec.overrides, base)
+    for name in set(spec.run_overrides) - set(spec.methods) - {DENSE}:
+        raise ConfigError(f"run_overrides.{name}: not a run of this study (dense, {', '.join(spec.methods)})")
+    dense = _job(spec.dense, "dense", {**spec.overrides, **spec.run_overrides.get(DENSE, {})}, base)
     if dense.prune.method != "none":
         raise ConfigError(f"dense: {spec.dense} has prune.method={dense.prune.method}; the dense job trains plainly")
     model = dense.model.name
@@ -131,7 +134,7 @@ def build_study(tree: dict[str, Any], base: Path = Path(".")) -> Study:
         _check_teacher(spec.teacher, model)
     runs: list[StudyRun] = []
     for method, path in spec.methods.items():
-        cfg = _job(path, f"methods.{method}", spec.overrides, base)
+        cfg = _job(path, f"methods.{method}", {**spec.overrides, **spec.run_overrides.get(method, {})}, base)
         if cfg.prune.method != method:
             raise ConfigError(f"methods.{method}: {path} has prune.method={cfg.prune.method}")
         if cfg.model.name != model:

@@ -1,0 +1,88 @@
+"""A study's runs as Ray Tune trials (a grid over the run names), each in ``<out>/runs/<name>``; a finished run
+is reused without any Ray work. Runs resume from their own checkpoints, as a sweep's trials do."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import stop
+from ..config import with_overrides
+from ..prune.schedule import run_schedule, schedule_class
+from ..registry import method_record
+from ..sweep.trial import POLL_S, Background, prepare_process_env
+from ..train import train
+from .finals import finished
+from .spec import Study, StudyRun, load_study
+
+
+def run_dir(out: Path, name: str) -> Path:
+    return out / "runs" / name
+
+
+def run_one(run: StudyRun, study: Study, out: Path, request: stop.StopRequest | None = None) -> None:
+    """Train (or resume) one run of the study in its directory, in the study's W&B group."""
+    folder = run_dir(out, run.name)
+    cfg = with_overrides(run.cfg, {"run.out_dir": str(folder), "tracking.group": study.name})
+    if schedule_class(cfg) is not None:
+        run_schedule(cfg, folder, stop=request)
+    else:  # dense, QAT: one training run, the method record's own strategy
+        train(cfg, folder, method_record(cfg.prune.method).factory(cfg), stop=request)
+
+
+@dataclass(frozen=True)
+class StudySetup:
+    """What every trial shares (plain data: each trial rebuilds the study from its file)."""
+
+    file: str
+    out: str
+    cwd: str
+    cpus: float = 1.0
+
+
+def study_trial(params: dict[str, Any], setup: StudySetup) -> None:
+    """Tune function trainable: one study run, then one report (Tune's trial is done when the run is)."""
+    import torch
+    from ray import tune
+
+    os.chdir(setup.cwd)  # job paths in the study file are relative to where the study was started
+    study = load_study(setup.file)
+    run = next(r for r in study.runs if r.name == params["run"])
+    torch.set_num_threads(max(1, int(setup.cpus)))
+    prepare_process_env(single_process=True)
+    request = stop.StopRequest()
+    worker = Background(lambda: run_one(run, study, Path(setup.out), request), name=f"study-{run.name}")
+    worker.start()
+    try:
+        while worker.is_alive():
+            time.sleep(POLL_S)
+    except BaseException:
+        request.set("stopped by Ray Tune")  # the run checkpoints at its next step and resumes next time
+        raise
+    if worker.error is not None:
+        raise worker.error
+    tune.report({"finished": int(finished(run_dir(Path(setup.out), run.name)))})
+
+
+def run_study(study: Study, file: Path, out: Path, cpus_per_run: float = 1.0, max_failures: int = 1) -> list[str]:
+    """Run every unfinished run, ``study.file.concurrency`` at a time; returns the names that were run."""
+    from ray import tune
+
+    todo = [r.name for r in study.runs if not finished(run_dir(out, r.name))]
+    if not todo:
+        return []
+    setup = StudySetup(str(file.resolve()), str(out.resolve()), os.getcwd(), cpus_per_run)
+    trainable = tune.with_resources(tune.with_parameters(study_trial, setup=setup), {"cpu": cpus_per_run})
+    tuner = tune.Tuner(
+        trainable, param_space={"run": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=study.file.concurrency),
+        run_config=tune.RunConfig(name=study.name, storage_path=str((out / "ray").resolve()),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)))
+    results = tuner.fit()
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise RuntimeError(f"{len(failed)} study run(s) failed: {failed[0].error}")
+    return todo

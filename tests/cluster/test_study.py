@@ -1,0 +1,69 @@
+"""A tiny study end to end on a local Ray: every run present, the equal-budget dense run, one E per model,
+finished runs reused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import SAMPLE
+
+from distst.prune.schedule import run_schedule  # noqa: F401  (the runs' driver is importable before Ray starts)
+from distst.records import read_summary
+from distst.study.finals import final_model, finished
+from distst.study.measure import measure_all
+from distst.study.runner import run_dir, run_study
+from distst.study.spec import load_study, pipeline_steps
+
+RAY = pytest.mark.xdist_group("ray")
+
+TINY = {
+    "model.width": 0.125, "data.content": f"{SAMPLE}/content-{{000000..000001}}.tar",
+    "data.style": f"{SAMPLE}/style-{{000000..000001}}.tar", "data.crop": 32, "data.batch_size": 2,
+    "data.workers": 0, "data.shuffle_buffer": 16, "data.eval_pairs": 2, "train.steps": 2,
+    "train.checkpoint_every": 2, "train.eval_every": 2, "train.log_every": 1, "train.lr": 1e-3,
+    "tracking.backend": "none",
+}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@RAY
+@pytest.mark.slow
+def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import REPO
+
+    monkeypatch.chdir(REPO)
+    file = tmp_path / "tiny.yaml"
+    file.write_text(yaml.safe_dump({
+        "dense": "jobs/local/adain.yaml",
+        "methods": {"imp": "jobs/local/imp_adain.yaml", "iccp": "jobs/local/iccp_adain.yaml"},
+        "overrides": TINY, "concurrency": 2,
+        "run_overrides": {"imp": {"prune.rounds": 1, "prune.rewind_step": 0},
+                          "iccp": {"prune.ratios": [0.5], "prune.sides": ["decoder"], "prune.sparsify_steps": 2,
+                                   "prune.finetune_steps": 2, "prune.min_channels": 2}},
+    }, sort_keys=False))
+    study = load_study(file)
+    out = tmp_path / "out"
+    assert sorted(run_study(study, file, out)) == ["dense", "iccp", "imp"]
+    for run in study.runs:
+        assert finished(run_dir(out, run.name)), run.name
+    dense_steps = read_summary(run_dir(out, "dense"))["steps"]
+    assert dense_steps == max(pipeline_steps(r.cfg) for r in study.runs[1:]) == study.runs[0].cfg.train.steps
+    paths = {r.name: final_model(run_dir(out, r.name), r.method)[0] for r in study.runs}
+    rows = measure_all(paths, study.runs[0].cfg, out)
+    assert set(rows) == {"dense", "imp", "iccp"} and all(row["total_error"] > 0 for row in rows.values())
+    assert rows["iccp"]["macs"] < rows["dense"]["macs"]
+    stamps = {n: p.stat().st_mtime_ns for n, p in paths.items()}
+    assert run_study(load_study(file), file, out) == []  # re-run: every run reused, no Ray work
+    assert stamps == {n: p.stat().st_mtime_ns for n, p in paths.items()}
+    json.dumps(rows)
