@@ -110,3 +110,25 @@ def test_every_model_is_measured_with_one_loss_network(tmp_path: Path) -> None:
     assert rows["a"]["total_error"] != rows["b"]["total_error"]  # two different models, one network
     again = measure_all({"a": paths["a"]}, dense, tmp_path)
     assert again["a"]["total_error"] == rows["a"]["total_error"]
+
+
+def test_report_has_one_row_per_model_the_ratios_and_the_fronts(tmp_path: Path) -> None:
+    from distst.config import load_config
+    from distst.models import create
+    from distst.models.io import save_model
+    from distst.study.report import study_rows, time_models, write_report
+
+    section = load_config("jobs/local/adain.yaml", {"model.width": 0.125}).model
+    paths = {n: save_model(create(section, weights=False), tmp_path / f"{n}.pt") for n in ("dense", "iccp")}
+    timed = time_models(paths, [(32, 32)], threads=1, repeats=1, warmup=0)
+    runs = [{"name": "dense", "method": "dense", "distill": False, "final": "final"},
+            {"name": "iccp", "method": "iccp", "distill": False, "final": "slimmed"}]
+    measured = {"dense": {"total_error": 2.0, "params": 10, "macs": 100, "file_mb": 1.0},
+                "iccp": {"total_error": 3.0, "params": 5, "macs": 50, "file_mb": 0.5}}
+    rows = study_rows(runs, measured, timed)
+    assert [r["e_ratio"] for r in rows] == [1.0, 1.5] and all(r["pareto_macs"] for r in rows)
+    summary = write_report(tmp_path, "tiny", rows)
+    assert summary["kind"] == "study" and len(summary["models"]) == 2
+    text = (tmp_path / "report.md").read_text()
+    assert "| iccp | iccp | no | slimmed |" in text and "ms_32_32" in text
+    assert (tmp_path / "e_vs_macs.png").is_file() and (tmp_path / "e_vs_latency.png").is_file()
