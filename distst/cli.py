@@ -35,6 +35,7 @@ COMMANDS = (
     "distst.commands.report",
     "distst.commands.check",
     "distst.commands.tune",
+    "distst.commands.study",
     "distst.commands.export",
 )
 

@@ -14,6 +14,7 @@ from distst.prune.schedule import run_schedule  # noqa: F401  (the runs' driver 
 from distst.records import read_summary
 from distst.study.finals import final_model, finished
 from distst.study.measure import measure_all
+from distst.study import pipeline
 from distst.study.runner import run_dir, run_study
 from distst.study.spec import load_study, pipeline_steps
 
@@ -47,7 +48,7 @@ def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.Mo
     file.write_text(yaml.safe_dump({
         "dense": "jobs/local/adain.yaml",
         "methods": {"imp": "jobs/local/imp_adain.yaml", "iccp": "jobs/local/iccp_adain.yaml"},
-        "overrides": TINY, "concurrency": 2,
+        "overrides": TINY, "concurrency": 2, "bench": {"sizes": [[32, 32]], "threads": 1},
         "run_overrides": {"imp": {"prune.rounds": 1, "prune.rewind_step": 0},
                           "iccp": {"prune.ratios": [0.5], "prune.sides": ["decoder"], "prune.sparsify_steps": 2,
                                    "prune.finetune_steps": 2, "prune.min_channels": 2}},
@@ -65,5 +66,8 @@ def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.Mo
     assert rows["iccp"]["macs"] < rows["dense"]["macs"]
     stamps = {n: p.stat().st_mtime_ns for n, p in paths.items()}
     assert run_study(load_study(file), file, out) == []  # re-run: every run reused, no Ray work
+    summary = pipeline.study(file, out, repeats=1)  # the whole command's work: runs reused, then measured and timed
     assert stamps == {n: p.stat().st_mtime_ns for n, p in paths.items()}
-    json.dumps(rows)
+    assert [m["name"] for m in summary["models"]] == ["dense", "imp", "iccp"]
+    assert {m["name"]: m["total_error"] for m in summary["models"]} == {n: r["total_error"] for n, r in rows.items()}
+    assert json.loads((out / "summary.json").read_text())["kind"] == "study" and (out / "report.md").is_file()
