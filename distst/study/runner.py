@@ -67,15 +67,16 @@ def study_trial(params: dict[str, Any], setup: StudySetup) -> None:
     tune.report({"finished": int(finished(run_dir(Path(setup.out), run.name)))})
 
 
-def run_study(study: Study, file: Path, out: Path, cpus_per_run: float = 1.0, max_failures: int = 1) -> list[str]:
+def run_study(study: Study, file: Path, out: Path, max_failures: int = 1) -> list[str]:
     """Run every unfinished run, ``study.file.concurrency`` at a time; returns the names that were run."""
     from ray import tune
 
     todo = [r.name for r in study.runs if not finished(run_dir(out, r.name))]
     if not todo:
         return []
-    setup = StudySetup(str(file.resolve()), str(out.resolve()), os.getcwd(), cpus_per_run)
-    trainable = tune.with_resources(tune.with_parameters(study_trial, setup=setup), {"cpu": cpus_per_run})
+    res = study.file.resources
+    setup = StudySetup(str(file.resolve()), str(out.resolve()), os.getcwd(), res.cpus)
+    trainable = tune.with_resources(tune.with_parameters(study_trial, setup=setup), {"cpu": res.cpus, "gpu": res.gpus})
     tuner = tune.Tuner(
         trainable, param_space={"run": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(max_concurrent_trials=study.file.concurrency),

@@ -32,6 +32,12 @@ class Bench(BaseModel):
     int8: bool = Field(False, description="also export and time int8 ONNX models")
 
 
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpus: float = Field(1.0, gt=0, description="per run (also its torch threads)")
+    gpus: float = Field(0.0, ge=0, description="per run (one process each)")
+
+
 class StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
@@ -44,6 +50,7 @@ class StudyFile(BaseModel):
     overrides: dict[str, Any] = Field({}, description="dotted overrides for every run")
     run_overrides: dict[str, dict[str, Any]] = Field({}, description="dense or a method -> its own overrides")
     bench: Bench = Field(default_factory=Bench)
+    resources: Resources = Field(default_factory=Resources)
     concurrency: int = Field(1, ge=1)
 
 
@@ -140,6 +147,8 @@ def build_study(tree: dict[str, Any], base: Path = Path(".")) -> Study:
         if cfg.model.name != model:
             raise ConfigError(f"methods.{method}: {path} trains {cfg.model.name}; the study's model is {model}")
         for distill in choices.get(method, [False]):
+            if distill and schedule_class(cfg) is None:  # train() alone has no dense step to learn from
+                raise ConfigError(f"distill.{method}: a one-run method is not distilled by a study (no dense step)")
             run_cfg = _distilled(cfg, spec.distill_weight, spec.teacher) if distill else cfg
             runs.append(StudyRun(f"{method}_distill" if distill else method, method, distill, run_cfg))
     budget = max([pipeline_steps(r.cfg) for r in runs], default=dense.train.steps)

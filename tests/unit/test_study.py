@@ -132,3 +132,11 @@ def test_report_has_one_row_per_model_the_ratios_and_the_fronts(tmp_path: Path) 
     text = (tmp_path / "report.md").read_text()
     assert "| iccp | iccp | no | slimmed |" in text and "ms_32_32" in text
     assert (tmp_path / "e_vs_macs.png").is_file() and (tmp_path / "e_vs_latency.png").is_file()
+
+
+@pytest.mark.parametrize("path", ["jobs/local/study_adain.yaml", "jobs/study_adain.yaml"])
+def test_shipped_study_files_load(path: str) -> None:
+    if "true" in Path(path).read_text() and not HAS_DISTILL:
+        pytest.skip("distst.config.Config has no distill section yet")
+    study = load_study(path)
+    assert study.runs[0].name == "dense" and len(study.runs) > 4
