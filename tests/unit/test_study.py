@@ -52,6 +52,7 @@ def test_distilled_twins_carry_the_studys_weight(tmp_path: Path) -> None:
     ({"methods": {"imp": "jobs/local/imp_sanet.yaml"}}, "methods.imp: jobs/local/imp_sanet.yaml trains sanet"),
     ({"distill": {"dense": [True]}}, "distill.dense: the equal-budget dense run cannot be distilled"),
     ({"distill": {"l2": [True]}}, "distill.l2: not a method of this study"),
+    ({"methods": {"qat": "jobs/local/qat_adain.yaml"}, "distill": [True]}, "distill.qat: a one-run method"),
     ({"concurency": 2}, "concurency: unknown key (did you mean 'concurrency'?)"),
     ({"overrides": {"train.stpes": 3}}, "dense: "),
 ])
