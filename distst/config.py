@@ -26,9 +26,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -156,6 +158,25 @@ class RunConfig(Section):
         return name
 
 
+class DistillConfig(Section):
+    """``distill.*``: distillation from the dense teacher, for any method's training steps (``distst.distill``).
+
+    The teacher runs frozen beside the student on the same batch: the loss pulls the student's output image
+    (and any ``features`` the model records) towards the teacher's. Off by default."""
+
+    weight: float = Field(0.0, ge=0, description="weight of the MSE between the student's and the teacher's "
+                                                 "output images (0 with no features: distillation off)")
+    features: list[str] = Field([], description="features the model records (e.g. transform) matched too, "
+                                                "through a 1x1 adapter where the student has fewer channels")
+    feature_weight: float = Field(1.0, ge=0, description="weight of each feature's MSE")
+    teacher: str | None = Field(None, description="the teacher's model file; default: the run's own dense step "
+                                                  "(IMP level 0, the channel methods' dense stage)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0 or (bool(self.features) and self.feature_weight > 0)
+
+
 class Config(Section):
     """The whole job. ``model`` and ``prune`` are the sections registered for ``model.name`` and
     ``prune.method``: ``build_config`` validates with a class made for that pair (see ``config_class``)."""
@@ -165,11 +186,20 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     prune: MethodSection = Field(default_factory=NoMethod)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     # The tree it was built from, before defaults were resolved: ``with_overrides`` re-resolves from it.
     _source: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @model_serializer(mode="wrap")
+    def _without_default_distill(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent while off: configs, their hashes and run directories stay what they were before distillation.
+        data = handler(self)
+        if self.distill == DistillConfig():
+            data.pop("distill", None)
+        return data
 
     @model_validator(mode="after")
     def _resolve_across_sections(self) -> Config:

@@ -2,9 +2,8 @@
 ``exit_code``; anything else is a bug and keeps its traceback.
 
 This module imports nothing of distst, so every module can derive its errors from ``DiststError``. The
-classes that belong to one subsystem stay defined there (``distst.data.errors.DataError``,
-``distst.models.weights.WeightsError``, ``distst.train.checkpoint.CheckpointError``, ...); the ones used
-everywhere live here.
+classes that belong to one subsystem stay defined there (``distst.weights.WeightsError``,
+``distst.train.checkpoint.CheckpointError``, ...); the ones used everywhere (bad data included) live here.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 
 
 def _shard_problems(key: str, pattern: str) -> list[str]:
-    from .data.errors import DataError
     from .data.sources import expand_pattern
+    from .errors import DataError
 
     try:
         urls = expand_pattern(pattern)
@@ -166,9 +166,9 @@ def problems(cfg: Config, run_dir: Path | None = None) -> list[str]:
         path = getattr(cfg.model, key)
         if path and not Path(path).is_file():
             found.append(f"model.{key}: {path} does not exist (distst never downloads weights; see README)")
-    init_from = cfg.model.init_from
-    if init_from and not Path(init_from).exists():
-        found.append(f"model.init_from: {init_from} does not exist")
+    for key, path in (("model.init_from", cfg.model.init_from), ("distill.teacher", cfg.distill.teacher)):
+        if path and not Path(path).exists():
+            found.append(f"{key}: {path} does not exist")
     found += _size_problems(cfg)
     found += _method_problems(cfg)
     found += _run_dir_problems(cfg, run_dir if run_dir is not None else cfg.run_dir())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="validate a job config and that its shards and weight files exist"
                        ", the same preflight train and imp run")
-    p.add_argument("job")
+    p.add_argument("job", help="a job file, or a study file (every run of the study is checked)")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=run)
 
@@ -16,7 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..preflight import require
+    from ..study.spec import is_study_file, load_study
 
+    if is_study_file(args.job):
+        if args.overrides:
+            raise UserError(f"{args.job} is a study file: put overrides in its `overrides` key")
+        study = load_study(args.job)
+        for run_ in study.runs:
+            require(run_.cfg, f"{args.job} ({run_.name})")
+        print(f"{args.job}: ok (study {study.name}: {', '.join(r.name for r in study.runs)})")
+        return 0
     cfg = load_config(args.job, args.overrides)
     require(cfg, args.job)  # the same preflight `distst train` and `distst imp` run before starting
     print(f"{args.job}: ok ({cfg.model.name}, run directory {cfg.run_dir()})")

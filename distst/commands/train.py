@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from .launch import add_job_arguments, run_job
 
 if TYPE_CHECKING:
@@ -22,10 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_job(args, "train", lambda cfg, run_dir: _train(cfg, run_dir, args.job))
+    return run_job(args, "train", lambda cfg, run_dir: _train(cfg, run_dir, args.job), check=_check)
+
+
+def _check(cfg: Config) -> None:
+    if cfg.distill.enabled and not cfg.distill.teacher:
+        raise ConfigError("distill.weight / distill.features: distst train runs one training, with no dense step "
+                          "of its own to learn from: name the teacher's model file with distill.teacher")
 
 
 def _train(cfg: Config, run_dir: Path, job: str) -> Any:
+    from ..distill import with_distillation
     from ..registry import method_record
     from ..train import train
 
@@ -33,4 +40,4 @@ def _train(cfg: Config, run_dir: Path, job: str) -> Any:
     if record.factory is None:
         raise UserError(f"prune.method={cfg.prune.method} runs through its own command: "
                         f"distst {record.command} {job} ...")
-    return train(cfg, run_dir, record.factory(cfg))
+    return train(cfg, run_dir, with_distillation(record.factory(cfg), cfg, teacher=None))

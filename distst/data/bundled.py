@@ -14,7 +14,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
 
 PREFIX = "sample:"
 CONTENT = f"{PREFIX}content-{{000000..000001}}.tar"

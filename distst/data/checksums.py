@@ -102,6 +102,7 @@ def input_paths(cfg: Config) -> dict[str, str]:
     model_keys = ("init_from", *registry.model_record(cfg.model.name).weight_keys)
     found = {f"model.{key}": getattr(cfg.model, key, None) for key in model_keys}
     found.update({key: getattr(cfg.data, key.split(".")[1]) for key in SHARD_KEYS})
+    found["distill.teacher"] = cfg.distill.teacher
     return {key: value for key, value in found.items() if isinstance(value, str) and value}
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
-from .errors import DataError
+from ..errors import DataError
 from .samples import GIVE_UP_SAMPLES, GIVE_UP_SHARDS, Health, SampleStream, Share, derive_seed
 from .sources import expand_pattern
 from .transforms import eval_view, sample_image, to_tensor, train_view

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import webdataset as wds
 
-from .errors import DataError
+from ..errors import DataError
 
 # Streams are infinite: after this many consecutive shard reads without a sample for this process, or
 # this many consecutive undecodable samples, give up with an error rather than spin forever.

@@ -24,8 +24,8 @@ from pathlib import Path
 import PIL
 import webdataset as wds
 
+from ..errors import DataError
 from .encode import Encoded, EncodeOptions, Skipped, encode_item
-from .errors import DataError
 from .manifest import (
     MANIFEST_FORMAT,
     file_sha256,

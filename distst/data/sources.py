@@ -14,9 +14,9 @@ from pathlib import Path, PurePosixPath
 
 import webdataset as wds
 
+from ..errors import DataError
 from ..images import IMAGE_SUFFIXES
 from .bundled import resolve_sample
-from .errors import DataError
 
 TAR_SUFFIX = ".tar"
 

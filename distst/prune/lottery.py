@@ -27,8 +27,8 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from .. import atomic, registry
 from ..config import Config, ConfigError, MethodSection
 from ..data import eval_pairs
-from ..data.errors import DataError
 from ..data.loader import first_images
+from ..errors import DataError
 from ..evaluate import stylize_pairs
 from ..images import save_image
 from ..masters import fp32_state_dict

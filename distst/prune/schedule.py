@@ -6,7 +6,8 @@ a channel method's dense, sparsify, prune and fine-tuning stages); what each fin
 run's summary; and what a sweep trial reports from those records. ``run_schedule`` runs any of them the same
 way and never asks which method it is:
 
-- a *train* step is one ``distst.train.train`` run in its directory (it resumes from its last checkpoint);
+- a *train* step is one ``distst.train.train`` run in its directory (it resumes from its last checkpoint); with
+  ``distill.*`` on, every train step after the first learns from the model the first one trained too;
 - a *prune* step runs on rank 0 only and writes its outputs (masks, a slimmed model) into its directory;
 - a finished step gets its record, ``steps/<name>.json``: the one done marker (in one folder, so that steps
   may share a directory: a lottery level's masks step and training step both work in ``level_<k>``).
@@ -30,6 +31,7 @@ import torch.distributed as dist
 
 from .. import atomic
 from ..config import Config, with_overrides
+from ..distill import with_distillation
 from ..records import SUMMARY_FILE, Record, record_path
 from ..reports import publish
 from ..stop import StopRequest
@@ -153,6 +155,16 @@ def _train_record(result: TrainResult) -> Record:
     return {"errors": s["final"], "steps": s["steps"], "wall_s": s["wall_s"], "images_per_s": s["images_per_s"]}
 
 
+def _method(schedule: Schedule, step: TrainStep, step_dir: Path, records: list[Record]) -> Method | None:
+    """The step's own method, with distillation beside it (``distill.*``) after the first train step: the
+    dense model that step trained is the default teacher."""
+    method = step.method(step_dir) if step.method else None
+    dense = next((r for r in records if r["kind"] == "train"), None)
+    if dense is None:
+        return method  # the dense step itself: nothing to learn from yet
+    return with_distillation(method, schedule.cfg, schedule.run_dir / dense["dir"] / "model.pt")
+
+
 def run_schedule(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
                  on_step: Callable[[Record, dict[str, Any]], None] | None = None) -> RunResult:
     """Run (or resume) every step of ``cfg.prune``'s schedule in ``run_dir``; then summarise, finish, report.
@@ -180,8 +192,7 @@ def run_schedule(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
             record: Record = {"index": index, "step": step.name, "dir": step.dir or step.name, "kind": step.kind}
             if isinstance(step, TrainStep):
                 overrides = {"train.steps": step.steps, **(step.overrides(records) if step.overrides else {})}
-                result = train(with_overrides(schedule.cfg, overrides), step_dir,
-                               step.method(step_dir) if step.method else None,
+                result = train(with_overrides(schedule.cfg, overrides), step_dir, _method(schedule, step, step_dir, records),
                                init_state=step.init_state() if step.init_state else None,
                                run_name=f"{job}/{step.name}", run_group=group, stop=stop)
                 if result.stopped:

@@ -88,7 +88,9 @@ def pipeline_steps(cfg: Config) -> int:
 
 
 def _job(path: str, key: str, overrides: dict[str, Any], base: Path) -> Config:
-    full = Path(path) if Path(path).is_absolute() or Path(path).exists() else base / path
+    # From the working directory, else beside the study file or any folder above it (a repo-relative path).
+    tried = [Path(path)] + [folder / path for folder in (base.resolve(), *base.resolve().parents)]
+    full = next((p for p in tried if p.exists()), tried[0])
     try:
         return load_config(full, overrides)
     except ConfigError as err:
@@ -155,6 +157,15 @@ def build_study(tree: dict[str, Any], base: Path = Path(".")) -> Study:
     # The baseline has no teacher of its own: it is never distilled, whatever `distill` lists.
     runs.insert(0, StudyRun(DENSE, DENSE, False, with_overrides(dense, {"train.steps": budget})))
     return Study(spec.name or "study", spec, runs)
+
+
+def is_study_file(path: str | Path) -> bool:
+    """Whether ``path`` is a study file (it names a ``dense`` job and ``methods``), not a job."""
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # not readable as a study: the job loader gives the error
+    return isinstance(tree, dict) and "dense" in tree and "methods" in tree
 
 
 def load_study(path: str | Path) -> Study:

@@ -37,9 +37,9 @@ from ..masters import fp32_state_dict, use_fp32_masters
 from ..models import DiststModel, Stage, build
 from ..models.io import read_model_file
 from ..models.plan import plan_differences
-from ..models.weights import load_checked
 from ..stop import PROCESS, StopRequest
 from ..track import Tracker
+from ..weights import load_checked
 from . import divergence
 from .checkpoint import Checkpointer, Restored
 from .engine import DistInfo, check_deterministic, initialize, resolve_precision, setup_distributed

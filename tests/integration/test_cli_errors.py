@@ -18,7 +18,7 @@ from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_overr
 from PIL import Image
 
 from distst.cli import build_parser, is_user_error, main, parse
-from distst.data.errors import DataError
+from distst.errors import DataError
 
 HEAVY_MODULES = ("torch", "torchvision", "webdataset", "deepspeed", "pydantic", "wandb")
 EVERY_HELP = ("", "stylize", "models", "convert-vgg", "shards", "shards build", "shards verify", "bench",

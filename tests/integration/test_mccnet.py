@@ -23,9 +23,9 @@ from distst.models.io import load_model
 from distst.models.mccnet import MCCModule, MCCTransform, channel_statistic, total_variation
 from distst.models.stats import mean_variance_norm
 from distst.models.vgg import VGGEncoder, vgg_normalised_layers
-from distst.models.weights import load_checked
 from distst.track import read_metrics
 from distst.train import train
+from distst.weights import load_checked
 
 # The reference's mcc_module_iter_*.pth (MCC_Module(512) with its MCCNet as ``MCCN``): key -> shape.
 REFERENCE_TRANSFORM = {

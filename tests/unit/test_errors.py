@@ -9,16 +9,15 @@ import pytest
 
 from distst import cli
 from distst.config import ConfigError
-from distst.data.errors import DataError
-from distst.errors import DiststError, UserError
+from distst.errors import DataError, DiststError, UserError
 from distst.export.onnx_export import ExportError
 from distst.images import ImageError
-from distst.models.weights import WeightsError
 from distst.reports import ReportError
 from distst.rundir import RunDirBusy
 from distst.stylize import OutputError
 from distst.train.checkpoint import CheckpointError
 from distst.train.divergence import TrainingDiverged
+from distst.weights import WeightsError
 
 ERRORS = (UserError, ConfigError, DataError, ImageError, WeightsError, CheckpointError, TrainingDiverged,
           RunDirBusy, ExportError, ReportError, OutputError)

@@ -24,7 +24,7 @@ from distst.metrics.extractors import (
     inception_features,
     inception_network,
 )
-from distst.models.weights import WeightsError
+from distst.weights import WeightsError
 
 
 def random_features(weights: str | None) -> nn.Module:

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"models", "metrics"},
     {"evaluate", "masters", "stylize", "rundir", "export", "reports"},
     {"train"},
-    {"prune", "quant", "preflight"},
+    {"prune", "quant", "preflight", "distill"},
     {"sweep", "bench", "presets", "smoke", "launcher", "study"},
     {"commands", "cli", "__main__", "distst"},
 ]
