@@ -6,6 +6,8 @@
 #   DISTST_STUDY=jobs/local/study_adain.yaml sbatch --gpus-per-node=0 slurm/study.sh
 #
 # Environment (optional): DISTST_HOME, DISTST_VENV, DISTST_STUDY, DISTST_STUDY_DIR, WANDB_MODE, WANDB_PROJECT.
+# USR1 arrives 180 s before the time limit: the study stops its runs (they keep their checkpoints), exits 75,
+# and the job requeues itself; the next run reuses the finished runs and resumes the others.
 #
 #SBATCH --job-name=distst-study
 #SBATCH --nodes=1
@@ -13,6 +15,9 @@
 #SBATCH --gpus-per-node=4
 #SBATCH --cpus-per-task=32
 #SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@180
+#SBATCH --requeue
+#SBATCH --open-mode=append
 #SBATCH --output=slurm-%x-%j.out
 
 set -euo pipefail
@@ -21,4 +26,20 @@ cd "$DISTST_HOME"
 DISTST_VENV=${DISTST_VENV:-$DISTST_HOME/.venv}
 args=("${DISTST_STUDY:-jobs/study_adain.yaml}" --cpus "${SLURM_CPUS_ON_NODE:-${SLURM_CPUS_PER_TASK:-1}}")
 [[ -n ${DISTST_STUDY_DIR:-} ]] && args+=(--out "$DISTST_STUDY_DIR")
-exec "$DISTST_VENV/bin/distst" study "${args[@]}"
+readonly EXIT_RESUME=75
+study_pid="" stop_requested=0
+trap 'stop_requested=1; [[ -n $study_pid ]] && kill -USR1 "$study_pid" 2>/dev/null || true' USR1 TERM
+"$DISTST_VENV/bin/distst" study "${args[@]}" &
+study_pid=$!
+while true; do
+    status=0
+    wait "$study_pid" || status=$?
+    kill -0 "$study_pid" 2>/dev/null || break  # wait returned because the study ended, not for a trap
+done
+trap - USR1 TERM
+if [[ $status -eq $EXIT_RESUME || $stop_requested -eq 1 ]]; then
+    echo "distst: study stopped; requeueing job $SLURM_JOB_ID to resume ($(date -Is))"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+fi
+exit "$status"

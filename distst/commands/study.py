@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
 from pathlib import Path
+
+from ..stop import EXIT_REQUEUE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +33,31 @@ def run(args: argparse.Namespace) -> int:
     file = Path(args.study)
     out = Path(args.out or Path("runs") / "study" / load_study(file).name)  # a bad file fails before Ray starts
     out.mkdir(parents=True, exist_ok=True)
+    stopped = _stop_on_signals()
     start_ray(args.address, args.cpus)
-    summary = study(file, out, args.repeats)
+    try:
+        summary = study(file, out, args.repeats)
+    except KeyboardInterrupt:
+        if not stopped.is_set():
+            raise
+        summary = None
+    if summary is None:
+        print(f"study stopped with runs unfinished: `distst study {args.study}"
+              f"{' --out ' + args.out if args.out else ''}` resumes them", file=sys.stderr)
+        return EXIT_REQUEUE
     print(f"{len(summary['models'])} models: {out / 'report.md'}")
     return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGUSR1 (Slurm's warning) and SIGTERM become Ray Tune's own graceful stop (SIGINT): every trial
+    checkpoints at its next step; the event tells that stop from a user's Ctrl-C."""
+    stopped = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopped.set()
+        signal.raise_signal(signal.SIGINT)
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return stopped
