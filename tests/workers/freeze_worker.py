@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import tiny_config  # noqa: E402
-from test_contracts import FreezeFilters  # noqa: E402
+from integration.test_contracts import FreezeFilters  # noqa: E402
 
 from distst.train import TrainContext, train  # noqa: E402
 
