@@ -319,7 +319,7 @@ def step_imp(s: Smoke, rec: Record) -> None:
                                     "kept": kept, "target_kept": target, "prunable": total, "exact": exact,
                                     "pruned_weights": pruned_count, "pruned_nonzero_in_model_pt": pruned_nonzero,
                                     "model_pt_dtypes": dtypes, "masks_nested": nested,
-                                    "total_error": metrics["total_error"]}
+                                    "total_error": metrics["errors"]["total_error"]}
         rec.add(f"sparsity level_{level} {metrics['sparsity']:.4f} {'exact' if exact else 'NOT exact'}: kept {kept:,} "
                 f"of {total:,} = round({total:,} x 0.8^{level}) = {target:,}; pruned weights in model.pt: "
                 f"{pruned_nonzero} of {pruned_count:,} non-zero (max |w| {pruned_max:g}); model.pt {'/'.join(dtypes)}")
