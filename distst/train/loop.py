@@ -267,6 +267,7 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
         with fp32_view(model) as fp32_model:
             metrics = evaluate(fp32_model, eval_loss_net, eval_content, eval_style)
+        model.features.take()  # what the evaluation's forwards recorded is no training step's
         divergence.check_metrics(metrics, step, workdir, info.device)
         method.on_evaluate(ctx, metrics)
         tracker.log(metrics, step)
