@@ -81,10 +81,11 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_masks(sl
 def test_time_limit_signal_checkpoints_and_requeues(slurm_cluster, tmp_path: Path) -> None:
     # USR1 comes 50 s before a 1-minute limit (Slurm checks limits every 30 s, so 0-30 s later): the job
     # checkpoints, requeues, and each restart gets further until it finishes (on a loaded machine a slot
-    # gains only a few steps: the wait is long).
+    # gains only a few steps, so the wait is long and the requeue limit high).
     run_dir = tmp_path / "run"
     job = submit(slurm_cluster, "slurm/imp_adain.sh", run_dir, "train.steps=400 train.checkpoint_every=100 "
-                 "train.eval_every=400 prune.rounds=0", "--time=1", "--signal=B:USR1@50", timeout=1800)
+                 "train.eval_every=400 prune.rounds=0", "--time=1", "--signal=B:USR1@50", timeout=1800,
+                 env={"DISTST_MAX_REQUEUES": "1000"})  # each requeue still needs a newer checkpoint
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), job.output()
     assert job.restarts >= 1 and "requeueing" in job.output()
     assert json.loads((run_dir / "level_0" / "summary.json").read_text())["steps"] == 400
