@@ -17,6 +17,9 @@ from distst.train import Method, StepInputs, TrainContext
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = sample_location()
+#: A slimmed AdaIN plan at the tiny width (1/8): some encoder and mirrored decoder layers narrower.
+SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
+              "decoder": {"conv3_4": 12, "conv3_1": 20, "conv1_1": 5}}
 
 
 def tiny_overrides(out_dir: Path, **extra: object) -> list[str]:

@@ -12,9 +12,9 @@ from helpers import SAMPLE
 
 from distst.prune.schedule import run_schedule  # noqa: F401  (the runs' driver is importable before Ray starts)
 from distst.records import read_summary
+from distst.study import pipeline
 from distst.study.finals import final_model, finished
 from distst.study.measure import measure_all
-from distst.study import pipeline
 from distst.study.runner import run_dir, run_study
 from distst.study.spec import load_study, pipeline_steps
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, run_distst, subprocess_env, tiny_config
+from helpers import REPO, SLIM_ADAIN, run_distst, subprocess_env, tiny_config
 from toy_models import ChannelGate, ToyGAN, same_weights
 
 from distst.config import ConfigError, build_config, model_section, with_overrides
@@ -23,10 +23,6 @@ from distst.prune.masks import MaskedTraining, full_masks, prune_magnitude
 from distst.stop import StopRequest
 from distst.track import read_metrics
 from distst.train import GradientAccess, Method, StepInputs, TrainContext, train
-
-SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
-              "decoder": {"conv3_4": 12, "conv3_1": 20, "conv1_1": 5}}
-
 
 # --- channel plans ----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from helpers import SAMPLE
+from helpers import SAMPLE, SLIM_ADAIN
 
 from distst.cli import main
 from distst.config import model_section
@@ -29,8 +29,6 @@ from distst.models.stats import calc_mean_std
 
 CONTENT = f"{SAMPLE}/content-{{000000..000001}}.tar"
 STYLE = f"{SAMPLE}/style-{{000000..000001}}.tar"
-SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
-              "decoder": {"conv3_4": 12, "conv3_1": 20, "conv1_1": 5}}
 # Content and style sizes (H, W) unlike the export's examples and each other; the second not multiples of 8
 # where the model takes any size (rounded up to the model's input multiple otherwise).
 SIZES = [((64, 48), (48, 80)), ((72, 100), (56, 40))]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import StopAt, on_int8_grid, tiny_config
+from helpers import SLIM_ADAIN, StopAt, on_int8_grid, tiny_config
 from toy_models import same_weights
 
 from distst.config import ConfigError, build_config, model_section
@@ -19,9 +19,6 @@ from distst.quant.fake import ActivationObserver, FakeQuantWeight
 from distst.registry import method_record
 from distst.stop import StopRequest
 from distst.train import MethodList, train
-
-SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
-              "decoder": {"conv3_4": 12, "conv3_1": 20, "conv1_1": 5}}
 
 
 def test_fake_quant_weight_is_per_channel_symmetric_int8_with_a_straight_through_gradient() -> None:

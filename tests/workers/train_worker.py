@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import StopAt, tiny_config  # noqa: E402
 
+from distst.distill import with_distillation  # noqa: E402
 from distst.masters import fp32_state_dict  # noqa: E402
 from distst.models import build  # noqa: E402
 from distst.prune.masks import MaskedTraining, full_masks, prunable_layers, prune_magnitude  # noqa: E402
@@ -56,8 +57,11 @@ class Probe(Method):
         self.masked_nonzero = 0
         self.masked_optimizer_nonzero = 0
         self.inspected: list[int] = []
+        self.distill: list[float] = []
 
     def after_optimizer_step(self, ctx: TrainContext) -> None:
+        if "distill" in ctx.metrics:
+            self.distill.append(ctx.metrics["distill"])
         # One loss per step: the loss, or with several optimizer stages (a GAN) their sum.
         self.losses.append(ctx.metrics["loss"] if "loss" in ctx.metrics else
                            sum(v for k, v in sorted(ctx.metrics.items()) if k.endswith("/loss")))
@@ -109,12 +113,14 @@ def main() -> None:
     request = StopRequest()
     if stop_after:
         method = MethodList([method or probe, StopAt(stop_after, request)])
-    result = train(cfg, out_dir, method or probe, stop=request)
+    # distill.* in the overrides (with distill.teacher): the distillation loss beside everything else.
+    result = train(cfg, out_dir, with_distillation(method or probe, cfg, None), stop=request)
     rank = torch.distributed.get_rank()
     report = {"rank": rank, "world": torch.distributed.get_world_size(), "losses": probe.losses,
               "steps": result.steps, "digest": probe.digest, "masked_nonzero": probe.masked_nonzero,
               "masked_optimizer_nonzero": probe.masked_optimizer_nonzero,
-              "inspected": probe.inspected, "masks": len(probe.masks or {}), "stopped": result.stopped}
+              "inspected": probe.inspected, "masks": len(probe.masks or {}), "stopped": result.stopped,
+              "distill": probe.distill}
     (report_dir / f"rank{rank}.json").write_text(json.dumps(report))
 
 
