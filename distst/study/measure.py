@@ -36,10 +36,13 @@ def study_loss_network(dense: Config, out: Path) -> nn.Module:
 @torch.no_grad()
 def measure_model(path: Path, loss_net: nn.Module, content: torch.Tensor, style: torch.Tensor,
                   size: int) -> dict[str, Any]:
-    """E (and its terms), parameters, MACs of one stylisation at ``size`` and the file's MB."""
+    """E (and its terms), parameters, the fraction of conv/linear weights that are zero (an IMP ticket's
+    sparsity; dense MACs are counted either way), MACs of one stylisation at ``size`` and the file's MB."""
     model, _ = load_model(path)
     errors = evaluate(model, loss_net, content, style)
-    return {**errors, "params": param_counts(model)["total"], "macs": macs(model, size)["total"],
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    zeros = sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
+    return {**errors, "params": param_counts(model)["total"], "sparsity": zeros, "macs": macs(model, size)["total"],
             "file_mb": path.stat().st_size / 2**20}
 
 

@@ -46,11 +46,12 @@ def study_rows(runs: list[dict[str, Any]], measured: dict[str, dict[str, Any]],
 
 def _table(rows: list[dict[str, Any]]) -> str:
     times = [k for k in rows[0] if k.startswith(("ms_", "speedup_"))]
-    head = ["model", "method", "distill", "final model", "params", "MACs", "file MB", "E", "E / dense E", *times]
+    head = ["model", "method", "distill", "final model", "params", "zero weights", "MACs", "file MB", "E",
+            "E / dense E", *times]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], r["method"], "yes" if r["distill"] else "no", r["final"], f"{r['params']:,}",
-                 f"{r['macs']:.3g}", f"{r['file_mb']:.2f}", f"{r['total_error']:.4g}", f"{r['e_ratio']:.3f}",
+                 f"{r['sparsity']:.1%}", f"{r['macs']:.3g}", f"{r['file_mb']:.2f}", f"{r['total_error']:.4g}", f"{r['e_ratio']:.3f}",
                  *(f"{r[k]:.2f}" for k in times)]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -16,17 +16,25 @@ from ..registry import method_record
 from ..sweep.trial import POLL_S, Background, prepare_process_env
 from ..train import train
 from .finals import finished
-from .spec import Study, StudyRun, load_study
+from .spec import DENSE, Study, StudyRun, load_study
 
 
 def run_dir(out: Path, name: str) -> Path:
     return out / "runs" / name
 
 
+def dense_teacher(out: Path) -> Path:
+    """The model file of the study's dense run: the teacher of every run with ``learns_from_dense``."""
+    return run_dir(out, DENSE) / "model.pt"
+
+
 def run_one(run: StudyRun, study: Study, out: Path, request: stop.StopRequest | None = None) -> None:
     """Train (or resume) one run of the study in its directory, in the study's W&B group."""
     folder = run_dir(out, run.name)
-    cfg = with_overrides(run.cfg, {"run.out_dir": str(folder), "tracking.group": study.name})
+    values = {"run.out_dir": str(folder), "tracking.group": study.name}
+    if run.learns_from_dense:
+        values["distill.teacher"] = str(dense_teacher(out))
+    cfg = with_overrides(run.cfg, values)
     if schedule_class(cfg) is not None:
         run_schedule(cfg, folder, stop=request)
     else:  # dense, QAT: one training run, the method record's own strategy
@@ -68,22 +76,33 @@ def study_trial(params: dict[str, Any], setup: StudySetup) -> None:
 
 
 def run_study(study: Study, file: Path, out: Path, max_failures: int = 1) -> list[str]:
-    """Run every unfinished run, ``study.file.concurrency`` at a time; returns the names that were run."""
+    """Run every unfinished run, ``study.file.concurrency`` at a time: first the dense run and every run that does
+    not learn from it, then those that do (their teacher is its model file). Returns the names that were run."""
+    todo = [r for r in study.runs if not finished(run_dir(out, r.name))]
+    first = [r.name for r in todo if not r.learns_from_dense]
+    then = [r.name for r in todo if r.learns_from_dense]
+    _fit(study, file, out, first, study.name, max_failures)
+    if then and not finished(run_dir(out, DENSE)):
+        return first  # stopped before the teacher was done: a re-run resumes
+    _fit(study, file, out, then, f"{study.name}_distilled", max_failures)
+    return first + then
+
+
+def _fit(study: Study, file: Path, out: Path, names: list[str], tune_name: str, max_failures: int) -> None:
+    """One Ray Tune grid over ``names`` (nothing to do: no Ray work)."""
     from ray import tune
 
-    todo = [r.name for r in study.runs if not finished(run_dir(out, r.name))]
-    if not todo:
-        return []
+    if not names:
+        return
     res = study.file.resources
     setup = StudySetup(str(file.resolve()), str(out.resolve()), os.getcwd(), res.cpus)
     trainable = tune.with_resources(tune.with_parameters(study_trial, setup=setup), {"cpu": res.cpus, "gpu": res.gpus})
     tuner = tune.Tuner(
-        trainable, param_space={"run": tune.grid_search(todo)},
+        trainable, param_space={"run": tune.grid_search(names)},
         tune_config=tune.TuneConfig(max_concurrent_trials=study.file.concurrency),
-        run_config=tune.RunConfig(name=study.name, storage_path=str((out / "ray").resolve()),
+        run_config=tune.RunConfig(name=tune_name, storage_path=str((out / "ray").resolve()),
                                   failure_config=tune.FailureConfig(max_failures=max_failures)))
     results = tuner.fit()
     failed = [r for r in results if r.error is not None]
     if failed:
         raise RuntimeError(f"{len(failed)} study run(s) failed: {failed[0].error}")
-    return todo

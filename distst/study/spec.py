@@ -23,6 +23,8 @@ from ..prune.schedule import TrainStep, schedule_class
 #: The methods a study may compare (their jobs' prune.method).
 METHODS = ("imp", "l2", "iccp", "cpst", "qat")
 DENSE = "dense"
+#: ``teacher`` values that are not files: the study's equal-budget dense model, or each run's own dense step.
+STUDY_TEACHER, OWN_TEACHER = "dense", "own"
 
 
 class Bench(BaseModel):
@@ -46,7 +48,8 @@ class StudyFile(BaseModel):
     distill: list[bool] | dict[str, list[bool]] = Field(
         [False], description="each method with (true) and/or without (false) distillation; or per run name")
     distill_weight: float = Field(1.0, gt=0)
-    teacher: str | None = Field(None, description="a model file every distilled run learns from")
+    teacher: str = Field(STUDY_TEACHER, description="what every distilled run learns from: 'dense' (the study's "
+                         "equal-budget dense model, trained first), 'own' (each run's own dense step) or a model file")
     overrides: dict[str, Any] = Field({}, description="dotted overrides for every run")
     run_overrides: dict[str, dict[str, Any]] = Field({}, description="dense or a method -> its own overrides")
     bench: Bench = Field(default_factory=Bench)
@@ -60,6 +63,8 @@ class StudyRun:
     method: str
     distill: bool
     cfg: Config
+    #: Learns from the study's dense run (whose model file exists only once that run is done: it runs later).
+    learns_from_dense: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,13 +111,11 @@ def _check_teacher(path: str, model: str) -> None:
         raise ConfigError(f"teacher: {path} is a {section.name} model; this study's model is {model}")
 
 
-def _distilled(cfg: Config, weight: float, teacher: str | None) -> Config:
-    if "distill" not in Config.model_fields:  # before distillation existed: refuse clearly
-        raise ConfigError("distill: this distst has no distillation (no distill section in the config)")
+def _distilled(cfg: Config, weight: float, teacher: str) -> Config:
     values: dict[str, Any] = {"distill.weight": weight}
-    if teacher:
+    if teacher not in (STUDY_TEACHER, OWN_TEACHER):
         values["distill.teacher"] = teacher
-    return with_overrides(cfg, values)
+    return with_overrides(cfg, values)  # the study's dense model is named when the run starts (run_one)
 
 
 def build_study(tree: dict[str, Any], base: Path = Path(".")) -> Study:
@@ -139,7 +142,7 @@ def build_study(tree: dict[str, Any], base: Path = Path(".")) -> Study:
     if dense.prune.method != "none":
         raise ConfigError(f"dense: {spec.dense} has prune.method={dense.prune.method}; the dense job trains plainly")
     model = dense.model.name
-    if spec.teacher:
+    if spec.teacher not in (STUDY_TEACHER, OWN_TEACHER):
         _check_teacher(spec.teacher, model)
     runs: list[StudyRun] = []
     for method, path in spec.methods.items():
@@ -149,10 +152,12 @@ def build_study(tree: dict[str, Any], base: Path = Path(".")) -> Study:
         if cfg.model.name != model:
             raise ConfigError(f"methods.{method}: {path} trains {cfg.model.name}; the study's model is {model}")
         for distill in choices.get(method, [False]):
-            if distill and schedule_class(cfg) is None:  # train() alone has no dense step to learn from
-                raise ConfigError(f"distill.{method}: a one-run method is not distilled by a study (no dense step)")
+            if distill and spec.teacher == OWN_TEACHER and schedule_class(cfg) is None:
+                raise ConfigError(f"distill.{method}: with teacher: own a one-run method has no dense step to "
+                                  "learn from (use teacher: dense or a model file)")
             run_cfg = _distilled(cfg, spec.distill_weight, spec.teacher) if distill else cfg
-            runs.append(StudyRun(f"{method}_distill" if distill else method, method, distill, run_cfg))
+            runs.append(StudyRun(f"{method}_distill" if distill else method, method, distill, run_cfg,
+                                 learns_from_dense=distill and spec.teacher == STUDY_TEACHER))
     budget = max([pipeline_steps(r.cfg) for r in runs], default=dense.train.steps)
     # The baseline has no teacher of its own: it is never distilled, whatever `distill` lists.
     runs.insert(0, StudyRun(DENSE, DENSE, False, with_overrides(dense, {"train.steps": budget})))

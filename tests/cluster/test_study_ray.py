@@ -48,26 +48,33 @@ def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.Mo
     file.write_text(yaml.safe_dump({
         "dense": "jobs/local/adain.yaml",
         "methods": {"imp": "jobs/local/imp_adain.yaml", "iccp": "jobs/local/iccp_adain.yaml"},
-        "overrides": TINY, "concurrency": 2, "bench": {"sizes": [[32, 32]], "threads": 1},
+        "distill": {"iccp": [False, True]}, "overrides": TINY, "concurrency": 2, "bench": {"sizes": [[32, 32]], "threads": 1},
         "run_overrides": {"imp": {"prune.rounds": 1, "prune.rewind_step": 0},
                           "iccp": {"prune.ratios": [0.5], "prune.sides": ["decoder"], "prune.sparsify_steps": 2,
                                    "prune.finetune_steps": 2, "prune.min_channels": 2}},
     }, sort_keys=False))
     study = load_study(file)
     out = tmp_path / "out"
-    assert sorted(run_study(study, file, out)) == ["dense", "iccp", "imp"]
+    # The distilled run goes after the rest: its teacher is the dense run's model file.
+    assert run_study(study, file, out)[-1] == "iccp_distill"
+    assert {r.name for r in study.runs} == {"dense", "imp", "iccp", "iccp_distill"}
     for run in study.runs:
         assert finished(run_dir(out, run.name)), run.name
     dense_steps = read_summary(run_dir(out, "dense"))["steps"]
     assert dense_steps == max(pipeline_steps(r.cfg) for r in study.runs[1:]) == study.runs[0].cfg.train.steps
     paths = {r.name: final_model(run_dir(out, r.name), r.method)[0] for r in study.runs}
     rows = measure_all(paths, study.runs[0].cfg, out)
-    assert set(rows) == {"dense", "imp", "iccp"} and all(row["total_error"] > 0 for row in rows.values())
+    assert set(rows) == {"dense", "imp", "iccp", "iccp_distill"} and all(r["total_error"] > 0 for r in rows.values())
+    teacher = yaml.safe_load((run_dir(out, "iccp_distill") / "config.yaml").read_text())["distill"]["teacher"]
+    assert Path(teacher) == run_dir(out, "dense") / "model.pt"
+    distilled = [json.loads(line) for d in run_dir(out, "iccp_distill").glob("*_finetune_*")
+                 for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert any(row.get("distill", 0) > 0 for row in distilled)
     assert rows["iccp"]["macs"] < rows["dense"]["macs"]
     stamps = {n: p.stat().st_mtime_ns for n, p in paths.items()}
     assert run_study(load_study(file), file, out) == []  # re-run: every run reused, no Ray work
     summary = pipeline.study(file, out, repeats=1)  # the whole command's work: runs reused, then measured and timed
     assert stamps == {n: p.stat().st_mtime_ns for n, p in paths.items()}
-    assert [m["name"] for m in summary["models"]] == ["dense", "imp", "iccp"]
+    assert [m["name"] for m in summary["models"]] == ["dense", "imp", "iccp", "iccp_distill"]
     assert {m["name"]: m["total_error"] for m in summary["models"]} == {n: r["total_error"] for n, r in rows.items()}
     assert json.loads((out / "summary.json").read_text())["kind"] == "study" and (out / "report.md").is_file()

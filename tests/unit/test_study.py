@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
-from distst.config import Config, ConfigError
+from distst.config import ConfigError
 from distst.study.pareto import pareto_front
 from distst.study.spec import load_study, pipeline_steps
 
-HAS_DISTILL = "distill" in Config.model_fields
 LOCAL = {"imp": "jobs/local/imp_adain.yaml", "iccp": "jobs/local/iccp_adain.yaml"}
 
 
@@ -39,11 +39,16 @@ def test_dense_baseline_gets_the_longest_pipelines_steps(tmp_path: Path) -> None
     assert study.name == "s"
 
 
-@pytest.mark.skipif(not HAS_DISTILL, reason="distst.config.Config has no distill section yet")
-def test_distilled_twins_carry_the_studys_weight(tmp_path: Path) -> None:
+def test_distilled_twins_carry_the_studys_weight_and_learn_from_its_dense_run(tmp_path: Path) -> None:
     study = load_study(write(tmp_path / "s.yaml", distill=[False, True], distill_weight=0.5))
     assert [r.name for r in study.runs] == ["dense", "imp", "imp_distill", "iccp", "iccp_distill"]
     assert [r.cfg.distill.weight for r in study.runs] == [0.0, 0.0, 0.5, 0.0, 0.5]
+    assert [r.learns_from_dense for r in study.runs] == [False, False, True, False, True]
+    own = load_study(write(tmp_path / "own.yaml", distill=[True], teacher="own"))
+    assert not any(r.learns_from_dense for r in own.runs) and not any(r.cfg.distill.teacher for r in own.runs)
+    # A one-run method (QAT) has no dense step of its own, but the study's dense run can teach it.
+    qat = load_study(write(tmp_path / "qat.yaml", methods={"qat": "jobs/local/qat_adain.yaml"}, distill=[True]))
+    assert [(r.name, r.learns_from_dense) for r in qat.runs] == [("dense", False), ("qat_distill", True)]
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -52,7 +57,8 @@ def test_distilled_twins_carry_the_studys_weight(tmp_path: Path) -> None:
     ({"methods": {"imp": "jobs/local/imp_sanet.yaml"}}, "methods.imp: jobs/local/imp_sanet.yaml trains sanet"),
     ({"distill": {"dense": [True]}}, "distill.dense: the equal-budget dense run cannot be distilled"),
     ({"distill": {"l2": [True]}}, "distill.l2: not a method of this study"),
-    ({"methods": {"qat": "jobs/local/qat_adain.yaml"}, "distill": [True]}, "distill.qat: a one-run method"),
+    ({"methods": {"qat": "jobs/local/qat_adain.yaml"}, "distill": [True], "teacher": "own"},
+     "distill.qat: with teacher: own a one-run method has no dense step"),
     ({"concurency": 2}, "concurency: unknown key (did you mean 'concurrency'?)"),
     ({"overrides": {"train.stpes": 3}}, "dense: "),
 ])
@@ -104,10 +110,16 @@ def test_every_model_is_measured_with_one_loss_network(tmp_path: Path) -> None:
     from distst.study.measure import LOSS_VGG, measure_all
 
     dense = load_config("jobs/local/adain.yaml", {"model.width": 0.125, "data.crop": 32, "data.eval_pairs": 2})
-    paths = {name: save_model(create(dense.model, weights=False), tmp_path / f"{name}.pt") for name in ("a", "b")}
+    models = {name: create(dense.model, weights=False) for name in ("a", "b")}
+    convs = [m.weight for m in models["b"].modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    with torch.no_grad():
+        convs[-1].zero_()  # a pruned layer: its share of the weights is the sparsity
+    paths = {name: save_model(model, tmp_path / f"{name}.pt") for name, model in models.items()}
     rows = measure_all(paths, dense, tmp_path)
+    assert rows["b"]["sparsity"] == pytest.approx(convs[-1].numel() / sum(w.numel() for w in convs), abs=1e-12)
     assert (tmp_path / LOSS_VGG).is_file()
     assert rows["a"]["params"] == rows["b"]["params"] > 0 and rows["a"]["macs"] > 0
+    assert rows["a"]["sparsity"] == 0.0
     assert rows["a"]["total_error"] != rows["b"]["total_error"]  # two different models, one network
     again = measure_all({"a": paths["a"]}, dense, tmp_path)
     assert again["a"]["total_error"] == rows["a"]["total_error"]
@@ -124,20 +136,18 @@ def test_report_has_one_row_per_model_the_ratios_and_the_fronts(tmp_path: Path) 
     timed = time_models(paths, [(32, 32)], threads=1, repeats=1, warmup=0)
     runs = [{"name": "dense", "method": "dense", "distill": False, "final": "final"},
             {"name": "iccp", "method": "iccp", "distill": False, "final": "slimmed"}]
-    measured = {"dense": {"total_error": 2.0, "params": 10, "macs": 100, "file_mb": 1.0},
-                "iccp": {"total_error": 3.0, "params": 5, "macs": 50, "file_mb": 0.5}}
+    measured = {"dense": {"total_error": 2.0, "params": 10, "sparsity": 0.0, "macs": 100, "file_mb": 1.0},
+                "iccp": {"total_error": 3.0, "params": 5, "sparsity": 0.25, "macs": 50, "file_mb": 0.5}}
     rows = study_rows(runs, measured, timed)
     assert [r["e_ratio"] for r in rows] == [1.0, 1.5] and all(r["pareto_macs"] for r in rows)
     summary = write_report(tmp_path, "tiny", rows)
     assert summary["kind"] == "study" and len(summary["models"]) == 2
     text = (tmp_path / "report.md").read_text()
-    assert "| iccp | iccp | no | slimmed |" in text and "ms_32_32" in text
+    assert "| iccp | iccp | no | slimmed | 5 | 25.0% |" in text and "ms_32_32" in text
     assert (tmp_path / "e_vs_macs.png").is_file() and (tmp_path / "e_vs_latency.png").is_file()
 
 
 @pytest.mark.parametrize("path", ["jobs/local/study_adain.yaml", "jobs/study_adain.yaml"])
 def test_shipped_study_files_load(path: str) -> None:
-    if "true" in Path(path).read_text() and not HAS_DISTILL:
-        pytest.skip("distst.config.Config has no distill section yet")
     study = load_study(path)
     assert study.runs[0].name == "dense" and len(study.runs) > 4
