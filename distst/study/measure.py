@@ -46,9 +46,14 @@ def measure_model(path: Path, loss_net: nn.Module, content: torch.Tensor, style:
             "file_mb": path.stat().st_size / 2**20}
 
 
+def held_out(dense: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense job's held-out pairs at its eval size: every model of the study is measured on them."""
+    return eval_pairs(dense.data)
+
+
 def measure_all(paths: dict[str, Path], dense: Config, out: Path) -> dict[str, dict[str, Any]]:
     """One evaluation per model, all on ``dense``'s held-out pairs at its eval size, with one loss network."""
     loss_net = study_loss_network(dense, out)
-    content, style = eval_pairs(dense.data)
+    content, style = held_out(dense)
     size = dense.data.eval_size or dense.data.crop
     return {name: measure_model(path, loss_net, content, style, size) for name, path in paths.items()}

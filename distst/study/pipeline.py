@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..reports import publish_table
 from .finals import final_model, finished
-from .measure import measure_all
-from .report import study_rows, time_models, write_report
+from .measure import held_out, measure_all, study_loss_network
+from .report import study_rows, table, time_models, write_report
 from .runner import run_dir, run_study
+from .shipped import export_finals, graph_entries, graph_errors, variants
 from .spec import load_study
 
 
@@ -21,8 +23,19 @@ def study(file: Path, out: Path, repeats: int = 5) -> dict[str, Any] | None:
         return None
     finals = {r.name: final_model(run_dir(out, r.name), r.method) for r in spec.runs}
     paths = {name: path for name, (path, _) in finals.items()}
-    measured = measure_all(paths, spec.runs[0].cfg, out)
-    timed = time_models(paths, list(spec.file.bench.sizes), spec.file.bench.threads, repeats)
+    dense, bench = spec.runs[0].cfg, spec.file.bench
+    measured = measure_all(paths, dense, out)
+    exports = export_finals(paths, dense, out, bench.int8) if bench.onnx else {}
+    kinds = variants(bench.int8)
+    graph_e = graph_errors(paths, exports, kinds, study_loss_network(dense, out), *held_out(dense))
+    # Torch models and their graphs timed in one round-robin, against the dense torch model.
+    timed = time_models({**paths, **graph_entries(exports, kinds)}, list(bench.sizes), bench.threads, repeats)
     runs = [{"name": r.name, "method": r.method, "distill": r.distill, "final": finals[r.name][1],
              "run_dir": str(run_dir(out, r.name))} for r in spec.runs]
-    return write_report(out, spec.name, study_rows(runs, measured, timed))
+    summary = write_report(out, spec.name, study_rows(runs, measured, timed, graph_e))
+    # The table and plots join the runs' W&B group (a no-op with tracking.backend: none).
+    columns, cells = table(summary["models"])
+    publish_table(dense.tracking, out, name=f"{spec.name}/summary", group=spec.name, job_type="study",
+                  config=spec.file.model_dump(mode="json"), table_key="study/table", columns=columns, rows=cells,
+                  images=sorted(out.glob("*.png")), summary={})
+    return summary

@@ -29,12 +29,17 @@ def time_models(paths: dict[str, Path], sizes: list[tuple[int, int]], threads: i
     return timed
 
 
-def study_rows(runs: list[dict[str, Any]], measured: dict[str, dict[str, Any]],
-               timed: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """One row per model (the dense baseline first): its run, its measures, E / the dense E, on the front?"""
+def study_rows(runs: list[dict[str, Any]], measured: dict[str, dict[str, Any]], timed: dict[str, dict[str, float]],
+               graph_e: dict[str, dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """One row per model (the dense baseline first): its run, its measures, E / the dense E, on the front?, and
+    its ONNX graphs (``onnx``: variant -> E, E ratio, ms and speed-ups against the dense torch model)."""
     dense_e = measured[runs[0]["name"]]["total_error"]
     rows = [{**run, **measured[run["name"]], **timed.get(run["name"], {}),
              "e_ratio": measured[run["name"]]["total_error"] / dense_e} for run in runs]
+    for row in rows:
+        graphs = (graph_e or {}).get(row["name"], {})
+        row["onnx"] = {variant: {"total_error": e, "e_ratio": e / dense_e,
+                                 **timed.get(f"{row['name']} onnx {variant}", {})} for variant, e in graphs.items()}
     ms_key = next((k for k in rows[0] if k.startswith("ms_")), None)
     if ms_key:
         for i in pareto_front([(r[ms_key], r["total_error"]) for r in rows]):
@@ -44,17 +49,30 @@ def study_rows(runs: list[dict[str, Any]], measured: dict[str, dict[str, Any]],
     return rows
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The study's one table (head, cells): the report's and the W&B table's."""
     times = [k for k in rows[0] if k.startswith(("ms_", "speedup_"))]
     head = ["model", "method", "distill", "final model", "params", "zero weights", "MACs", "file MB", "E",
             "E / dense E", *times]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["name"], r["method"], "yes" if r["distill"] else "no", r["final"], f"{r['params']:,}",
-                 f"{r['sparsity']:.1%}", f"{r['macs']:.3g}", f"{r['file_mb']:.2f}", f"{r['total_error']:.4g}", f"{r['e_ratio']:.3f}",
-                 *(f"{r[k]:.2f}" for k in times)]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return head, [[r["name"], r["method"], "yes" if r["distill"] else "no", r["final"], f"{r['params']:,}",
+                   f"{r['sparsity']:.1%}", f"{r['macs']:.3g}", f"{r['file_mb']:.2f}", f"{r['total_error']:.4g}",
+                   f"{r['e_ratio']:.3f}", *(f"{r[k]:.2f}" for k in times)] for r in rows]
+
+
+def _markdown(head: list[str], body: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(cells) + " |" for cells in body)])
+
+
+def _graph_table(rows: list[dict[str, Any]]) -> str:
+    """The exported graphs: E (the graph's own, same pairs and loss network) and time against dense torch."""
+    graphs = [(r["name"], variant, g) for r in rows for variant, g in r.get("onnx", {}).items()]
+    if not graphs:
+        return "No ONNX graphs (`bench.onnx: false`, or the model does not export)."
+    times = [k for k in graphs[0][2] if k.startswith(("ms_", "speedup_"))]
+    return _markdown(["model", "runtime", "E", "E / dense E", *times],
+                     [[name, f"onnx {variant}", f"{g['total_error']:.4g}", f"{g['e_ratio']:.3f}",
+                       *(f"{g[k]:.2f}" for k in times)] for name, variant, g in graphs])
 
 
 def plot(rows: list[dict[str, Any]], x_key: str, front_key: str, path: Path, xlabel: str) -> Path:
@@ -88,5 +106,6 @@ def write_report(out: Path, name: str, rows: list[dict[str, Any]]) -> dict[str, 
     if ms_key:
         plots.append(plot(rows, ms_key, "pareto_latency", out / "e_vs_latency.png", f"torch {ms_key} (ms)"))
     images = "\n".join(f"![{p.stem}]({p.name})" for p in plots)
-    write_text(out / REPORT, f"# Study {name}\n\n{_table(rows)}\n\n{images}\n")
+    write_text(out / REPORT, f"# Study {name}\n\n{_markdown(*table(rows))}\n\n## ONNX Runtime graphs\n\n{_graph_table(rows)}\n\n"
+                             f"{images}\n")
     return summary

@@ -31,7 +31,8 @@ class Bench(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sizes: list[tuple[int, int]] = Field([(384, 256), (512, 512)], description="content/style sizes timed")
     threads: int = Field(2, ge=1)
-    int8: bool = Field(False, description="also export and time int8 ONNX models")
+    onnx: bool = Field(True, description="export every final model to ONNX and measure (E, ms) its fp32 graph")
+    int8: bool = Field(False, description="also quantise each export to int8 (ONNX Runtime) and measure it")
 
 
 class Resources(BaseModel):

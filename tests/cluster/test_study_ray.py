@@ -48,8 +48,11 @@ def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.Mo
     file.write_text(yaml.safe_dump({
         "dense": "jobs/local/adain.yaml",
         "methods": {"imp": "jobs/local/imp_adain.yaml", "iccp": "jobs/local/iccp_adain.yaml"},
-        "distill": {"iccp": [False, True]}, "overrides": TINY, "concurrency": 2, "bench": {"sizes": [[32, 32]], "threads": 1},
-        "run_overrides": {"imp": {"prune.rounds": 1, "prune.rewind_step": 0},
+        "distill": {"iccp": [False, True]}, "overrides": TINY, "concurrency": 2,
+        "bench": {"sizes": [[32, 32]], "threads": 1, "int8": True},
+        # The study's table goes where the dense run's tracking says: W&B, offline here.
+        "run_overrides": {"dense": {"tracking.backend": "wandb", "tracking.mode": "offline"},
+                          "imp": {"prune.rounds": 1, "prune.rewind_step": 0},
                           "iccp": {"prune.ratios": [0.5], "prune.sides": ["decoder"], "prune.sparsify_steps": 2,
                                    "prune.finetune_steps": 2, "prune.min_channels": 2}},
     }, sort_keys=False))
@@ -78,3 +81,11 @@ def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.Mo
     assert [m["name"] for m in summary["models"]] == ["dense", "imp", "iccp", "iccp_distill"]
     assert {m["name"]: m["total_error"] for m in summary["models"]} == {n: r["total_error"] for n, r in rows.items()}
     assert json.loads((out / "summary.json").read_text())["kind"] == "study" and (out / "report.md").is_file()
+    # Every model ships as ONNX: the fp32 graph's E is the torch model's; int8 is measured and timed beside them.
+    for model in summary["models"]:
+        graphs = model["onnx"]
+        assert graphs["fp32"]["total_error"] == pytest.approx(model["total_error"], rel=1e-3), model["name"]
+        assert graphs["int8"]["total_error"] > 0 and graphs["int8"]["ms_32_32"] > 0
+    assert "| iccp | onnx int8 |" in (out / "report.md").read_text()
+    tables = list((out / "wandb").glob("offline-run-*/files/media/table/study/table_*.table.json"))
+    assert len(tables) == 1 and len(json.loads(tables[0].read_text())["data"]) == 4
