@@ -16,7 +16,7 @@ from ..registry import method_record
 from ..sweep.trial import POLL_S, Background, prepare_process_env
 from ..train import train
 from .finals import finished
-from .spec import DENSE, Study, StudyRun, load_study
+from .spec import DENSE, Study, StudyRun, load_study, pipeline_steps
 
 
 def run_dir(out: Path, name: str) -> Path:
@@ -77,8 +77,10 @@ def study_trial(params: dict[str, Any], setup: StudySetup) -> None:
 
 def run_study(study: Study, file: Path, out: Path, max_failures: int = 1) -> list[str]:
     """Run every unfinished run, ``study.file.concurrency`` at a time: first the dense run and every run that does
-    not learn from it, then those that do (their teacher is its model file). Returns the names that were run."""
-    todo = [r for r in study.runs if not finished(run_dir(out, r.name))]
+    not learn from it, then those that do (their teacher is its model file). Within each grid the longest
+    pipelines start first, so no slot idles at the end behind one long run. Returns the names that were run."""
+    todo = sorted((r for r in study.runs if not finished(run_dir(out, r.name))),
+                  key=lambda r: -pipeline_steps(r.cfg))  # stable: the dense run stays ahead of equal-length runs
     first = [r.name for r in todo if not r.learns_from_dense]
     then = [r.name for r in todo if r.learns_from_dense]
     _fit(study, file, out, first, study.name, max_failures)
