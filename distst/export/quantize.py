@@ -32,6 +32,8 @@ class Calibration:
 
     content: Tensor
     style: Tensor
+    #: Where in the shards they start (recorded in the manifest: a re-used export says what it was calibrated on).
+    skip: int = 0
 
 
 def read_calibration(content: str, style: str | None, count: int, size: int, skip: int = 0) -> Calibration:
@@ -44,7 +46,7 @@ def read_calibration(content: str, style: str | None, count: int, size: int, ski
             images.append(first_images(pattern, skip + count, size)[skip:])
         except FileNotFoundError as err:
             raise ExportError(f"calibration shards: {err}") from None
-    return Calibration(*images)
+    return Calibration(*images, skip=skip)
 
 
 class _Feeds:
@@ -102,7 +104,7 @@ def quantize_export(out_dir: str | Path, calib: Calibration) -> dict[str, Any]:
     manifest["variants"]["int8"] = files
     manifest["int8"] = {"method": "ONNX Runtime quantize_static, QDQ, per-channel int8 weights, uint8 activations "
                                   "(MinMax)", "calibration_pairs": len(calib.content),
-                        "calibration_size": int(calib.content.shape[-1])}
+                        "calibration_size": int(calib.content.shape[-1]), "calibration_skip": calib.skip}
     write_manifest(out, manifest)
     return manifest
 

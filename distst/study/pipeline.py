@@ -23,9 +23,9 @@ def study(file: Path, out: Path, repeats: int = 5) -> dict[str, Any] | None:
         return None
     finals = {r.name: final_model(run_dir(out, r.name), r.method) for r in spec.runs}
     paths = {name: path for name, (path, _) in finals.items()}
-    dense, bench = spec.runs[0].cfg, spec.file.bench
+    dense, bench = spec.measuring(), spec.file.bench
     measured = measure_all(paths, dense, out)
-    exports = export_finals(paths, dense, out, bench.int8) if bench.onnx else {}
+    exports = export_finals(paths, dense, out, bench.int8, bench.calibration_pairs) if bench.onnx else {}
     kinds = variants(bench.int8)
     graph_e = graph_errors(paths, exports, kinds, study_loss_network(dense, out), *held_out(dense))
     # Torch models and their graphs timed in one round-robin, against the dense torch model.

@@ -12,39 +12,47 @@ from ..config import Config
 from ..evaluate import evaluate
 from ..export import export_model
 from ..export.errors import onnx_forward
-from ..export.onnx_export import MANIFEST, ExportError, variant_name
+from ..export.onnx_export import MANIFEST, ExportError, read_manifest, variant_name
 from ..export.quantize import quantize_export, read_calibration
 from ..export.runtime import OnnxStylizer
 from ..models.io import load_model
 
 EXPORTS = "exports"
-CALIBRATION_PAIRS = 8
 
 
-def _fresh(export_dir: Path, model_file: Path, int8: bool) -> bool:
-    """An export newer than its model file (with the int8 graphs if they are wanted): a re-run reuses it."""
+def _fresh(export_dir: Path, model_file: Path, int8: dict[str, int] | None) -> bool:
+    """An export newer than its model file (with int8 graphs calibrated as ``int8`` says, if they are wanted): a
+    re-run reuses it."""
     manifest = export_dir / MANIFEST
     if not manifest.is_file() or manifest.stat().st_mtime_ns < model_file.stat().st_mtime_ns:
         return False
-    return not int8 or (export_dir / variant_name("forward", "int8")).is_file()
+    if int8 is None:
+        return True
+    recorded = read_manifest(export_dir).get("int8", {})
+    return ((export_dir / variant_name("forward", "int8")).is_file()
+            and all(recorded.get(key) == value for key, value in int8.items()))
 
 
-def export_finals(paths: dict[str, Path], dense: Config, out: Path, int8: bool) -> dict[str, Path]:
+def export_finals(paths: dict[str, Path], dense: Config, out: Path, int8: bool,
+                  calibration_pairs: int = 8) -> dict[str, Path]:
     """Each model's export directory ``<out>/exports/<name>``; {} for a model that does not export (a GAN).
-    int8 calibration: images of the dense job's shards after its held-out pairs, at its eval size."""
+    int8 calibration: ``calibration_pairs`` images of the dense job's shards after its held-out pairs, at its
+    eval size (never the pairs E is measured on)."""
     exports: dict[str, Path] = {}
     calibration = None
+    data = dense.data
+    wanted = {"calibration_pairs": calibration_pairs, "calibration_size": data.eval_size or data.crop,
+              "calibration_skip": data.eval_pairs} if int8 else None
     for name, model_file in paths.items():
         target = out / EXPORTS / name
-        if not _fresh(target, model_file, int8):
+        if not _fresh(target, model_file, wanted):
             try:
                 export_model(model_file, target)
             except ExportError:
                 return {}  # the study's one model has no ONNX graphs: the table says so
             if int8:
                 if calibration is None:
-                    data = dense.data
-                    calibration = read_calibration(data.content, data.style, CALIBRATION_PAIRS,
+                    calibration = read_calibration(data.content, data.style, calibration_pairs,
                                                    data.eval_size or data.crop, skip=data.eval_pairs)
                 quantize_export(target, calibration)
         exports[name] = target

@@ -33,6 +33,14 @@ class Bench(BaseModel):
     threads: int = Field(2, ge=1)
     onnx: bool = Field(True, description="export every final model to ONNX and measure (E, ms) its fp32 graph")
     int8: bool = Field(False, description="also quantise each export to int8 (ONNX Runtime) and measure it")
+    calibration_pairs: int = Field(8, ge=1, description="int8 calibration pairs: the images after the measured pairs")
+
+
+class Measure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pairs: int | None = Field(None, ge=1, description="held-out pairs every final model is measured on; default: "
+                              "the dense job's data.eval_pairs (more pairs: a less noisy E)")
+    size: int | None = Field(None, ge=8, description="their centre-crop size; default: data.eval_size or data.crop")
 
 
 class Resources(BaseModel):
@@ -53,6 +61,7 @@ class StudyFile(BaseModel):
                          "equal-budget dense model, trained first), 'own' (each run's own dense step) or a model file")
     overrides: dict[str, Any] = Field({}, description="dotted overrides for every run")
     run_overrides: dict[str, dict[str, Any]] = Field({}, description="dense or a method -> its own overrides")
+    measure: Measure = Field(default_factory=Measure)
     bench: Bench = Field(default_factory=Bench)
     resources: Resources = Field(default_factory=Resources)
     concurrency: int = Field(1, ge=1)
@@ -73,6 +82,14 @@ class Study:
     name: str
     file: StudyFile
     runs: list[StudyRun]
+
+    def measuring(self) -> Config:
+        """The dense run's config with the study's ``measure`` pairs and size: every final model is measured (and
+        int8 calibrated after those pairs) with it. Only measuring reads it, so changing it retrains nothing."""
+        dense, measure = self.runs[0].cfg, self.file.measure
+        values = {f"data.{key}": value for key, value in (("eval_pairs", measure.pairs), ("eval_size", measure.size))
+                  if value is not None}
+        return with_overrides(dense, values) if values else dense
 
 
 def _one_line(err: ValidationError) -> str:

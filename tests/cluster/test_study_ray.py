@@ -49,7 +49,8 @@ def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.Mo
         "dense": "jobs/local/adain.yaml",
         "methods": {"imp": "jobs/local/imp_adain.yaml", "iccp": "jobs/local/iccp_adain.yaml"},
         "distill": {"iccp": [False, True]}, "overrides": TINY, "concurrency": 2,
-        "bench": {"sizes": [[32, 32]], "threads": 1, "int8": True},
+        "bench": {"sizes": [[32, 32]], "threads": 1, "int8": True, "calibration_pairs": 2},
+        "measure": {"pairs": 3, "size": 40},  # measuring only: no run's config changes
         # The study's table goes where the dense run's tracking says: W&B, offline here.
         "run_overrides": {"dense": {"tracking.backend": "wandb", "tracking.mode": "offline"},
                           "imp": {"prune.rounds": 1, "prune.rewind_step": 0},
@@ -66,7 +67,10 @@ def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.Mo
     dense_steps = read_summary(run_dir(out, "dense"))["steps"]
     assert dense_steps == max(pipeline_steps(r.cfg) for r in study.runs[1:]) == study.runs[0].cfg.train.steps
     paths = {r.name: final_model(run_dir(out, r.name), r.method)[0] for r in study.runs}
-    rows = measure_all(paths, study.runs[0].cfg, out)
+    measuring = study.measuring()
+    assert (measuring.data.eval_pairs, measuring.data.eval_size) == (3, 40)
+    assert all(r.cfg.data.eval_pairs == 2 and r.cfg.data.eval_size is None for r in study.runs)
+    rows = measure_all(paths, measuring, out)
     assert set(rows) == {"dense", "imp", "iccp", "iccp_distill"} and all(r["total_error"] > 0 for r in rows.values())
     teacher = yaml.safe_load((run_dir(out, "iccp_distill") / "config.yaml").read_text())["distill"]["teacher"]
     assert Path(teacher) == run_dir(out, "dense") / "model.pt"
@@ -87,5 +91,8 @@ def test_tiny_study_end_to_end(ray_local, tmp_path: Path, monkeypatch: pytest.Mo
         assert graphs["fp32"]["total_error"] == pytest.approx(model["total_error"], rel=1e-3), model["name"]
         assert graphs["int8"]["total_error"] > 0 and graphs["int8"]["ms_32_32"] > 0
     assert "| iccp | onnx int8 |" in (out / "report.md").read_text()
+    # int8 calibrated on the images after the measured pairs, never on them.
+    manifest = json.loads((out / "exports" / "iccp" / "manifest.json").read_text())["int8"]
+    assert (manifest["calibration_skip"], manifest["calibration_pairs"], manifest["calibration_size"]) == (3, 2, 40)
     tables = list((out / "wandb").glob("offline-run-*/files/media/table/study/table_*.table.json"))
     assert len(tables) == 1 and len(json.loads(tables[0].read_text())["data"]) == 4

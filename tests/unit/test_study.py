@@ -51,8 +51,18 @@ def test_distilled_twins_carry_the_studys_weight_and_learn_from_its_dense_run(tm
     assert [(r.name, r.learns_from_dense) for r in qat.runs] == [("dense", False), ("qat_distill", True)]
 
 
+def test_measure_section_changes_only_what_is_measured(tmp_path: Path) -> None:
+    plain = load_study(write(tmp_path / "plain.yaml"))
+    assert plain.measuring() is plain.runs[0].cfg
+    study = load_study(write(tmp_path / "s.yaml", measure={"pairs": 6, "size": 128}))
+    assert (study.measuring().data.eval_pairs, study.measuring().data.eval_size) == (6, 128)
+    # The runs (and so what a re-run reuses) are those of the study without the section.
+    assert [r.cfg for r in study.runs] == [r.cfg for r in plain.runs]
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"methods": {"slim": "jobs/local/adain.yaml"}}, "methods.slim: unknown method"),
+    ({"measure": {"pair": 4}}, "measure.pair: unknown key"),
     ({"methods": {"iccp": "jobs/local/imp_adain.yaml"}}, "methods.iccp: jobs/local/imp_adain.yaml has prune.method=imp"),
     ({"methods": {"imp": "jobs/local/imp_sanet.yaml"}}, "methods.imp: jobs/local/imp_sanet.yaml trains sanet"),
     ({"distill": {"dense": [True]}}, "distill.dense: the equal-budget dense run cannot be distilled"),
