@@ -127,22 +127,27 @@ class Schedule(ABC):
         """Rank 0, after the last step: package the result (e.g. the slimmed model)."""
         return
 
-    # --- sweeps -------------------------------------------------------------------------------------------
+    # --- sweeps: optional (a schedule that defines these three can run as Tune trials) -----------------------
 
     @classmethod
     def metrics(cls, cfg: Config) -> tuple[str, ...]:
         """Every metric a row of ``cfg``'s run holds, plus Tune's ``training_iteration``."""
-        raise NotImplementedError
+        raise _not_sweepable(cls)
 
     @classmethod
     def rows(cls, cfg: Config, records: list[Record], macs_budget: int | None = None) -> list[dict[str, Any]]:
         """One row per Tune iteration, from the finished steps' records, in order."""
-        raise NotImplementedError
+        raise _not_sweepable(cls)
 
     @classmethod
     def iterations(cls, cfg: Config) -> int:
         """Rows a complete run of ``cfg`` reports."""
-        raise NotImplementedError
+        raise _not_sweepable(cls)
+
+
+
+def _not_sweepable(cls: type) -> NotImplementedError:
+    return NotImplementedError(f"{cls.__name__} does not run as a Tune sweep (it defines no metrics/rows/iterations)")
 
 
 def schedule_class(cfg: Config) -> type[Schedule] | None:
