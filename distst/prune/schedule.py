@@ -145,7 +145,6 @@ class Schedule(ABC):
         raise _not_sweepable(cls)
 
 
-
 def _not_sweepable(cls: type) -> NotImplementedError:
     return NotImplementedError(f"{cls.__name__} does not run as a Tune sweep (it defines no metrics/rows/iterations)")
 

@@ -51,9 +51,11 @@ def held_out(dense: Config) -> tuple[torch.Tensor, torch.Tensor]:
     return eval_pairs(dense.data)
 
 
-def measure_all(paths: dict[str, Path], dense: Config, out: Path) -> dict[str, dict[str, Any]]:
-    """One evaluation per model, all on ``dense``'s held-out pairs at its eval size, with one loss network."""
-    loss_net = study_loss_network(dense, out)
-    content, style = held_out(dense)
+def measure_all(paths: dict[str, Path], dense: Config, out: Path, loss_net: nn.Module | None = None,
+                pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, dict[str, Any]]:
+    """One evaluation per model, all on ``dense``'s held-out pairs at its eval size, with one loss network
+    (``loss_net`` and ``pairs``: those already built from ``dense``, so a caller that needs them too reads once)."""
+    loss_net = loss_net if loss_net is not None else study_loss_network(dense, out)
+    content, style = pairs if pairs is not None else held_out(dense)
     size = dense.data.eval_size or dense.data.crop
     return {name: measure_model(path, loss_net, content, style, size) for name, path in paths.items()}

@@ -24,10 +24,12 @@ def study(file: Path, out: Path, repeats: int = 5) -> dict[str, Any] | None:
     finals = {r.name: final_model(run_dir(out, r.name), r.method) for r in spec.runs}
     paths = {name: path for name, (path, _) in finals.items()}
     dense, bench = spec.measuring(), spec.file.bench
-    measured = measure_all(paths, dense, out)
+    # One loss network and one read of the pairs for the torch models and their graphs.
+    loss_net, pairs = study_loss_network(dense, out), held_out(dense)
+    measured = measure_all(paths, dense, out, loss_net, pairs)
     exports = export_finals(paths, dense, out, bench.int8, bench.calibration_pairs) if bench.onnx else {}
     kinds = variants(bench.int8)
-    graph_e = graph_errors(paths, exports, kinds, study_loss_network(dense, out), *held_out(dense))
+    graph_e = graph_errors(paths, exports, kinds, loss_net, *pairs)
     # Torch models and their graphs timed in one round-robin, against the dense torch model.
     timed = time_models({**paths, **graph_entries(exports, kinds)}, list(bench.sizes), bench.threads, repeats)
     runs = [{"name": r.name, "method": r.method, "distill": r.distill, "final": finals[r.name][1],

@@ -41,7 +41,8 @@ def export_finals(paths: dict[str, Path], dense: Config, out: Path, int8: bool,
     exports: dict[str, Path] = {}
     calibration = None
     data = dense.data
-    wanted = {"calibration_pairs": calibration_pairs, "calibration_size": data.eval_size or data.crop,
+    size = data.eval_size or data.crop
+    wanted = {"calibration_pairs": calibration_pairs, "calibration_size": size,
               "calibration_skip": data.eval_pairs} if int8 else None
     for name, model_file in paths.items():
         target = out / EXPORTS / name
@@ -52,8 +53,8 @@ def export_finals(paths: dict[str, Path], dense: Config, out: Path, int8: bool,
                 return {}  # the study's one model has no ONNX graphs: the table says so
             if int8:
                 if calibration is None:
-                    calibration = read_calibration(data.content, data.style, calibration_pairs,
-                                                   data.eval_size or data.crop, skip=data.eval_pairs)
+                    calibration = read_calibration(data.content, data.style, calibration_pairs, size,
+                                                   skip=data.eval_pairs)
                 quantize_export(target, calibration)
         exports[name] = target
     return exports
