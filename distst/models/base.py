@@ -242,7 +242,7 @@ class StyleTransferModel(DiststModel):
     def __init__(self, cfg: StyleTransferSection) -> None:
         super().__init__(cfg)
         # Built in this order (encoder, transform, decoder): the order their initialisations draw random numbers.
-        self.encoder = VGGEncoder(self.encoder_depth, cfg.width, self.plan["encoder"])
+        self.encoder = self.build_encoder(self.plan)
         self.transform = self.build_transform(self.plan)
         self.decoder = self.build_decoder(self.plan)
         self._reference_encoder = self.plan == self.default_plan(cfg.width)
@@ -255,17 +255,34 @@ class StyleTransferModel(DiststModel):
     WEIGHT_KEYS: ClassVar[tuple[str, ...]] = ("vgg_weights", "decoder_weights", "transform_weights")
 
     def init_weights(self, files: bool = True) -> None:
-        """The encoder pretrained from ``model.vgg_weights`` (else He-initialised) and the decoder and transform
-        from their files when ``files``; ``model.encoder == 'frozen'`` (the reference set-up) leaves the encoder
-        without gradients."""
+        """The encoder pretrained from ``model.vgg_weights`` (else He-initialised) and the other parts from their
+        files (``part_weight_files``) when ``files``; ``model.encoder == 'frozen'`` (the reference set-up) leaves
+        the encoder without gradients."""
         cfg = self.cfg
-        init_encoder(self.encoder, cfg.vgg_weights if files else None)  # type: ignore[attr-defined]
-        self.encoder_source = cfg.vgg_weights if files else None  # type: ignore[attr-defined]
-        for path, part in ((cfg.decoder_weights, self.decoder), (cfg.transform_weights, self.transform)):  # type: ignore[attr-defined]
-            if path and files:
+        vgg_weights = cfg.vgg_weights if files else None  # type: ignore[attr-defined]
+        self.load_encoder(vgg_weights)
+        self.encoder_source = vgg_weights
+        for path, part in self.part_weight_files() if files else ():
+            if path:
                 # A part whose official files hold unused weights (MCCNet's h conv) drops them by name.
                 load_checked(part, getattr(part, "reference_state", dict)(read_state_dict(path)), path)
         self.encoder.requires_grad_(cfg.encoder == "trainable")  # type: ignore[attr-defined]
+
+    def load_encoder(self, vgg_weights: str | None) -> None:
+        """Pretrained encoder weights from a local file in the reference layout, else a He initialisation."""
+        init_encoder(self.encoder, vgg_weights)  # type: ignore[arg-type]
+
+    def part_weight_files(self) -> list[tuple[str | None, nn.Module]]:
+        """The (file, part) pairs ``init_weights`` loads strictly besides the encoder: by default the decoder from
+        ``model.decoder_weights`` and the transform from ``model.transform_weights``."""
+        cfg = self.cfg
+        return [(cfg.decoder_weights, self.decoder), (cfg.transform_weights, self.transform)]  # type: ignore[attr-defined]
+
+    def build_encoder(self, plan: Plan) -> nn.Module:
+        """The encoder for ``plan``: called on images it returns the features at each of its ``tap_names``
+        (``relu1_1``..., shallowest first); ``conv_layers()`` gives its resizable convs by plan layer name. By
+        default the reference ``vgg_normalised`` VGG sliced at ``encoder_depth``."""
+        return VGGEncoder(self.encoder_depth, self.cfg.width, plan["encoder"])
 
     @abstractmethod
     def build_transform(self, plan: Plan) -> nn.Module:
