@@ -15,8 +15,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from .base import StyleTransferModel, StyleTransferSection
-from .stats import mean_variance_norm, per_sample_l2, style_error, style_loss
-from .vgg import VGGEncoder
+from .stats import blend, mean_variance_norm, per_sample_l2, style_error, style_loss
+from .vgg import VGGEncoder, frozen_copy, init_encoder
 
 CONTENT_TAPS = (3, 4)  # relu4_1 and relu5_1 of the loss VGG
 
@@ -42,6 +42,8 @@ class IdentityPass:
     identity_style_feats: list[Tensor]
     #: The encoder's features of the style images (a model's extra terms may reuse them); None in ``forward_pass``.
     style_enc: list[Tensor] | None
+    #: The encoder's features of the content images, likewise.
+    content_enc: list[Tensor] | None = None
 
 
 class IdentityTrainedModel(StyleTransferModel):
@@ -66,8 +68,10 @@ class IdentityTrainedModel(StyleTransferModel):
         self.features.record("transform", transformed)
         output = self.decoder(transformed)
         self.features.record("output", output)
-        return self._measured(content_feats, style_feats, output, identity_content, identity_style, loss_net,
-                              style_enc)
+        measured = self._measured(content_feats, style_feats, output, identity_content, identity_style, loss_net,
+                                  style_enc)
+        measured.content_enc = content_enc
+        return measured
 
     def forward_pass(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> IdentityPass:
         """The same pass through whole forward calls, ``self(content, style)``, ``self(content, content)`` and
@@ -119,3 +123,41 @@ class IdentityTrainedModel(StyleTransferModel):
             identity = identity + sum(per_sample_l2(a - b) for a, b in zip(ours, refs, strict=True))
         return {"content_error": content_error, "style_error": style_error(p.out_feats, p.style_feats),
                 "identity_error": identity}
+
+
+class Relu41IdentityModel(IdentityTrainedModel):
+    """An identity-trained model whose transform reads relu4_1 only (MCCNet, MANet): ``transform(content4_1,
+    style4_1)``.
+
+    The encoder runs to relu4_1, all the transform reads; the references' relu5_1 serves only their losses, so
+    only the frozen loss VGG goes on to relu5_1: the network that is trained, pruned, counted and shipped has no
+    dead layers.
+    """
+
+    encoder_depth = "relu4_1"
+    #: The frozen loss VGG's depth: content loss at relu4_1 and relu5_1, style and identity losses at all five taps.
+    loss_depth = "relu5_1"
+    input_multiple = 8  # the identity losses compare decoder outputs with the inputs pixel for pixel
+    min_size = 16
+
+    def loss_network(self) -> VGGEncoder:
+        """A frozen VGG to relu5_1: the pretrained ``model.vgg_weights`` when given; else He-initialised, with the
+        layers up to relu4_1 taken from the encoder as built when it has the reference plan (the random features
+        the encoder computes are then the ones the losses measure, as with the other models' loss VGG)."""
+        vgg_weights = self.cfg.vgg_weights  # type: ignore[attr-defined]
+        vgg = VGGEncoder(self.loss_depth, self.cfg.width)
+        init_encoder(vgg, vgg_weights)
+        if not vgg_weights and self._reference_encoder:
+            vgg.load_state_dict({**vgg.state_dict(), **self.encoder.state_dict()})
+        return frozen_copy(vgg)
+
+    def stylize_features(self, content_feats: list[Tensor], style_feats: list[Tensor], alpha: float) -> Tensor:
+        """As the references' test scripts: alpha blends with the transform's content-on-content output, not the
+        raw content features (alpha=0 decodes transform(content, content))."""
+        stylized = self.transform(content_feats[-1], style_feats[-1])
+        if alpha == 1.0:
+            return stylized
+        return blend(stylized, self.transform(content_feats[-1], content_feats[-1]), alpha)
+
+    def transform_features(self, content_enc: list[Tensor], style_enc: list[Tensor]) -> Tensor:
+        return self.transform(content_enc[-1], style_enc[-1])

@@ -5,8 +5,7 @@ normalised content (``f``) and style (``g``) features, reduces the projected sty
 FC_S = sum(G^2) / sum(G) over positions, mixes it with a linear layer (``fc``), scales the projected content by it
 channel by channel, and adds ``out_conv`` of that onto the content features.
 
-The encoder runs to relu4_1, all the module reads. The reference's relu5_1 serves only its losses, so only the
-frozen loss VGG goes on to relu5_1: the network that is trained, pruned, counted and shipped has no dead layers.
+The encoder runs to relu4_1, all the module reads (``identity.Relu41IdentityModel``).
 Attribute names follow the reference, so its ``mcc_module_iter_*.pth`` loads strictly; that file also holds an
 ``h`` conv the reference builds but never calls: its weights are dropped when an official file is read, and the
 conv is never built.
@@ -23,11 +22,11 @@ from torch import Tensor, nn
 
 from .. import registry
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
-from .identity import IdentitySection, IdentityTrainedModel
+from .identity import IdentitySection, IdentityTrainedModel, Relu41IdentityModel
 from .plan import Plan
-from .stats import blend, mean_variance_norm
+from .stats import mean_variance_norm
 from .stylecache import StyleCache
-from .vgg import VGGEncoder, frozen_copy, init_encoder, reference_plan
+from .vgg import VGGEncoder, reference_plan
 
 #: Keys of the official transform file that belong to the unused ``h`` conv.
 UNUSED_REFERENCE_KEYS = ("MCCN.h.weight", "MCCN.h.bias")
@@ -97,14 +96,9 @@ class MCCNetSection(IdentitySection):
 
 
 @registry.model(MCCNetSection, weight_keys=IdentityTrainedModel.WEIGHT_KEYS)
-class MCCNet(IdentityTrainedModel):
-    encoder_depth = "relu4_1"
+class MCCNet(Relu41IdentityModel):
     # Its g conv, FC_S and fc are a small part of the style side; caching their output would split the module.
     style_cache = StyleCache.of_taps(("relu4_1",))
-    #: The frozen loss VGG's depth: content loss at relu4_1 and relu5_1, style and identity losses at all five taps.
-    loss_depth = "relu5_1"
-    input_multiple = 8  # the identity losses compare decoder outputs with the inputs pixel for pixel
-    min_size = 16
 
     def __init__(self, cfg: MCCNetSection | None = None) -> None:
         super().__init__(cfg or MCCNetSection())
@@ -119,28 +113,6 @@ class MCCNet(IdentityTrainedModel):
         # addition (pruning it prunes encoder conv4_1 and the decoder input with it).
         return {"encoder": reference_plan(cls.encoder_depth), "transform": {"MCCN.f": 512, "MCCN.g": 512},
                 "decoder": dict(DECODER_WIDTHS)}
-
-    def loss_network(self) -> VGGEncoder:
-        """A frozen VGG to relu5_1: the pretrained ``model.vgg_weights`` when given; else He-initialised, with the
-        layers up to relu4_1 taken from the encoder as built when it has the reference plan (the random features
-        the encoder computes are then the ones the losses measure, as with the other models' loss VGG)."""
-        vgg_weights = self.cfg.vgg_weights  # type: ignore[attr-defined]
-        vgg = VGGEncoder(self.loss_depth, self.cfg.width)
-        init_encoder(vgg, vgg_weights)
-        if not vgg_weights and self._reference_encoder:
-            vgg.load_state_dict({**vgg.state_dict(), **self.encoder.state_dict()})
-        return frozen_copy(vgg)
-
-    def stylize_features(self, content_feats: list[Tensor], style_feats: list[Tensor], alpha: float) -> Tensor:
-        """As the reference test script: alpha blends with the module's content-on-content output, not the raw
-        content features (alpha=0 decodes MCC(content, content))."""
-        stylized = self.transform(content_feats[-1], style_feats[-1])
-        if alpha == 1.0:
-            return stylized
-        return blend(stylized, self.transform(content_feats[-1], content_feats[-1]), alpha)
-
-    def transform_features(self, content_enc: list[Tensor], style_enc: list[Tensor]) -> Tensor:
-        return self.transform(content_enc[-1], style_enc[-1])
 
     def loss_weights(self) -> dict[str, float]:
         return {**super().loss_weights(), "noise": self.cfg.noise_weight,  # type: ignore[attr-defined]
