@@ -3,7 +3,7 @@
 #
 #   sbatch slurm/imp_manet.sh                                   # 1 node x 4 GPUs, as below
 #   sbatch --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 slurm/imp_manet.sh
-#   DISTST_OVERRIDES="prune.rounds=8" sbatch slurm/imp_manet.sh
+#   DISTST_OVERRIDES="prune.rounds=10" sbatch slurm/imp_manet.sh
 #
 # Environment (all optional; see slurm/README.md): DISTST_HOME, DISTST_VENV, DISTST_JOB, DISTST_RUN_DIR,
 # DISTST_CONTENT, DISTST_STYLE, DISTST_VGG, DISTST_OVERRIDES, WANDB_MODE, WANDB_PROJECT.
