@@ -29,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the weights (default 1.0)")
     p.add_argument("--vgg", help="local vgg_normalised.pth")
     p.add_argument("--decoder", help="local decoder .pth (reference layout)")
-    p.add_argument("--transform", help="local transform .pth (SANet transformer_iter_*.pth, MCCNet mcc_module_iter_*.pth)")
+    p.add_argument("--transform", help="local transform .pth (SANet transformer_iter_*.pth, MCCNet mcc_module_iter_*.pth, "
+                                       "MANet ma_module_iter_*.pth, LST r41.pth, AdaAttN latest_net_transformer.pth)")
+    p.add_argument("--weights", action="append", default=[], metavar="KEY=FILE",
+                   help="any other weight file of the model, by its model.* key (repeatable), e.g. "
+                        "adaattn3_weights=latest_net_adaattn_3.pth")
     p.add_argument("--checkpoint", help="distst model file (model.pt) or run directory; replaces --vgg/--decoder")
     p.add_argument("--allow-random", action="store_true",
                    help="stylise even though some model part has no weight file (random weights: for tests)")
@@ -73,11 +77,29 @@ def check_device(name: str) -> Any:
     return device
 
 
-def _parts_without_weights(model: Any, args: argparse.Namespace) -> list[str]:
-    """Model parts that have parameters but were given no weight file."""
-    given = {"encoder": args.vgg, "transform": args.transform, "decoder": args.decoder}
-    return [part for part, module in model.groups().items()
-            if not given.get(part) and any(True for _ in module.parameters())]
+def _parts_without_weights(model: Any) -> list[str]:
+    """Model parts with a parameter that no given weight file sets (the encoder's file, or one of the model's
+    ``part_weight_files``)."""
+    covered = {id(p) for path, module in model.part_weight_files() if path for p in module.parameters()}
+    if model.encoder_source:
+        covered |= {id(p) for p in model.encoder.parameters()}
+    return [part for part, module in model.groups().items() if any(id(p) not in covered for p in module.parameters())]
+
+
+def weight_options(model_name: str, pairs: list[str]) -> dict[str, str]:
+    """``--weights KEY=FILE`` as ``model.*`` values; only the model's own weight-file keys."""
+    from .. import registry
+
+    valid = registry.model_record(model_name).weight_keys
+    options = {}
+    for pair in pairs:
+        key, sep, path = pair.partition("=")
+        if not sep or not path:
+            raise UserError(f"--weights {pair!r}: expected KEY=FILE, e.g. {valid[-1]}=weights/file.pth")
+        if key not in valid:
+            raise UserError(f"--weights {key}: {model_name} has no weight file {key!r}; its keys: {', '.join(valid)}")
+        options[key] = path
+    return options
 
 
 def reference_model(args: argparse.Namespace) -> Any:
@@ -87,9 +109,10 @@ def reference_model(args: argparse.Namespace) -> Any:
 
     if args.model not in available():
         raise UserError(f"unknown --model {args.model!r}; registered models: {', '.join(available())}")
-    model = create(model_section(name=args.model, width=args.width, vgg_weights=args.vgg,
-                                 decoder_weights=args.decoder, transform_weights=args.transform))
-    missing = _parts_without_weights(model, args)
+    files = {"vgg_weights": args.vgg, "decoder_weights": args.decoder, "transform_weights": args.transform,
+             **weight_options(args.model, args.weights)}
+    model = create(model_section(name=args.model, width=args.width, **files))
+    missing = _parts_without_weights(model)
     if missing and not args.allow_random:
         flags = " and ".join(WEIGHT_FLAGS.get(part, f"weights for {part}") for part in missing)
         raise UserError(f"need {flags} (local reference .pth files) or --checkpoint (a distst model file): "
@@ -111,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
     from ..stylize import OutputError, check_output, stylize_files
 
     check_numbers(args)
-    if args.checkpoint and (args.vgg or args.decoder or args.transform):
-        raise UserError("give either --checkpoint or --vgg/--decoder/--transform, not both")
+    if args.checkpoint and (args.vgg or args.decoder or args.transform or args.weights):
+        raise UserError("give either --checkpoint or --vgg/--decoder/--transform/--weights, not both")
     content = Path(args.content)
     if not content.exists():
         raise UserError(f"--content {content} does not exist")

@@ -115,7 +115,26 @@ def test_unknown_model_lists_the_registered_ones(tmp_path: Path, images: dict[st
                                                  capsys: pytest.CaptureFixture) -> None:
     line = one_line_error(capsys, stylize("--model", "foo", "--allow-random", content=images["content"],
                                           style=images["style"], out=tmp_path / "out.png"))
-    assert "unknown --model 'foo'; registered models: adain, " in line and "mccnet, sanet" in line
+    assert "unknown --model 'foo'; registered models: " in line and all(
+        f"{name}," in line or line.endswith(name) for name in ("adain", "mccnet", "sanet"))
+
+
+@pytest.mark.parametrize(("pair", "expected"), [
+    ("transform_weights", "expected KEY=FILE"),
+    ("adaattn3_weights=x.pth", "sanet has no weight file 'adaattn3_weights'; its keys: vgg_weights, decoder_weights"),
+])
+def test_bad_weights_options_are_one_line(pair: str, expected: str, tmp_path: Path, images: dict[str, Path],
+                                          capsys: pytest.CaptureFixture) -> None:
+    line = one_line_error(capsys, stylize("--model", "sanet", "--weights", pair, content=images["content"],
+                                          style=images["style"], out=tmp_path / "out.png"))
+    assert expected in line
+
+
+def test_weights_option_sets_a_model_key(tmp_path: Path, images: dict[str, Path], weights: dict[str, Path]) -> None:
+    argv = stylize("--model", "sanet", "--vgg", str(weights["vgg"]), "--decoder", str(weights["sanet_decoder"]),
+                   "--weights", f"transform_weights={weights['sanet_transform']}", content=images["content"],
+                   style=images["style"], out=tmp_path / "out.png")
+    assert main(argv) == 0  # every part has its file: no --allow-random needed
 
 
 # --- weights: every part needs them unless --allow-random --------------------------------------------
