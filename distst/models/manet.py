@@ -53,11 +53,11 @@ class StyleChannelAttention(nn.Module):
         self.out_conv = nn.Conv2d(value_channels, channels, (1, 1))
 
     def forward(self, style: Tensor) -> Tensor:
-        n, _, h, w = style.shape
-        energy = torch.bmm(self.f(style).flatten(2), self.g(style).flatten(2).transpose(1, 2))  # N x K x V
+        # Einsums over the 4-d features: no reshape reads the style's height and width, so an exported content
+        # graph fed the cached style features does not reach back to the style image for them.
+        energy = torch.einsum("nkhw,nvhw->nkv", self.f(style), self.g(style))
         attention = torch.softmax(energy, dim=-1)
-        values = self.h(mean_variance_norm(style)).flatten(2)  # N x K x HW
-        out = torch.bmm(attention.transpose(1, 2), values).view(n, -1, h, w)  # N x V x H x W
+        out = torch.einsum("nkv,nkhw->nvhw", attention, self.h(mean_variance_norm(style)))
         return self.out_conv(out) + style
 
 

@@ -132,7 +132,7 @@ def test_a_slimmed_model_exports_with_its_plan(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sanet", "mccnet"])
+@pytest.mark.parametrize("name", ["sanet", "mccnet", "manet"])
 def test_other_models_onnx_equals_torch_and_their_cached_pair(tmp_path: Path, name: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     cwd = tmp_path / "cwd"
@@ -142,7 +142,8 @@ def test_other_models_onnx_equals_torch_and_their_cached_pair(tmp_path: Path, na
     manifest = export_model(model_file, tmp_path / "onnx")
     model, _ = load_model(model_file)
     assert isinstance(model, StyleTransferModel)
-    assert manifest["style_cache"]["taps"] == {"sanet": ["relu4_1", "relu5_1"], "mccnet": ["relu4_1"]}[name]
+    assert manifest["style_cache"]["taps"] == {"sanet": ["relu4_1", "relu5_1"], "mccnet": ["relu4_1"],
+                                               "manet": ["relu4_1"]}[name]
     _round_trip(model_file, tmp_path / "onnx")
     # int8 (SANet's attention reshapes defeat ORT's symbolic shape inference: the fallback must take over), and
     # E with identity terms, the forward answered by each graph: fp32's is torch's, int8's near it.
