@@ -145,8 +145,8 @@ def build_manifest(model: StyleTransferModel, section: dict[str, Any], cache: St
         "min_size": model.min_size,
         "input_constraints": f"height and width at least {model.min_size} and multiples of {model.input_multiple}",
         "style_cache": {"names": list(cache.names), "taps": list(cache.taps),
-                        "kind": "per-channel mean and std (unbiased variance + 1e-5, root)" if cache.stats
-                        else "encoder features"},
+                        "kind": cache.kind or ("per-channel mean and std (unbiased variance + 1e-5, root)"
+                                               if cache.stats else "encoder features")},
         "graphs": {
             "forward": {"inputs": [{"name": "content", **image}, {"name": "style", **style}], "outputs": [output]},
             "style": {"inputs": [{"name": "style", **style}], "outputs": cached},

@@ -23,6 +23,8 @@ class StyleCache:
     #: Encoder taps the cache is taken from (``relu4_1``...); ``stats`` caches their mean and std instead.
     taps: tuple[str, ...]
     stats: bool = False
+    #: What the export manifest says the cached tensors are (empty: the statistics or the feature maps).
+    kind: str = ""
 
     @classmethod
     def of_taps(cls, taps: tuple[str, ...]) -> StyleCache:

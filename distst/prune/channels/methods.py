@@ -94,7 +94,7 @@ class ChannelSection(MethodSection):
         """The channel layers this method prunes (as configured; coupled layers follow them)."""
 
     def check_layers(self, cfg: Config, layers: list[str], group: str, key: str) -> None:
-        valid = list(type(cfg.model).model_class.reference_plan().get(group, {}))
+        valid = list(type(cfg.model).model_class.resolve_plan(cfg.model).get(group, {}))
         unknown = [layer for layer in layers if layer not in valid]
         if unknown:
             raise ValueError(f"prune.{key}: {cfg.model.name} has no {group} layer(s) {', '.join(unknown)}; "
@@ -150,7 +150,7 @@ class L2Section(ChannelSection):
         self.check_layers(cfg, list(self.layer_ratios), "encoder", "layer_ratios")
 
     def scope(self, cfg: Config) -> list[LayerKey]:
-        decoder = type(cfg.model).model_class.reference_plan().get("decoder", {}) if self.mirror else {}
+        decoder = type(cfg.model).model_class.resolve_plan(cfg.model).get("decoder", {}) if self.mirror else {}
         return [("encoder", name) for name in self.layers] + [("decoder", name) for name in self.layers
                                                                if name in decoder]
 
@@ -219,7 +219,7 @@ class IccpSection(ChannelSection):
         return stages
 
     def scope(self, cfg: Config) -> list[LayerKey]:
-        plan = type(cfg.model).model_class.reference_plan()
+        plan = type(cfg.model).model_class.resolve_plan(cfg.model)
         return [(side, name) for side in self.sides for name in plan.get(side, {})]
 
     def regulariser(self, cfg: Config, side: str, stage_dir: Path) -> ChannelScales:
