@@ -136,9 +136,9 @@ class DiststModel(nn.Module, metaclass=ABCMeta):
         layer name (a subset of the plan's layers). Default: none."""
         return {}
 
-    def coupling_forward(self, size: int) -> Tensor:
+    def coupling_forward(self, size: int) -> Tensor | list[Tensor]:
         """One forward pass on random ``size`` x ``size`` inputs that exercises every channel coupling (traced by
-        Torch-Pruning's dependency graph for physical slimming). Models without channel layers have none; channel
+        Torch-Pruning's dependency graph for physical slimming; every tensor returned is traced). Models without channel layers have none; channel
         pruning refuses them up front (``supports_channel_pruning``), so this default is never traced."""
         raise TypeError(f"{self.name} declares no channel layers: it cannot be channel-pruned")
 
@@ -299,7 +299,7 @@ class StyleTransferModel(DiststModel):
         decoder = {name: conv for name, conv in self.decoder.conv_layers().items() if name != "rgb"}
         return {"encoder": self.encoder.conv_layers(), "decoder": decoder}
 
-    def coupling_forward(self, size: int) -> Tensor:
+    def coupling_forward(self, size: int) -> Tensor | list[Tensor]:
         """A forward pass in which every channel coupling shows: alpha < 1 adds the transform's output to the
         content features, which ties their channels."""
         image = torch.rand(1, 3, size, size)

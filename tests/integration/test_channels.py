@@ -29,7 +29,7 @@ from distst.prune.channels.regularisers import (
     xor_loss,
 )
 
-MODELS = ("adain", "sanet", "mccnet")
+MODELS = ("adain", "sanet", "mccnet", "lst", "manet", "adaattn")
 
 
 def _model(name: str):
