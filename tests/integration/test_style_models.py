@@ -4,16 +4,20 @@ features, masks, and a model-file round trip."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import on_int8_grid
 
 from distst import registry
-from distst.config import model_section
+from distst.cli import main
+from distst.config import build_config, model_section
 from distst.models import StyleTransferModel, create, model_class, param_counts
 from distst.models.io import load_model, save_model
 from distst.prune.masks import apply_masks, full_masks, prune_magnitude, sparsity_report
+from distst.quant import QuantAwareTraining
 
 registry.load_builtins()
 STYLE_MODELS = sorted(name for name, record in registry.MODELS.items()
@@ -142,3 +146,33 @@ def test_a_model_file_round_trips_bitwise(name: str, tmp_path: Path) -> None:
     content, style = _pair(name)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(content, style), model(content, style))
+
+
+def test_qat_quantises_every_conv_and_leaves_the_plain_layout_on_the_int8_grid(name: str) -> None:
+    """``prune.method=qat``'s method on the model: fake-quant weights with straight-through gradients, observed
+    conv inputs, then plain parameters (the model's own state-dict keys) on the per-channel int8 grid."""
+    model = _model(name).train()
+    keys = set(model.state_dict())
+    cfg = build_config({"model": {"name": name, "width": WIDTH}, "prune": {"method": "qat"}})
+    loss_net = model.loss_network()  # as the trainer does: before the method prepares the model
+    qat = QuantAwareTraining(cfg.prune)  # type: ignore[arg-type]
+    qat.prepare_model(model, cfg)
+    convs = [m for m in qat.layers.values() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and len(qat.layers) == sum(isinstance(m, torch.nn.Conv2d | torch.nn.Linear) for m in model.modules())
+    terms = model.loss_terms(*_pair(name), loss_net)
+    sum(model.loss_weights()[k] * v for k, v in terms.items()).backward()
+    trained = [m for m in convs if m.parametrizations.weight.original.requires_grad]
+    assert trained and all(m.parametrizations.weight.original.grad is not None for m in trained)
+    assert all(int(observer.seen) > 0 for observer in qat.observers().values())
+    qat.on_train_end(None)  # type: ignore[arg-type]
+    assert set(model.state_dict()) == keys
+    assert all(on_int8_grid(conv.weight.detach()) for conv in convs)
+
+
+def test_the_latency_bench_times_its_model_file(name: str, tmp_path: Path) -> None:
+    model_file = save_model(_model(name), tmp_path / "model.pt")
+    size = str(_size(name))
+    assert main(["bench", "latency", "--checkpoint", str(model_file), "--size", size, "--style-size", size,
+                 "--repeats", "1", "--warmup", "0", "--threads", "1", "--json", str(tmp_path / "latency.json")]) == 0
+    row = json.loads((tmp_path / "latency.json").read_text())["rows"][0]
+    assert row["params"] == param_counts(_model(name))["total"] and row["full_ms"] > 0 and row["cached_ms"] > 0
