@@ -81,3 +81,22 @@ class StopAt(Method):
         if self.step is not None and ctx.step == self.step - 1:
             self.request.set("test")
         return {}
+
+
+def write_image(path: Path, width: int = 40, height: int = 36, seed: int = 0) -> Path:
+    """A random RGB image of ``width`` x ``height`` (seeded), in the format of ``path``'s suffix."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """An image file as a 3 x H x W tensor in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255

@@ -8,11 +8,10 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from helpers import read_image, write_image
 
 from distst import registry
 from distst.cli import main
@@ -530,15 +529,8 @@ def test_onnx_equals_torch_and_caches_every_style_tap(tmp_path: Path) -> None:
 
 # --- the commands --------------------------------------------------------------------------------------
 
-def write_image(path: Path, width: int, height: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
-    return path
 
 
-def read_image(path: Path) -> torch.Tensor:
-    with Image.open(path) as img:
-        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
 def test_stylize_with_official_format_files_and_with_a_model_file(tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import REPO
-from PIL import Image
+from helpers import REPO, read_image, write_image
 
 from distst.cli import main
 from distst.config import ConfigError, build_config, model_section
@@ -438,15 +437,8 @@ def test_torch_pruning_sees_every_coupling_of_encoder_conv4_1() -> None:
 
 # --- the commands --------------------------------------------------------------------------------
 
-def write_image(path: Path, width: int, height: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
-    return path
 
 
-def _read(path: Path) -> torch.Tensor:
-    with Image.open(path) as img:
-        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
 def test_stylize_with_official_format_files_and_with_a_model_file(tmp_path: Path) -> None:
@@ -461,13 +453,13 @@ def test_stylize_with_official_format_files_and_with_a_model_file(tmp_path: Path
     assert main([*common, *files, "--out", str(tmp_path / "official.png")]) == 0
     with torch.no_grad():
         expected = reference(load_image(content, 32, 8, 32)[None], load_image(style, 32, 8, 32)[None])[0]
-    written = _read(tmp_path / "official.png")
+    written = read_image(tmp_path / "official.png")
     assert written.shape == (3, 32, 32)  # 44x36 -> 39x32, cropped to multiples of 8
     assert torch.allclose(written, expected.clamp(0, 1), atol=1 / 255 + 1e-4)
     model_file = save_model(reference, tmp_path / "lst.pt")
     assert main(["stylize", "--checkpoint", str(model_file), "--content", str(content), "--style", str(style),
                  "--content-size", "32", "--style-size", "32", "--out", str(tmp_path / "file.png")]) == 0
-    assert torch.equal(_read(tmp_path / "file.png"), written)
+    assert torch.equal(read_image(tmp_path / "file.png"), written)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import write_image
 from PIL import Image
 
 from distst.cli import main
@@ -226,10 +227,6 @@ def test_a_narrower_plan_builds_and_runs() -> None:
 
 # --- the commands ------------------------------------------------------------------------------
 
-def write_image(path: Path, width: int, height: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def test_stylize_with_official_format_files(tmp_path: Path) -> None:

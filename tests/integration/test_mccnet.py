@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import tiny_config, write_image
 from PIL import Image
 
 from distst.cli import main
@@ -229,10 +229,6 @@ def test_transform_macs_closed_form() -> None:
 
 # --- the commands ------------------------------------------------------------------------------
 
-def write_image(path: Path, width: int, height: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def test_stylize_with_official_format_files(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import write_image
 from PIL import Image
 
 from distst.cli import main
@@ -14,12 +14,6 @@ from distst.config import model_section
 from distst.models import build
 from distst.models.io import save_model
 from distst.models.vgg import vgg_normalised_layers
-
-
-def write_image(path: Path, width: int, height: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_image
 from PIL import Image
 
 from distst.cli import main
@@ -26,10 +27,6 @@ from distst.models.vgg import vgg_normalised_layers
 WIDTH = "0.125"
 
 
-def write_image(path: Path, width: int = 40, height: int = 36, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def write_truncated_jpeg(path: Path) -> Path:
