@@ -515,22 +515,7 @@ def test_channel_layers_are_the_encoders_and_the_mirrored_decoders() -> None:
 
 # --- export --------------------------------------------------------------------------------------------
 
-@pytest.mark.slow
-def test_onnx_equals_torch_and_caches_every_style_tap(tmp_path: Path) -> None:
-    from test_export import _model_file, _round_trip
-
-    from distst.export import export_model
-
-    model_file = _model_file(tmp_path, "adaattn")
-    manifest = export_model(model_file, tmp_path / "onnx")
-    assert manifest["style_cache"]["taps"] == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
-    _round_trip(model_file, tmp_path / "onnx")  # ONNX == torch within 1e-4 at two sizes; the cached pair too
-
-
 # --- the commands --------------------------------------------------------------------------------------
-
-
-
 
 
 def test_stylize_with_official_format_files_and_with_a_model_file(tmp_path: Path) -> None:

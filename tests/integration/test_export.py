@@ -132,7 +132,7 @@ def test_a_slimmed_model_exports_with_its_plan(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["sanet", "mccnet", "manet"])
+@pytest.mark.parametrize("name", ["sanet", "mccnet", "manet", "lst", "adaattn"])
 def test_other_models_onnx_equals_torch_and_their_cached_pair(tmp_path: Path, name: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     cwd = tmp_path / "cwd"
@@ -143,14 +143,16 @@ def test_other_models_onnx_equals_torch_and_their_cached_pair(tmp_path: Path, na
     model, _ = load_model(model_file)
     assert isinstance(model, StyleTransferModel)
     assert manifest["style_cache"]["taps"] == {"sanet": ["relu4_1", "relu5_1"], "mccnet": ["relu4_1"],
-                                               "manet": ["relu4_1"]}[name]
+                                               "manet": ["relu4_1"], "lst": ["relu4_1"],
+                                               "adaattn": ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]}[name]
     _round_trip(model_file, tmp_path / "onnx")
     # int8 (SANet's attention reshapes defeat ORT's symbolic shape inference: the fallback must take over), and
     # E with identity terms, the forward answered by each graph: fp32's is torch's, int8's near it.
     calibration = read_calibration(CONTENT, STYLE, 4, 64)
     quantize_export(tmp_path / "onnx", Calibration(calibration.content[:2], calibration.style[:2]))
     errors = compare_errors(model_file, tmp_path / "onnx", calibration.content[2:], calibration.style[2:])
-    assert set(errors["torch"]) == {"content_error", "style_error", "identity_error", "total_error"}
+    pair = calibration.content[2:], calibration.style[2:]
+    assert set(errors["torch"]) == {*model.errors(*pair, model.loss_network()), "total_error"}
     assert errors["fp32"] == pytest.approx(errors["torch"], rel=1e-4)
     assert errors["int8"]["total_error"] == pytest.approx(errors["fp32"]["total_error"], rel=0.05)
     assert not any(cwd.iterdir())  # nothing left in the working directory (ORT's failed-inference dump)
