@@ -16,8 +16,10 @@ from distst.models import StyleTransferModel
 from distst.prune import run_schedule
 
 registry.load_builtins()
+# distst's own models (tests register toy ones in the same process).
 STYLE_MODELS = sorted(name for name, record in registry.MODELS.items()
-                      if issubclass(record.model_class, StyleTransferModel))
+                      if issubclass(record.model_class, StyleTransferModel)
+                      and record.model_class.__module__.startswith("distst."))
 SHORT = {"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2, "prune.rounds": 1,
          "prune.rewind_step": 1, "data.eval_pairs": 2, "data.workers": 0, "tracking.backend": "none"}
 

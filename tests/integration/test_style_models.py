@@ -20,8 +20,10 @@ from distst.prune.masks import apply_masks, full_masks, prune_magnitude, sparsit
 from distst.quant import QuantAwareTraining
 
 registry.load_builtins()
+# distst's own models (tests register toy ones in the same process).
 STYLE_MODELS = sorted(name for name, record in registry.MODELS.items()
-                      if issubclass(record.model_class, StyleTransferModel))
+                      if issubclass(record.model_class, StyleTransferModel)
+                      and record.model_class.__module__.startswith("distst."))
 WIDTH = 0.125
 
 
