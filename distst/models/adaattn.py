@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .. import registry
 from .base import StyleTransferModel, StyleTransferSection
-from .decoder import DECODER_LAYOUT
+from .decoder import DECODER_LAYOUT, decoder_layers, named_convs, rgb_layers
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .plan import Plan, require_equal
 from .stats import blend, mean_variance_norm, per_sample_l2, style_error, style_loss
@@ -183,23 +183,11 @@ class AdaAttNDecoder(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, widths: Mapping[str, int]) -> None:
         super().__init__()
         first_upsample = DECODER_LAYOUT.index("U")
-        self.decoder_layer_1 = nn.Sequential(*self._layers(DECODER_LAYOUT[:first_upsample + 1], in_channels, widths))
+        self.decoder_layer_1 = nn.Sequential(*decoder_layers(DECODER_LAYOUT[:first_upsample + 1], in_channels, widths))
         # Its first conv reads the upsampled conv3_4 output and the skip features, concatenated.
         second_in = widths[DECODER_LAYOUT[0]] + skip_channels
-        self.decoder_layer_2 = nn.Sequential(*self._layers(DECODER_LAYOUT[first_upsample + 1:], second_in, widths),
-                                             nn.ReflectionPad2d((1, 1, 1, 1)),
-                                             nn.Conv2d(widths[DECODER_LAYOUT[-1]], 3, (3, 3)))
-
-    @staticmethod
-    def _layers(layout: Sequence[str], c_in: int, widths: Mapping[str, int]) -> list[nn.Module]:
-        layers: list[nn.Module] = []
-        for item in layout:
-            if item == "U":
-                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                continue
-            layers += [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(c_in, widths[item], (3, 3)), nn.ReLU()]
-            c_in = widths[item]
-        return layers
+        self.decoder_layer_2 = nn.Sequential(*decoder_layers(DECODER_LAYOUT[first_upsample + 1:], second_in, widths),
+                                             *rgb_layers(widths[DECODER_LAYOUT[-1]]))
 
     def forward(self, features: tuple[Tensor, Tensor]) -> Tensor:
         """The image from the pair (transformer output at relu4_1, relu3_1 module output)."""
@@ -208,9 +196,7 @@ class AdaAttNDecoder(nn.Module):
 
     def conv_layers(self) -> dict[str, nn.Conv2d]:
         """The resizable convs by mirrored name, then ``rgb``."""
-        convs = [m for part in (self.decoder_layer_1, self.decoder_layer_2) for m in part if isinstance(m, nn.Conv2d)]
-        names = [n for n in DECODER_LAYOUT if n != "U"] + ["rgb"]
-        return dict(zip(names, convs, strict=True))
+        return named_convs([*self.decoder_layer_1, *self.decoder_layer_2])
 
 
 # --- the model -------------------------------------------------------------------------------------
