@@ -40,7 +40,7 @@ from ..train.engine import setup_distributed
 from . import discriminator
 from .controls import CONTROLS
 from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, sparsity_report
-from .schedule import Curve, PruneStep, Schedule, Step, TrainStep
+from .schedule import Curve, PruneStep, Schedule, Step, SweepableSchedule, TrainStep
 
 REWIND_FILE = "rewind.pt"
 MASK_FILE = "mask.pt"
@@ -227,7 +227,7 @@ def imp_summary(cfg: Config, records: list[Record]) -> dict[str, Any]:
     }
 
 
-class ImpSchedule(Schedule):
+class ImpSchedule(SweepableSchedule):
     """Level 0 trains the dense model (full masks, keeping the rewind point); level k ranks level k-1's trained
     weights into masks (the prune step) and retrains the rewound survivors (the train step)."""
 

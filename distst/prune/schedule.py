@@ -87,16 +87,10 @@ class RunResult:
 
 
 class Schedule(ABC):
-    """The steps of one method's run, its records, its summary and its sweep rows."""
+    """The steps of one method's run, its records and its summary (``SweepableSchedule`` adds sweep rows)."""
 
     #: ``summary.json``'s ``kind``: how reports and sweeps read the run (``distst.reports``).
     kind: ClassVar[str]
-    # What a sweep trial of this kind reports (one Tune iteration = one row).
-    label: ClassVar[str]
-    iteration: ClassVar[str]
-    table_columns: ClassVar[tuple[str, ...]]
-    log_prefix: ClassVar[str]
-    curve: ClassVar[Curve]
 
     def __init__(self, cfg: Config, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -127,26 +121,31 @@ class Schedule(ABC):
         """Rank 0, after the last step: package the result (e.g. the slimmed model)."""
         return
 
-    # --- sweeps: optional (a schedule that defines these three can run as Tune trials) -----------------------
+
+class SweepableSchedule(Schedule):
+    """A schedule whose runs are Ray Tune trials: one finished row of its run is one Tune iteration."""
+
+    # What a sweep trial of this kind reports (one Tune iteration = one row).
+    label: ClassVar[str]
+    iteration: ClassVar[str]
+    table_columns: ClassVar[tuple[str, ...]]
+    log_prefix: ClassVar[str]
+    curve: ClassVar[Curve]
 
     @classmethod
+    @abstractmethod
     def metrics(cls, cfg: Config) -> tuple[str, ...]:
         """Every metric a row of ``cfg``'s run holds, plus Tune's ``training_iteration``."""
-        raise _not_sweepable(cls)
 
     @classmethod
+    @abstractmethod
     def rows(cls, cfg: Config, records: list[Record], macs_budget: int | None = None) -> list[dict[str, Any]]:
         """One row per Tune iteration, from the finished steps' records, in order."""
-        raise _not_sweepable(cls)
 
     @classmethod
+    @abstractmethod
     def iterations(cls, cfg: Config) -> int:
         """Rows a complete run of ``cfg`` reports."""
-        raise _not_sweepable(cls)
-
-
-def _not_sweepable(cls: type) -> NotImplementedError:
-    return NotImplementedError(f"{cls.__name__} does not run as a Tune sweep (it defines no metrics/rows/iterations)")
 
 
 def schedule_class(cfg: Config) -> type[Schedule] | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import registry
 from ..config import Config, ConfigError
-from ..prune.schedule import Curve, Schedule, run_schedule, schedule_class
+from ..prune.schedule import Curve, SweepableSchedule, run_schedule, schedule_class
 from ..records import step_records
 from ..stop import StopRequest
 
@@ -27,7 +27,7 @@ __all__ = ["Curve", "TrialKind", "kind_of"]
 class TrialKind:
     """A schedule as a sweep sees it, for the sweep's base job (its model decides the set metrics)."""
 
-    def __init__(self, schedule: type[Schedule], base: Config) -> None:
+    def __init__(self, schedule: type[SweepableSchedule], base: Config) -> None:
         self.schedule = schedule
         self.label, self.iteration, self.curve = schedule.label, schedule.iteration, schedule.curve
         self.table_columns, self.log_prefix = schedule.table_columns, schedule.log_prefix
@@ -54,13 +54,13 @@ class TrialKind:
 def kind_of(cfg: Config) -> TrialKind:
     """The kind of trial that runs ``cfg``; a job that is not a schedule is refused in one line."""
     schedule = schedule_class(cfg)
-    if schedule is None:
+    if schedule is None or not issubclass(schedule, SweepableSchedule):
         registry.load_builtins()
         by_label: dict[str, list[str]] = {}
         for name, record in sorted(registry.METHODS.items()):
-            schedule = getattr(record.section, "schedule_class", None)
-            if schedule is not None:
-                by_label.setdefault(schedule.label, []).append(name)
+            other = getattr(record.section, "schedule_class", None)
+            if other is not None and issubclass(other, SweepableSchedule):
+                by_label.setdefault(other.label, []).append(name)
         known = " or ".join(f"{label} (prune.method={'|'.join(names)})" for label, names in sorted(by_label.items()))
         raise ConfigError(f"sweeps run {known} trials; got prune.method={cfg.prune.method}")
     return TrialKind(schedule, cfg)

@@ -107,6 +107,15 @@ def test_the_driver_runs_stops_and_resumes_a_schedule_it_does_not_know(toy: None
     assert (out / "config.yaml").is_file()
 
 
+def test_a_schedule_that_is_not_sweepable_is_refused_by_the_sweep_up_front(toy: None, tmp_path: Path) -> None:
+    from distst.config import ConfigError
+    from distst.sweep.kinds import kind_of
+
+    cfg = tiny_config(tmp_path / "run", prune__method="imp", tracking__backend="none")
+    with pytest.raises(ConfigError, match=r"sweeps run .*trials; got prune.method=imp"):
+        kind_of(cfg)
+
+
 def test_a_report_of_an_unknown_kind_fails_in_one_line(tmp_path: Path) -> None:
     from distst.reports import ReportError
 

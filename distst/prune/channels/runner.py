@@ -37,7 +37,7 @@ from ...models.io import load_model, save_model
 from ...models.vgg import vgg_normalised_layers
 from ...records import STEPS_DIR, Record, step_records
 from ...train import TrainResult
-from ..schedule import Curve, PruneStep, Schedule, Step, TrainStep
+from ..schedule import Curve, PruneStep, Step, SweepableSchedule, TrainStep
 from .methods import ChannelSection, PruneInputs, PruneStage, TrainStage
 from .surgery import slim, widths
 
@@ -84,7 +84,7 @@ def _errors(cfg: Config, model: DiststModel) -> dict[str, float]:
     return evaluate(model, model.loss_network(), content, style)
 
 
-class ChannelSchedule(Schedule):
+class ChannelSchedule(SweepableSchedule):
     """A channel method's stages (``ChannelSection.stages``) as the driver's steps: each train stage starts
     from the previous stage's model file, each prune stage slims the previous model by the method's choice."""
 
