@@ -1,0 +1,1 @@
+"""Video: reading and writing clips, optical flow, the temporal-consistency metric and the temporal losses."""
