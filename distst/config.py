@@ -177,6 +177,44 @@ class DistillConfig(Section):
         return self.weight > 0 or (bool(self.features) and self.feature_weight > 0)
 
 
+class TemporalConfig(Section):
+    """``temporal.*``: temporal consistency, measured at every evaluation and, optionally, trained for
+    (``distst.video``).
+
+    The temporal error is Lai et al.'s warping error of the outputs on clips with known optical flow: a fixed
+    set of synthetic clips (``eval_clips``), and a user's clips with flow files (``clips``). The two stability
+    losses are off by default and any style-transfer model can switch them on."""
+
+    eval_clips: int = Field(2, ge=0, le=16, description="synthetic clips with exact flow measured at every "
+                                                        "evaluation (0: no temporal error)")
+    eval_frames: int = Field(4, ge=2, le=32, description="frames of each synthetic clip")
+    eval_size: int | None = Field(None, ge=16, description="side of the synthetic clips' frames; default: the "
+                                                           "held-out pairs' size (data.eval_size or data.crop)")
+    clips: list[str] = Field([], description="a user's clips with flow, each a directory holding frames/ and "
+                                             "flow/ (Sintel layout; optional masks/ or occlusions/, flow_backward/)")
+    noise_weight: float = Field(0.0, ge=0, description="MCCNet's noise stability for any model: MSE between the "
+                                                       "outputs of the content and of the content plus noise")
+    noise_std: tuple[float, float] = Field((0.01, 0.02), description="range the noise's std is drawn from, once "
+                                                                     "per batch (MCCNet's reference)")
+    compound_weight: float = Field(0.0, ge=0, description="ReReVST's compound regularisation: L1 between the warped "
+                                                          "output and the output of the warped, noisy content")
+    compound_motion: float = Field(8.0, ge=0, description="largest component of the smooth random flow, pixels")
+    compound_shift: int = Field(10, ge=0, description="a random global shift of up to this many pixels is added")
+    compound_noise: float = Field(0.001, ge=0, description="std of the added Gaussian noise (drawn in [s, 2s])")
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> TemporalConfig:
+        low, high = self.noise_std
+        if not 0 <= low <= high:
+            raise ValueError(f"temporal.noise_std: need 0 <= low <= high (got {list(self.noise_std)})")
+        return self
+
+    @property
+    def trains(self) -> bool:
+        """Whether a stability loss is on."""
+        return self.noise_weight > 0 or self.compound_weight > 0
+
+
 class Config(Section):
     """The whole job. ``model`` and ``prune`` are the sections registered for ``model.name`` and
     ``prune.method``: ``build_config`` validates with a class made for that pair (see ``config_class``)."""
@@ -187,6 +225,7 @@ class Config(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     prune: MethodSection = Field(default_factory=NoMethod)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
@@ -194,11 +233,13 @@ class Config(Section):
     _source: dict[str, Any] | None = PrivateAttr(default=None)
 
     @model_serializer(mode="wrap")
-    def _without_default_distill(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Absent while off: configs, their hashes and run directories stay what they were before distillation.
+    def _without_default_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent while default: configs, their hashes and run directories stay what they were before these
+        # sections existed.
         data = handler(self)
-        if self.distill == DistillConfig():
-            data.pop("distill", None)
+        for name, section in (("distill", DistillConfig), ("temporal", TemporalConfig)):
+            if getattr(self, name) == section():
+                data.pop(name, None)
         return data
 
     @model_validator(mode="after")

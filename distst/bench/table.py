@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from .latency import SAMPLE_CONTENT, SAMPLE_STYLE, Row, measure
 
@@ -50,11 +51,14 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 
 
 EVAL_PAIRS = 4  # held-out pairs for E, after the 8 calibration pairs
+TEMPORAL_SIZE = 128  # side of the synthetic clips the temporal error is measured on (temporal.* defaults otherwise)
 
 
-def _entries(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, Path]], dict[str, float]]:
-    """(row label, path to measure) for every row, exporting what needs exporting, and E of every measured path
-    on the same held-out pairs with the same loss VGG (``--vgg``)."""
+def _entries(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, Path]], dict[str, float],
+                                                             dict[str, float]]:
+    """(row label, path to measure) for every row, exporting what needs exporting; E of every measured path on
+    the same held-out pairs with the same loss VGG (``--vgg``), and its temporal error on the same synthetic clips
+    stylised with the same held-out styles."""
     import torch
 
     from ..config import model_section
@@ -95,20 +99,29 @@ def _entries(args: argparse.Namespace, work: Path) -> tuple[list[tuple[str, Path
         measure_errors(slim, out, ("fp32", "int8"))
         entries += [(f"slimmed {i + 1}", slim), (f"slimmed {i + 1}", out / "forward.onnx"),
                     (f"slimmed {i + 1}", out / "forward.int8.onnx")]
-    return entries, errors
+    return entries, errors, _temporal_errors([p for _, p in entries], held_out[1])
+
+
+def _temporal_errors(paths: list[Path], styles: Any) -> dict[str, float]:
+    from ..config import TemporalConfig
+    from ..video.evaluation import TemporalEvaluation, temporal_of_file
+
+    clips = TemporalEvaluation.from_config(TemporalConfig(eval_size=TEMPORAL_SIZE), TEMPORAL_SIZE, 8, 16)
+    return {str(p): temporal_of_file(p, clips, styles)["temporal_error"] for p in paths}
 
 
 def markdown(labels: list[str], by_size: dict[tuple[int, int], list[Row]], threads: int) -> str:
     sizes = list(by_size)
     first = by_size[sizes[0]]
-    head = ["model", "runtime", "params", "GMACs", "file MB", "smaller", "E"]
+    head = ["model", "runtime", "params", "GMACs", "file MB", "smaller", "E", "temporal error"]
     for c, s in sizes:
         head += [f"ms {c}/{s} (cached style)", f"speed-up {c}/{s}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, label in enumerate(labels):
         row = first[i]
         cells = [label, row.runtime, f"{row.params:,}", f"{row.macs / 1e9:.2f} @{sizes[0][0]}",
-                 f"{row.file_bytes / 1e6:.2f}", f"{row.smaller:.1f}x", _e(row)]
+                 f"{row.file_bytes / 1e6:.2f}", f"{row.smaller:.1f}x", _e(row),
+                 f"{row.extra['temporal_error']:.4g}" if "temporal_error" in row.extra else ""]
         for size in sizes:
             r = by_size[size][i]
             cells += [f"{r.full_ms:.0f} ({r.cached_ms:.0f})", f"{r.speedup:.1f}x ({r.cached_speedup:.1f}x)"]
@@ -116,7 +129,8 @@ def markdown(labels: list[str], by_size: dict[tuple[int, int], list[Row]], threa
     lines.append(f"\nCPU, {threads} threads; median ms of the full forward (content + style) and, in brackets, with "
                  "the style's inputs cached; ratios to dense torch. E (content + style error): every row on the same "
                  f"{EVAL_PAIRS} held-out pairs at 256 px with the same loss VGG; int8 rows: its fp32 graph's -> "
-                 "int8's.")
+                 "int8's. Temporal error: the warping error (docs/video.md) on the synthetic clips at "
+                 f"{TEMPORAL_SIZE} px, each row's own runtime.")
     return "\n".join(lines)
 
 
@@ -139,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{path} does not exist")
     work = Path(args.work)
     try:
-        entries, errors = _entries(args, work)
+        entries, errors, temporal = _entries(args, work)
         by_size = {size: measure([p for _, p in entries], *size, args.threads, args.repeats, args.warmup)
                    for size in sizes}
     except ExportError as err:
@@ -147,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     for rows in by_size.values():
         for row in rows:
             row.error, row.error_from = errors.get(row.label), "bench table: same held-out pairs"
+            if row.label in temporal:
+                row.extra["temporal_error"] = temporal[row.label]
             if row.runtime == "onnx int8":
                 row.extra["fp32_error"] = errors.get(str(Path(row.label).parent / "forward.onnx"))
     text = markdown([label for label, _ in entries], by_size, args.threads)

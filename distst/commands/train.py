@@ -35,9 +35,10 @@ def _train(cfg: Config, run_dir: Path, job: str) -> Any:
     from ..distill import with_distillation
     from ..registry import method_record
     from ..train import train
+    from ..video.losses import with_temporal_losses
 
     record = method_record(cfg.prune.method)
     if record.factory is None:
         raise UserError(f"prune.method={cfg.prune.method} runs through its own command: "
                         f"distst {record.command} {job} ...")
-    return train(cfg, run_dir, with_distillation(record.factory(cfg), cfg, teacher=None))
+    return train(cfg, run_dir, with_distillation(with_temporal_losses(record.factory(cfg), cfg), cfg, teacher=None))

@@ -220,8 +220,12 @@ class _BatchSource:
         dataset = _ZippedBatches(self.urls, self.cfg, self.epoch, self.rank, self.world_size,
                                  dict(self._worker_positions), self._next_worker)
         workers = self.cfg.workers
+        # The DataLoader draws its workers' base seed from this generator, not from torch's global RNG: a resumed
+        # run starts its loader mid-run, and a draw there would shift every later training draw (noise losses).
+        generator = torch.Generator().manual_seed(derive_seed("loader", self.cfg.seed, self.epoch, self.rank))
         loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=_worker_init,
-                               prefetch_factor=2 if workers else None, pin_memory=torch.cuda.is_available())
+                               prefetch_factor=2 if workers else None, pin_memory=torch.cuda.is_available(),
+                               generator=generator)
         for *batch, delta, worker, position in loader:
             for name, value in delta.items():
                 self.counters[name] = self.counters.get(name, 0) + value

@@ -12,8 +12,9 @@ A model declares, and the trainer only asks:
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABCMeta, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -78,6 +79,17 @@ class FeatureRecorder:
     def record(self, name: str, value: Tensor) -> None:
         if name in self.wanted:
             self.store.setdefault(name, []).append(value)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Keep nothing recorded inside (a method's own extra forward passes: no method may take them for the
+        step's); module hooks still fire, into a store that is dropped."""
+        wanted, store = self.wanted, self.store
+        self.wanted, self.store = set(), {}
+        try:
+            yield
+        finally:
+            self.wanted, self.store = wanted, store
 
     def take(self) -> dict[str, list[Tensor]]:
         """What was recorded since the last ``take`` (and forget it)."""

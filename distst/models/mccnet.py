@@ -27,6 +27,7 @@ from .plan import Plan
 from .stats import mean_variance_norm
 from .stylecache import StyleCache
 from .vgg import VGGEncoder, reference_plan
+from ..video.stability import noise_stability
 
 #: Keys of the official transform file that belong to the unused ``h`` conv.
 UNUSED_REFERENCE_KEYS = ("MCCN.h.weight", "MCCN.h.bias")
@@ -118,21 +119,16 @@ class MCCNet(Relu41IdentityModel):
         return {**super().loss_weights(), "noise": self.cfg.noise_weight,  # type: ignore[attr-defined]
                 "tv": self.cfg.tv_weight}  # type: ignore[attr-defined]
 
-    def noisy_output(self, content: Tensor, style_enc: list[Tensor]) -> Tensor:
-        """The output for the content plus Gaussian noise, its std drawn from ``NOISE_STD_RANGE`` (torch's RNG,
-        so seeded training draws the same noise)."""
-        low, high = NOISE_STD_RANGE
-        std = low + (high - low) * torch.rand((), device=content.device)
-        noisy = content + std * torch.randn_like(content)
-        return self.decoder(self.transform(self.encoder(noisy)[-1], style_enc[-1]))
-
     def loss_terms(self, content: Tensor, style: Tensor, loss_net: VGGEncoder) -> dict[str, Tensor]:
         """SANet's identity-trained terms plus noise stability and total variation. ``errors`` are SANet's three
         (no noise term: evaluation draws no random numbers), so E is comparable."""
         p = self.identity_pass(content, style, loss_net)
-        assert p.style_enc is not None  # identity_pass keeps the encoder's style features
+        style_enc = p.style_enc
+        assert style_enc is not None  # identity_pass keeps the encoder's style features
         return {**self.identity_losses(p, content, style),
-                "noise": nn.functional.mse_loss(self.noisy_output(content, p.style_enc), p.output),
+                "noise": noise_stability(lambda noisy: self.decoder(self.transform(self.encoder(noisy)[-1],
+                                                                                   style_enc[-1])),
+                                         content, p.output, NOISE_STD_RANGE),
                 "tv": total_variation(p.output)}
 
 

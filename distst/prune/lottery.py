@@ -37,6 +37,7 @@ from ..models.io import load_model, read_model_file
 from ..records import Record
 from ..train import Method, MethodList, TrainContext, TrainResult
 from ..train.engine import setup_distributed
+from ..video import TEMPORAL_KEYS
 from . import discriminator
 from .controls import CONTROLS
 from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, sparsity_report
@@ -200,8 +201,9 @@ def level_values(record: Record) -> dict[str, Any]:
 
 
 def _row(lv: dict[str, Any]) -> dict[str, Any]:
-    """A level's evaluation values: the per-pair error means (``*_error``, E included) and any set metrics."""
-    keys = [k for k in lv if k.endswith("_error")] + list(lv.get("set_metrics", []))
+    """A level's evaluation values: the per-pair error means (``*_error``, E included), the temporal errors and any
+    set metrics."""
+    keys = [k for k in lv if k.endswith("_error") or k in TEMPORAL_KEYS] + list(lv.get("set_metrics", []))
     return {"level": lv["level"], "sparsity": lv["sparsity"], **{k: lv[k] for k in keys}}
 
 

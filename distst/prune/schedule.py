@@ -37,6 +37,7 @@ from ..reports import publish
 from ..stop import StopRequest
 from ..train import Method, TrainResult, train
 from ..train.engine import setup_distributed
+from ..video.losses import with_temporal_losses
 
 
 @dataclass
@@ -159,9 +160,9 @@ def _train_record(result: TrainResult) -> Record:
 
 
 def _method(schedule: Schedule, step: TrainStep, step_dir: Path, records: list[Record]) -> Method | None:
-    """The step's own method, with distillation beside it (``distill.*``) after the first train step: the
-    dense model that step trained is the default teacher."""
-    method = step.method(step_dir) if step.method else None
+    """The step's own method, with the temporal losses beside it (``temporal.*``) in every train step and
+    distillation (``distill.*``) after the first: the dense model that step trained is the default teacher."""
+    method = with_temporal_losses(step.method(step_dir) if step.method else None, schedule.cfg)
     dense = next((r for r in records if r["kind"] == "train"), None)
     if dense is None:
         return method  # the dense step itself: nothing to learn from yet

@@ -57,12 +57,16 @@ def plot_error_vs_macs(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _value(value: float | None) -> str:
+    return f"{value:.4g}" if value is not None else "-"
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
-    lines = ["| stage | kind | params | GMACs | E |", "|---|---|---|---|---|"]
+    lines = ["| stage | kind | params | GMACs | E | temporal error |", "|---|---|---|---|---|---|"]
     for r in summary["stages"]:
-        e = f"{r['total_error']:.4g}" if r["total_error"] is not None else "-"
         note = " (before fine-tuning)" if r["kind"] == "prune" else ""
-        lines.append(f"| {r['stage']} | {r['kind']} | {r['params']:,} | {r['macs'] / 1e9:.3f} | {e}{note} |")
+        lines.append(f"| {r['stage']} | {r['kind']} | {r['params']:,} | {r['macs'] / 1e9:.3f} | "
+                     f"{_value(r['total_error'])}{note} | {_value(r.get('temporal_error'))} |")
     return "\n".join(lines)
 
 
@@ -80,7 +84,10 @@ def write_report(run_dir: Path, summary: dict[str, Any], out: Path) -> Path:
         f"{final['macs']['total'] / 1e9:.3f} GMACs at {summary['eval_size']} px).",
         "",
         f"E on {summary['eval_pairs']} held-out pairs at {summary['eval_size']} px: dense "
-        f"{dense['errors']['total_error']:.4g}, slimmed {final['errors'].get('total_error', float('nan')):.4g}.",
+        f"{dense['errors']['total_error']:.4g}, slimmed {final['errors'].get('total_error', float('nan')):.4g}."
+        + (f" Temporal error (warping error on the synthetic clips, docs/video.md): dense "
+           f"{dense['errors']['temporal_error']:.4g}, slimmed {_value(final['errors'].get('temporal_error'))}."
+           if "temporal_error" in dense["errors"] else ""),
         "",
         f"The slimmed model: `{summary['slim_model']}` (`distst stylize --checkpoint` loads it as is; "
         "`distst bench latency` times it).",
@@ -108,10 +115,11 @@ class ChannelReport(Report):
         return markdown_table(summary)
 
     def rows(self, summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-        columns = ["stage", "kind", "params", "macs", "total_error"]
-        return columns, [[r[c] for c in columns] for r in summary["stages"]]
+        columns = ["stage", "kind", "params", "macs", "total_error", "temporal_error"]
+        return columns, [[r.get(c) for c in columns] for r in summary["stages"]]
 
     def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
         return {"channels_removed": summary["channels_removed"], "params_removed": summary["params_removed"],
                 "macs_speedup": summary["macs_speedup"],
-                "final_total_error": summary["final"]["errors"].get("total_error")}
+                "final_total_error": summary["final"]["errors"].get("total_error"),
+                "final_temporal_error": summary["final"]["errors"].get("temporal_error")}

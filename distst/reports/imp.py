@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from ..records import step_records  # noqa: E402
+from ..video import TEMPORAL_KEYS  # noqa: E402
 from .base import Report, ReportError, register  # noqa: E402
 
 ERRORS = (("total_error", "E (total)"), ("content_error", "content error"), ("style_error", "style error"))
@@ -39,11 +40,14 @@ def _verdicts(summary: dict[str, Any]) -> dict[int, bool]:
 
 
 def metric_columns(levels: list[dict[str, Any]]) -> list[str]:
-    """The levels' evaluation values in table order: per-pair errors, E last of them, then set metrics."""
+    """The levels' evaluation values in table order: per-pair errors, E last of them, the temporal errors, then set
+    metrics."""
     keys: list[str] = []
     for lv in levels:
-        keys += [k for k in lv if k.endswith("_error") and k != "total_error" and k not in keys]
+        keys += [k for k in lv if k.endswith("_error") and k != "total_error" and k not in TEMPORAL_KEYS
+                 and k not in keys]
     keys += ["total_error"] if any("total_error" in lv for lv in levels) else []
+    keys += [k for k in TEMPORAL_KEYS if any(k in lv for lv in levels)]
     for lv in levels:
         keys += [k for k in lv.get("set_metrics", []) if k not in keys and k != "fid_images"]
     return keys

@@ -15,6 +15,7 @@ from ..models import create, param_counts
 from ..models.complexity import macs
 from ..models.io import load_model
 from ..prune.channels.runner import write_random_loss_vgg
+from ..video.evaluation import TemporalEvaluation
 
 LOSS_VGG = "loss_vgg.pth"
 
@@ -35,11 +36,14 @@ def study_loss_network(dense: Config, out: Path) -> nn.Module:
 
 @torch.no_grad()
 def measure_model(path: Path, loss_net: nn.Module, content: torch.Tensor, style: torch.Tensor,
-                  size: int) -> dict[str, Any]:
-    """E (and its terms), parameters, the fraction of conv/linear weights that are zero (an IMP ticket's
-    sparsity; dense MACs are counted either way), MACs of one stylisation at ``size`` and the file's MB."""
+                  size: int, temporal: TemporalEvaluation | None = None) -> dict[str, Any]:
+    """E (and its terms), the temporal errors on ``temporal``'s clips, parameters, the fraction of conv/linear
+    weights that are zero (an IMP ticket's sparsity; dense MACs are counted either way), MACs of one
+    stylisation at ``size`` and the file's MB."""
     model, _ = load_model(path)
     errors = evaluate(model, loss_net, content, style)
+    if temporal:
+        errors.update(temporal(model, style))
     weights = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     zeros = sum(int((w == 0).sum()) for w in weights) / max(1, sum(w.numel() for w in weights))
     return {**errors, "params": param_counts(model)["total"], "sparsity": zeros, "macs": macs(model, size)["total"],
@@ -58,4 +62,7 @@ def measure_all(paths: dict[str, Path], dense: Config, out: Path, loss_net: nn.M
     loss_net = loss_net if loss_net is not None else study_loss_network(dense, out)
     content, style = pairs if pairs is not None else held_out(dense)
     size = dense.data.eval_size or dense.data.crop
-    return {name: measure_model(path, loss_net, content, style, size) for name, path in paths.items()}
+    section = type(dense.model)
+    temporal = TemporalEvaluation.from_config(dense.temporal, content.shape[-1],
+                                              section.model_class.input_multiple, section.model_class.min_size)
+    return {name: measure_model(path, loss_net, content, style, size, temporal) for name, path in paths.items()}

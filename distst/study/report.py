@@ -52,11 +52,13 @@ def study_rows(runs: list[dict[str, Any]], measured: dict[str, dict[str, Any]], 
 def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """The study's one table (head, cells): the report's and the W&B table's."""
     times = [k for k in rows[0] if k.startswith(("ms_", "speedup_"))]
+    temporal = ["temporal error"] if "temporal_error" in rows[0] else []
     head = ["model", "method", "distill", "final model", "params", "zero weights", "MACs", "file MB", "E",
-            "E / dense E", *times]
+            "E / dense E", *temporal, *times]
     return head, [[r["name"], r["method"], "yes" if r["distill"] else "no", r["final"], f"{r['params']:,}",
                    f"{r['sparsity']:.1%}", f"{r['macs']:.3g}", f"{r['file_mb']:.2f}", f"{r['total_error']:.4g}",
-                   f"{r['e_ratio']:.3f}", *(f"{r[k]:.2f}" for k in times)] for r in rows]
+                   f"{r['e_ratio']:.3f}", *(f"{r['temporal_error']:.4g}" for _ in temporal),
+                   *(f"{r[k]:.2f}" for k in times)] for r in rows]
 
 
 def _markdown(head: list[str], body: list[list[str]]) -> str:

@@ -39,6 +39,7 @@ from ..models.io import read_model_file
 from ..models.plan import plan_differences
 from ..stop import PROCESS, StopRequest
 from ..track import Tracker
+from ..video.evaluation import TemporalEvaluation
 from ..weights import load_checked
 from . import divergence
 from .checkpoint import Checkpointer, Restored
@@ -243,6 +244,8 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
 
     # Read before anything is written: a data problem must leave no config.yaml or metrics.jsonl behind.
     eval_content, eval_style = (t.to(info.device, torch.float32) for t in eval_pairs(cfg.data))
+    temporal = TemporalEvaluation.from_config(cfg.temporal, eval_content.shape[-1], model.input_multiple,
+                                              model.min_size).to(info.device)
     run_dir.write_config(cfg)
     tracker = Tracker(cfg.tracking, workdir, config=cfg.model_dump(mode="json"), name=run_name or workdir.name,
                       group=run_group, enabled=info.is_main, resume_step=step if restored else None)
@@ -267,6 +270,7 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
         with fp32_view(model) as fp32_model:
             metrics = evaluate(fp32_model, eval_loss_net, eval_content, eval_style)
+            metrics.update(temporal(fp32_model, eval_style))  # beside E, never in it
         model.features.take()  # what the evaluation's forwards recorded is no training step's
         divergence.check_metrics(metrics, step, workdir, info.device)
         method.on_evaluate(ctx, metrics)

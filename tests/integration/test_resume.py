@@ -36,13 +36,20 @@ def losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
 
 
-@pytest.mark.parametrize("method", ["none", "qat"])  # qat: fake-quant observers live in the method state
-def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path: Path, method: str) -> None:
+TEMPORAL_LOSSES = {"temporal__noise_weight": 10.0, "temporal__compound_weight": 1.0}
+
+
+# qat: fake-quant observers live in the method state; the temporal losses draw their noise and motion from the
+# training RNG, which the checkpoint holds.
+@pytest.mark.parametrize(("method", "extra"), [("none", {}), ("qat", {}), ("none", TEMPORAL_LOSSES)],
+                         ids=["none", "qat", "temporal_losses"])
+def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path: Path, method: str, extra: dict) -> None:
     job = write_job(tmp_path / "job.yaml")
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    run_distst("train", str(job), *deterministic_overrides(clean, prune__method=method))
+    run_distst("train", str(job), *deterministic_overrides(clean, prune__method=method, **extra))
 
-    proc = subprocess.Popen(distst_command("train", str(job), *deterministic_overrides(killed, prune__method=method)),
+    proc = subprocess.Popen(distst_command("train", str(job), *deterministic_overrides(killed, prune__method=method,
+                                                                                       **extra)),
                             cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     wait_for(lambda: (killed / "checkpoints" / "step_00000004" / "state.pt").is_file(), proc)
@@ -50,8 +57,11 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path: Path, method
     proc.wait(timeout=30)
     assert not (killed / "summary.json").exists()
 
-    run_distst("train", str(job), *deterministic_overrides(killed, prune__method=method))
+    run_distst("train", str(job), *deterministic_overrides(killed, prune__method=method, **extra))
     assert losses(killed) == losses(clean)  # the same batches, in the same order, after the resume
+    logged = [r for r in read_metrics(killed / "metrics.jsonl") if "loss" in r]
+    for key in ("temporal/noise", "temporal/compound") if extra else ():
+        assert all(key in r for r in logged) and any(r[key] > 0 for r in logged), f"{key} is a term of every step"
     first = torch.load(clean / "model.pt", weights_only=True)["state_dict"]
     again = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
     assert first.keys() == again.keys()

@@ -209,8 +209,9 @@ def channel_summary(cfg: Config, records: list[Record]) -> dict[str, Any]:
         "macs_speedup": dense["macs"]["total"] / final["macs"]["total"],
         "pruning_steps": steps,
         "stages": [{k: r.get(k) for k in ("index", "stage", "kind", "steps")} |
-                   {"total_error": (r.get("errors") or r.get("before_finetune") or {}).get("total_error"),
-                    "params": r["params"]["total"], "macs": r["macs"]["total"]} for r in records],
+                   {key: (r.get("errors") or r.get("before_finetune") or {}).get(key)
+                    for key in ("total_error", "temporal_error")} |
+                   {"params": r["params"]["total"], "macs": r["macs"]["total"]} for r in records],
         "slim_model": f"{SLIM_DIR}/model.pt",
     }
 
