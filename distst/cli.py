@@ -37,6 +37,7 @@ COMMANDS = (
     "distst.commands.tune",
     "distst.commands.study",
     "distst.commands.export",
+    "distst.commands.evaluate",
 )
 
 # A command whose work polls ``stop.PROCESS`` (checkpoint, exit 75) says so where it is defined:

@@ -22,6 +22,7 @@ from ..config import ConfigError, TemporalConfig
 from ..errors import DataError
 from . import USER_PREFIX
 from .clips import FlowClip, load_flow_clip, synthetic_clips
+from .flow import in_bounds_mask
 from .temporal import temporal_errors
 
 Forward = Callable[[Tensor, Tensor], Tensor]
@@ -50,7 +51,10 @@ def read_user_clip(path: str | Path, multiple: int, min_size: int) -> FlowClip:
                           backward_dir=backward if backward.is_dir() else None, name=root.name,
                           occluded_is_white=occluded_is_white)
     h, w = (side // max(1, multiple) * max(1, multiple) for side in clip.frames.shape[-2:])
-    return FlowClip(clip.frames[..., :h, :w], clip.flows[..., :h, :w], clip.masks[..., :h, :w], clip.name)
+    flows = clip.flows[..., :h, :w]
+    # A pixel whose match fell in the cropped-off strip is no longer matched.
+    masks = clip.masks[..., :h, :w] * in_bounds_mask(flows)
+    return FlowClip(clip.frames[..., :h, :w], flows, masks, clip.name)
 
 
 @dataclass
@@ -104,11 +108,13 @@ class TemporalEvaluation:
 
 
 def graph_forward(path: str | Path) -> Forward:
-    """The whole-forward ONNX graph of an export as a ``(content, style) -> image`` callable (what ships is
-    what is measured)."""
+    """The whole-forward ONNX graph of an export (``forward.onnx``, ``forward.int8.onnx``) as a ``(content, style)
+    -> image`` callable (what ships is what is measured); the graphs take one image at a time."""
     from ..export.runtime import OnnxStylizer
 
-    return OnnxStylizer.from_file(path).forward
+    graph = OnnxStylizer.from_file(path)
+    return lambda content, style: torch.cat([graph.forward(c[None], s[None]) for c, s in zip(content, style,
+                                                                                              strict=True)])
 
 
 def temporal_of_file(path: str | Path, evaluation: TemporalEvaluation, styles: Tensor) -> dict[str, float]:

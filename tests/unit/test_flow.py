@@ -168,7 +168,7 @@ def test_load_raft_refuses_other_files(tmp_path: Path) -> None:
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="list.pth does not hold a state dict"):
         load_raft(tmp_path / "list.pth")
-    (tmp_path / "object.pth").write_bytes(pickle.dumps(Path("x")))
+    (tmp_path / "object.pth").write_bytes(pickle.dumps(Path("x"), protocol=2))
     with pytest.raises(WeightsError, match="object.pth is not a loadable weights file"):
         load_raft(tmp_path / "object.pth")
     with pytest.raises(WeightsError, match="missing.pth does not exist"):

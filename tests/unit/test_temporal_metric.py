@@ -63,7 +63,7 @@ def test_independent_noise_gives_two_sigma_squared() -> None:
 
 def test_a_constant_change_per_frame_is_its_square() -> None:
     clip = shift_clip(still(), frames=4, size=32, dx=-1, dy=2)
-    outputs = clip.frames + 0.1 * torch.arange(4.0).view(4, 1, 1, 1)  # W(O_{t+1}) - O_t = 0.1 on the mask
+    outputs = clip.frames.double() + 0.1 * torch.arange(4, dtype=torch.float64).view(4, 1, 1, 1)  # W(O_{t+1}) - O_t = 0.1 on the mask
     assert warping_error(outputs, clip.flows, clip.masks) == pytest.approx(0.01, abs=1e-12)
     assert warping_error(outputs, clip.flows, clip.masks, norm="l1") == pytest.approx(0.1, abs=1e-12)
 
@@ -114,7 +114,7 @@ def test_shift_and_smooth_clips_have_exact_flow() -> None:
     assert (smooth.frames != 0).any(dim=1).all()  # the canvas keeps black borders out of the frames
     with pytest.raises(ClipError, match=r"still of 120x96 is too small .* needs at least 121x49"):
         shift_clip(still(), frames=4, size=40, dx=-27, dy=3)
-    with pytest.raises(ClipError, match=r"still of 120x96 is too small .* needs at least 104x104"):
+    with pytest.raises(ClipError, match=r"still of 120x96 is too small .* needs at least 100x100"):
         smooth_flow_clip(still(), frames=4, size=80, magnitude=2.0, seed=3)
 
 
