@@ -104,3 +104,7 @@ def test_bench_table_rows_share_one_error_measure(tmp_path: Path) -> None:
     assert rows[4]["error"] == pytest.approx(rows[3]["error"], rel=0.1)  # int8 stays near fp32
     assert rows[2]["params"] < rows[0]["params"]
     assert "| slimmed 1 | onnx int8 |" in (tmp_path / "table.md").read_text()
+    temporal = [r["extra"]["temporal_error"] for r in rows]  # the same synthetic clips and styles, each runtime
+    assert temporal[0] == pytest.approx(temporal[1], rel=1e-3, abs=1e-9)
+    assert temporal[2] == pytest.approx(temporal[3], rel=1e-3, abs=1e-9)
+    assert "temporal error" in (tmp_path / "table.md").read_text()
