@@ -119,9 +119,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| clip | flow | frames | size | style | temporal error (L2) | temporal L1 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| clip | flow | frames | size | style | temporal error (L2) | temporal L1 | output std |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['clip']} | {r['source']} | {r['frames']} | {r['size'][0]}x{r['size'][1]} | {r['style']} | "
-              f"{r['temporal_error']:.5g} | {r['temporal_l1']:.5g} |" for r in rows]
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("temporal_error", "temporal_l1")}
-    lines.append(f"| mean | | | | | {mean['temporal_error']:.5g} | {mean['temporal_l1']:.5g} |")
+              f"{r['temporal_error']:.5g} | {r['temporal_l1']:.5g} | {r['output_std']:.4f} |" for r in rows]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("temporal_error", "temporal_l1", "output_std")}
+    lines.append(f"| mean | | | | | {mean['temporal_error']:.5g} | {mean['temporal_l1']:.5g} | "
+                 f"{mean['output_std']:.4f} |")
     return "\n".join(lines)

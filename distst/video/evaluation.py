@@ -93,9 +93,10 @@ class TemporalEvaluation:
         out: dict[str, float] = {}
         for prefix, clips in (("", self.synthetic), (USER_PREFIX, self.user)):
             per_clip = [self._clip(forward, clip, styles[i % len(styles)], batch_size) for i, clip in enumerate(clips)]
-            for key in ("temporal_error", "temporal_l1"):
+            for key, name in (("temporal_error", "temporal_error"), ("temporal_l1", "temporal_l1"),
+                              ("output_std", "temporal_output_std")):
                 if per_clip:
-                    out[prefix + key] = sum(r[key] for r in per_clip) / len(per_clip)
+                    out[prefix + name] = sum(r[key] for r in per_clip) / len(per_clip)
         if module is not None:
             module.train(was_training)
         return out

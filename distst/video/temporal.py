@@ -74,15 +74,19 @@ def _stylize_clip(stylize: Callable[[Tensor], Tensor], frames: Tensor, batch_siz
 
 def temporal_errors(stylize: Callable[[Tensor], Tensor], clips: list[FlowClip], batch_size: int = 8,
                     device: torch.device | str | None = None) -> dict[str, float]:
-    """``{"temporal_error": mean l2 warping error, "temporal_l1": mean l1 one}`` over ``clips`` of ``stylize``'s
-    outputs: it takes (N, 3, H, W) frames (moved to ``device`` first when given), ``batch_size`` at a time."""
+    """``{"temporal_error": mean l2 warping error, "temporal_l1": mean l1 one, "output_std": mean per-channel spatial
+    std of the outputs}`` over ``clips`` of ``stylize``'s
+    outputs: it takes (N, 3, H, W) frames (moved to ``device`` first when given), ``batch_size`` at a time.
+    ``output_std`` is there to read the errors by: a flat output is perfectly stable, and says nothing."""
     if not clips:
         raise ValueError("temporal_errors needs at least one clip")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    l2, l1 = [], []
+    l2, l1, contrast = [], [], []
     for clip in clips:
         outputs = _stylize_clip(stylize, clip.frames, batch_size, device)
         l2.append(warping_error(outputs, clip.flows, clip.masks, "l2"))
         l1.append(warping_error(outputs, clip.flows, clip.masks, "l1"))
-    return {"temporal_error": sum(l2) / len(l2), "temporal_l1": sum(l1) / len(l1)}
+        contrast.append(float(outputs.double().flatten(2).std(2).mean()))
+    return {"temporal_error": sum(l2) / len(l2), "temporal_l1": sum(l1) / len(l1),
+            "output_std": sum(contrast) / len(contrast)}

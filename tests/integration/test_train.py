@@ -67,7 +67,8 @@ def test_short_run_lowers_the_loss_and_writes_the_run_directory(tmp_path: Path) 
     assert all(r["total_error"] == pytest.approx(r["content_error"] + r["style_error"]) for r in evals)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 30 and summary == result.summary
-    assert set(summary["final"]) == {"content_error", "style_error", "total_error", "temporal_error", "temporal_l1"}
+    assert set(summary["final"]) == {"content_error", "style_error", "total_error", "temporal_error", "temporal_l1",
+                                     "temporal_output_std"}
     assert 0 < summary["final"]["temporal_error"] < 1, "the warping error of [0, 1] images on the synthetic clips"
     assert summary["params"]["decoder"] == sum(p.numel() for p in build(cfg.model).decoder.parameters())
     assert summary["wall_s"] > 0 and summary["images_per_s"] > 0

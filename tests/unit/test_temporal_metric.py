@@ -42,8 +42,15 @@ def test_identity_stylizer_has_no_warping_error() -> None:
     smooth = [c for c in clips if c.name.startswith("smooth")]
     assert len(shift) == len(smooth) == 2
     for errors in (temporal_errors(lambda x: x, shift), temporal_errors(lambda x: x, smooth, batch_size=3)):
-        assert set(errors) == {"temporal_error", "temporal_l1"}
+        assert set(errors) == {"temporal_error", "temporal_l1", "output_std"}
         assert errors["temporal_error"] < 1e-10 and errors["temporal_l1"] < 1e-5
+    expected = sum(float(c.frames.double().flatten(2).std(2).mean()) for c in shift) / len(shift)
+    assert temporal_errors(lambda x: x, shift)["output_std"] == pytest.approx(expected)
+
+
+def test_a_flat_output_is_perfectly_stable_and_says_so_by_its_zero_std() -> None:
+    errors = temporal_errors(lambda x: torch.full_like(x, 0.3), synthetic_clips(count=2, frames=3, size=32))
+    assert errors == {"temporal_error": 0.0, "temporal_l1": 0.0, "output_std": 0.0}
 
 
 def test_independent_noise_gives_two_sigma_squared() -> None:
