@@ -1,13 +1,16 @@
-"""Stylising image files with a model: what ``distst stylize`` and the demo run.
+"""Stylising image files and clips with a model: what ``distst stylize`` and the demo run.
 
 One content image must be usable (an ``ImageError`` says why not); in a directory, unusable images
-(truncated, not images, too small or too large for the model) are skipped and counted instead.
+(truncated, not images, too small or too large for the model) are skipped and counted instead. A clip (a video
+file or a folder of numbered frames) is streamed in batches, the style side computed once, and written
+atomically (``distst.video.io``): any unusable frame is an error, and nothing is left under the output name.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from tqdm import tqdm
 from .errors import DiststError
 from .images import SAVE_FORMATS, ImageError, batches_by_size, list_images, load_image, save_image
 from .models import DiststModel
+from .video.io import ClipReader, ClipWriter, check_clip_output
+from .video.stylizers import FrameStylizer, TorchStylizer
 
 
 class OutputError(DiststError, ValueError):
@@ -51,20 +56,38 @@ def output_path(out: Path, content: Path, style: Path, single: bool) -> Path:
     return out if single else out / f"{content.stem}_stylized_{style.stem}.png"
 
 
-def _usable_contents(paths: list[Path], size: int, model: DiststModel, single: bool,
+def _usable_contents(paths: list[Path], size: int, stylizer: FrameStylizer, single: bool,
                      skipped: list[ImageError]) -> Iterator[tuple[Path, Tensor]]:
     for path in paths:
         try:
-            yield path, load_image(path, size, model.input_multiple, model.min_size)
+            yield path, load_image(path, size, stylizer.multiple, stylizer.min_size)
         except ImageError as err:
             if single:
                 raise
             skipped.append(err)
 
 
+def as_stylizer(model: DiststModel | FrameStylizer, alpha: float = 1.0,
+               device: str | torch.device = "cpu") -> FrameStylizer:
+    """A model as a ``TorchStylizer`` at ``alpha`` on ``device``; a stylizer as it is (alpha 1 only)."""
+    if not isinstance(model, FrameStylizer):
+        return TorchStylizer(model, alpha, device)
+    if alpha != 1.0:
+        raise ValueError(f"alpha {alpha} needs a torch model; a {type(model).__name__} stylises at alpha 1")
+    return model
+
+
+def _load_style(style: str | Path, size: int, stylizer: FrameStylizer) -> Path:
+    path = Path(style)
+    if not path.is_file():
+        raise FileNotFoundError(f"style image {path} does not exist")
+    stylizer.set_style(load_image(path, size, stylizer.multiple, stylizer.min_size).unsqueeze(0))
+    return path
+
+
 @torch.no_grad()
 def stylize_files(
-    model: DiststModel,
+    model: DiststModel | FrameStylizer,
     content: str | Path,
     style: str | Path,
     out: str | Path,
@@ -76,6 +99,7 @@ def stylize_files(
 ) -> StylizeResult:
     """Stylise one content image or a directory of them with one style image.
 
+    ``model`` is a distst model (run at ``alpha`` on ``device``) or a ``FrameStylizer`` (exported graphs).
     ``out`` is the output file for one content image (its suffix picks the format) or a directory that
     receives PNGs. Unusable images of a directory are skipped and listed in the result.
     """
@@ -84,19 +108,70 @@ def stylize_files(
     contents = list_images(content)
     single = Path(content).is_file()
     check_output(out, single)
-    style_path = Path(style)
-    if not style_path.is_file():
-        raise FileNotFoundError(f"style image {style_path} does not exist")
-    style_image = load_image(style_path, style_size, model.input_multiple, model.min_size).unsqueeze(0).to(device)
-    model = model.to(device).eval()
+    stylizer = as_stylizer(model, alpha, device)
+    style_path = _load_style(style, style_size, stylizer)
     result = StylizeResult()
-    loaded = _usable_contents(contents, content_size, model, single, result.skipped)
+    loaded = _usable_contents(contents, content_size, stylizer, single, result.skipped)
     with tqdm(total=len(contents), desc="stylize", unit="img", disable=len(contents) < 4) as bar:
         for batch in batches_by_size(loaded, batch_size):
-            images = torch.stack([t for _, t in batch]).to(device)
-            stylized = model(images, style_image.expand(len(batch), -1, -1, -1), alpha=alpha)
-            for (path, tensor), image in zip(batch, stylized, strict=True):
-                h, w = tensor.shape[-2:]
-                result.written.append(save_image(image[:, :h, :w], output_path(Path(out), path, style_path, single)))
+            stylized = stylizer(torch.stack([t for _, t in batch]))
+            for (path, _), image in zip(batch, stylized, strict=True):
+                result.written.append(save_image(image, output_path(Path(out), path, style_path, single)))
             bar.update(len(batch))
     return result
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """A stylised clip: where it went, its frame count, and the seconds its frames took (decode, stylise,
+    encode; not the model's or the style's set-up)."""
+
+    out: Path
+    frames: int
+    seconds: float
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def _stacked(frames: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
+    batch: list[Tensor] = []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
+@torch.no_grad()
+def stylize_clip(
+    stylizer: FrameStylizer,
+    content: str | Path,
+    style: str | Path,
+    out: str | Path,
+    content_size: int = 512,
+    style_size: int = 512,
+    batch_size: int = 4,
+    fps: float | None = None,
+) -> ClipResult:
+    """Stylise a clip (a video file, or a folder of numbered frames at ``fps``, default 25) with one style.
+
+    Frames are streamed in batches of ``batch_size``; ``out`` is a video file by its suffix (same rate and
+    frame count as the clip) or a folder of numbered PNGs. Written atomically: on any error nothing is left
+    under ``out``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_clip_output(out, content)
+    with ClipReader(content, content_size, stylizer.multiple, stylizer.min_size, fps) as reader:
+        _load_style(style, style_size, stylizer)
+        start = time.perf_counter()
+        with ClipWriter(out, reader.info.fps) as writer, \
+                tqdm(total=len(reader) or None, desc="stylize", unit="frame") as bar:
+            for batch in _stacked(reader, batch_size):
+                writer.write(stylizer(batch).cpu())
+                bar.update(len(batch))
+    return ClipResult(writer.out, writer.count, time.perf_counter() - start)

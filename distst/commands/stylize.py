@@ -1,12 +1,17 @@
-"""``distst stylize``: stylise a content image (or a directory) with a style image.
+"""``distst stylize``: stylise a content image (or a directory, or a clip) with a style image.
 
 Every argument is checked before a model is built or an image decoded, and every model part must have
-weights (reference files or a distst model file) unless ``--allow-random`` says random weights are meant.
+weights (reference files or a distst model file) unless ``--allow-random`` says random weights are meant;
+``--onnx`` runs a ``distst export`` directory's graphs instead of a torch model.
+
+A clip is a video file (``.mp4``, ``.webm``, ...), or a folder of numbered frames when ``--frames`` is given or
+``--out`` names a video file (without either, a folder is a directory of separate images, as before).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +20,34 @@ from ..errors import UserError
 # The largest --content-size/--style-size: the same limit as every side of a loaded image (images.MAX_SIDE).
 MAX_SIZE = 8192
 WEIGHT_FLAGS = {"encoder": "--vgg", "transform": "--transform", "decoder": "--decoder"}
+# Not argparse defaults: left as None so that a flag --onnx makes meaningless can be told from its default.
+DEFAULT_MODEL, DEFAULT_WIDTH, DEFAULT_VARIANT = "adain", 1.0, "fp32"
+# Kept literal here (``distst.video.io.VIDEO_SUFFIXES``): building the parser imports nothing heavy.
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stylize", help="stylise a content image (or a directory of them) with a style image",
+    p = sub.add_parser("stylize", help="stylise a content image (or a directory of them, or a clip) with a style image",
                        description="Resizes the shorter side as the reference test scripts do. One content image "
                                    "is written to --out in the format of its suffix (.png, .jpg, ...); a directory "
-                                   "of them to PNGs in the --out directory, skipping (and counting) unusable files.")
-    p.add_argument("--content", required=True, help="content image or directory of images")
+                                   "of them to PNGs in the --out directory, skipping (and counting) unusable files. "
+                                   "A clip (a video file, or a folder of numbered frames with --frames or a video "
+                                   "--out) is written to a video file by --out's suffix (same rate and frame "
+                                   "count) or to a folder of numbered PNG frames.")
+    p.add_argument("--content", required=True,
+                   help="content image, directory of images, video file, or folder of numbered frames")
     p.add_argument("--style", required=True, help="style image")
-    p.add_argument("--out", required=True, help="output image file (one content image) or directory")
-    p.add_argument("--model", default="adain", help="model name (see `distst models`)")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the weights (default 1.0)")
+    p.add_argument("--out", required=True, help="output image file (one content image) or directory; for a clip a "
+                                                f"video file ({', '.join(VIDEO_SUFFIXES)}) or a frames folder")
+    p.add_argument("--frames", action="store_true",
+                   help="--content is a folder of numbered frames of one clip (not separate images)")
+    p.add_argument("--fps", type=float, help="frame rate of a frames-folder clip (default 25; a video keeps its own)")
+    p.add_argument("--onnx", metavar="EXPORT_DIR", help="run a `distst export` directory's graphs (ONNX Runtime, CPU) "
+                                                        "instead of a torch model")
+    p.add_argument("--variant", choices=("fp32", "int8"), help="graphs of --onnx to run (default fp32)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads for --onnx (default: its own choice)")
+    p.add_argument("--model", help=f"model name (see `distst models`; default {DEFAULT_MODEL})")
+    p.add_argument("--width", type=float, help=f"channel multiplier of the weights (default {DEFAULT_WIDTH})")
     p.add_argument("--vgg", help="local vgg_normalised.pth")
     p.add_argument("--decoder", help="local decoder .pth (reference layout)")
     p.add_argument("--transform", help="local transform .pth (SANet transformer_iter_*.pth, MCCNet mcc_module_iter_*.pth, "
@@ -55,8 +76,54 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} must be in 0..{MAX_SIZE} (0 keeps the image's size; got {size})")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if not args.width > 0:
+    if args.width is not None and not args.width > 0:
         raise UserError(f"--width must be positive (got {args.width})")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        raise UserError(f"--fps must be a positive frame rate (got {args.fps})")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1 (got {args.threads})")
+
+
+def check_sources(args: argparse.Namespace) -> None:
+    """One source of weights: reference files, a model file, or exported graphs (``--onnx``)."""
+    weight_flags = [flag for flag, value in (("--vgg", args.vgg), ("--decoder", args.decoder),
+                                             ("--transform", args.transform), ("--weights", args.weights)) if value]
+    if not args.onnx:
+        if args.variant or args.threads:
+            raise UserError("--variant and --threads apply to --onnx EXPORT_DIR only")
+        if args.checkpoint and weight_flags:
+            raise UserError("give either --checkpoint or --vgg/--decoder/--transform/--weights, not both")
+        return
+    torch_flags = (["--checkpoint"] if args.checkpoint else []) + weight_flags + [
+        flag for flag, value in (("--model", args.model), ("--width", args.width)) if value is not None]
+    if torch_flags:
+        raise UserError(f"--onnx runs the exported graphs (their manifest names the model): drop "
+                        f"{', '.join(torch_flags)}, which pick a torch model")
+    if args.alpha != 1.0:
+        raise UserError("--alpha needs a torch model: exported graphs stylise at alpha 1")
+    if args.device != "cpu":
+        raise UserError(f"--onnx runs on the CPU (ONNX Runtime); drop --device {args.device}")
+    from ..export.onnx_export import read_manifest
+
+    variant = args.variant or DEFAULT_VARIANT
+    variants = read_manifest(args.onnx).get("variants", {})  # ExportError (one line) when not an export
+    if variant not in variants:
+        raise UserError(f"--onnx {args.onnx} has no {variant} graphs; its variants: {', '.join(variants)}")
+
+
+def is_clip(args: argparse.Namespace) -> bool:
+    """Whether ``--content`` (which exists) is a clip: a video file, or a folder with --frames or a video --out."""
+    content = Path(args.content)
+    if content.is_file():
+        if args.frames:
+            raise UserError(f"--frames needs a folder of numbered frames as --content; {content} is a file")
+        return content.suffix.lower() in VIDEO_SUFFIXES
+    return args.frames or Path(args.out).suffix.lower() in VIDEO_SUFFIXES
+
+
+def check_clip_arguments(args: argparse.Namespace, clip: bool) -> None:
+    if args.fps is not None and not (clip and Path(args.content).is_dir()):
+        raise UserError("--fps sets the rate of a frames-folder clip (--frames); a video keeps its own rate")
 
 
 def check_device(name: str) -> Any:
@@ -107,16 +174,17 @@ def reference_model(args: argparse.Namespace) -> Any:
     from ..config import model_section
     from ..models import available, create
 
-    if args.model not in available():
-        raise UserError(f"unknown --model {args.model!r}; registered models: {', '.join(available())}")
+    name = args.model or DEFAULT_MODEL
+    if name not in available():
+        raise UserError(f"unknown --model {name!r}; registered models: {', '.join(available())}")
     files = {"vgg_weights": args.vgg, "decoder_weights": args.decoder, "transform_weights": args.transform,
-             **weight_options(args.model, args.weights)}
-    model = create(model_section(name=args.model, width=args.width, **files))
+             **weight_options(name, args.weights)}
+    model = create(model_section(name=name, width=args.width or DEFAULT_WIDTH, **files))
     missing = _parts_without_weights(model)
     if missing and not args.allow_random:
         flags = " and ".join(WEIGHT_FLAGS.get(part, f"weights for {part}") for part in missing)
         raise UserError(f"need {flags} (local reference .pth files) or --checkpoint (a distst model file): "
-                        f"{args.model}'s {' and '.join(missing)} would have random weights "
+                        f"{name}'s {' and '.join(missing)} would have random weights "
                         "(--allow-random if that is what you want)")
     return model
 
@@ -130,20 +198,14 @@ def refuse_non_finite(model: Any) -> None:
             raise UserError(f"the model's {name} holds NaN or infinite values; refusing to stylise with it")
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..stylize import OutputError, check_output, stylize_files
+def stylizer(args: argparse.Namespace, device: Any) -> Any:
+    """The ``FrameStylizer`` the arguments name: exported graphs, a model file, or reference weights."""
+    if args.onnx:
+        from ..video.stylizers import OnnxFrameStylizer
 
-    check_numbers(args)
-    if args.checkpoint and (args.vgg or args.decoder or args.transform or args.weights):
-        raise UserError("give either --checkpoint or --vgg/--decoder/--transform/--weights, not both")
-    content = Path(args.content)
-    if not content.exists():
-        raise UserError(f"--content {content} does not exist")
-    try:
-        check_output(args.out, single=content.is_file())
-    except OutputError as err:
-        raise UserError(str(err)) from None
-    device = check_device(args.device)
+        return OnnxFrameStylizer(args.onnx, args.variant or DEFAULT_VARIANT, args.threads)
+    from ..video.stylizers import TorchStylizer
+
     if args.checkpoint:
         from ..models.io import load_model
 
@@ -151,9 +213,40 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = reference_model(args)
     refuse_non_finite(model)
-    result = stylize_files(model, args.content, args.style, args.out, alpha=args.alpha,
-                           content_size=args.content_size, style_size=args.style_size,
-                           batch_size=args.batch_size, device=str(device))
+    return TorchStylizer(model, args.alpha, device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..stylize import OutputError, check_output, stylize_clip, stylize_files
+
+    check_numbers(args)
+    check_sources(args)
+    content = Path(args.content)
+    if not content.exists():
+        raise UserError(f"--content {content} does not exist")
+    if not Path(args.style).is_file():
+        raise UserError(f"--style {args.style} does not exist")
+    clip = is_clip(args)
+    check_clip_arguments(args, clip)
+    if clip:
+        from ..video.io import check_clip_output, probe_clip
+
+        check_clip_output(args.out, content)  # ClipError: one line
+        probe_clip(content, args.fps)  # readable, has frames, one size: before any model is built
+    else:
+        try:
+            check_output(args.out, single=content.is_file())
+        except OutputError as err:
+            raise UserError(str(err)) from None
+    device = check_device(args.device)
+    runner = stylizer(args, device)
+    if clip:
+        done = stylize_clip(runner, content, args.style, args.out, content_size=args.content_size,
+                            style_size=args.style_size, batch_size=args.batch_size, fps=args.fps)
+        print(f"wrote {done.frames} frames: {done.out} ({done.frames_per_second:.1f} frames/s)")
+        return 0
+    result = stylize_files(runner, args.content, args.style, args.out, content_size=args.content_size,
+                           style_size=args.style_size, batch_size=args.batch_size)
     report(result, args)
     return 0
 

@@ -16,18 +16,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from .. import registry
+from ..video.stability import noise_stability
 from .decoder import REFERENCE_WIDTHS as DECODER_WIDTHS
 from .identity import IdentitySection, IdentityTrainedModel, Relu41IdentityModel
 from .plan import Plan
 from .stats import mean_variance_norm
 from .stylecache import StyleCache
 from .vgg import VGGEncoder, reference_plan
-from ..video.stability import noise_stability
 
 #: Keys of the official transform file that belong to the unused ``h`` conv.
 UNUSED_REFERENCE_KEYS = ("MCCN.h.weight", "MCCN.h.bias")

@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from torchvision.transforms import functional as TF
 
 from ..data.bundled import sample_location
-from ..errors import DataError
 from ..images import IMAGE_SUFFIXES, load_image, save_image, to_rgb
 from .flow import (
     forward_backward_mask,
@@ -39,6 +38,7 @@ from .flow import (
     warp,
     write_flo,
 )
+from .io import ClipError
 
 STILLS_SHARD = "content-000000.tar"
 STILLS = 6  # the shard opens with six different photos (variants follow): see sample_shards/README.md
@@ -47,10 +47,6 @@ FLOW_SUFFIXES = {".flo", ".npy"}
 # as warping the larger canvas did, and the clip's warp equation holds to the bit.
 FLOW_STEPS = 256.0
 NUMBER = re.compile(r"(\d+)(?!.*\d)")  # the last run of digits in a file name
-
-
-class ClipError(DataError):
-    """A clip that cannot be built or read as asked; the message says which file or size is wrong."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from ..models import DiststModel, StyleTransferModel
 from ..train.hooks import Method, MethodList, StepInputs, TrainContext
 from .stability import compound_regularisation, noise_stability, random_motion
 
+
 class TemporalLosses(Method):
     """The stability losses ``temporal.noise_weight`` and ``temporal.compound_weight`` switch on."""
 
