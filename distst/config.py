@@ -112,6 +112,10 @@ class DataConfig(Section):
     eval_size: int | None = Field(None, ge=8, description="center-crop size of held-out images; default: data.crop")
 
 
+#: ``train.collective_timeout``'s default, and the timeout of process groups started without a config.
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600
+
+
 class TrainConfig(Section):
     steps: int = Field(160_000, ge=1)
     lr: float = Field(1e-4, gt=0)
@@ -122,6 +126,17 @@ class TrainConfig(Section):
     eval_every: int = Field(1000, ge=1)
     log_every: int = Field(10, ge=1)
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (bitwise resume on CPU)")
+    collective_timeout: float = Field(
+        DEFAULT_COLLECTIVE_TIMEOUT_S, ge=1,
+        description="seconds a collective waits for a missing rank (hung, stopped) before every rank fails")
+
+    @model_serializer(mode="wrap")
+    def _without_default_timeout(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent while default: configs, their hashes and run directories stay what they were before the key.
+        data = handler(self)
+        if self.collective_timeout == DEFAULT_COLLECTIVE_TIMEOUT_S:
+            data.pop("collective_timeout", None)
+        return data
 
 
 class DeepSpeedConfig(Section):
@@ -255,6 +270,7 @@ class Config(Section):
         from .data.checksums import checksums  # reads files: only when an identity is asked for
 
         tree = self.model_dump(mode="json", exclude={"run", "tracking"})
+        tree["train"].pop("collective_timeout", None)  # how long to wait for a hung rank changes no result
         for key, digest in checksums(self).items():
             if digest is not None:  # a remote or missing file: its path stands for it
                 section, name = key.split(".")

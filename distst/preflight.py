@@ -129,7 +129,59 @@ def _method_problems(cfg: Config) -> list[str]:
     return found
 
 
-def _run_dir_problems(cfg: Config, run_dir: Path) -> list[str]:
+def _model_file_problems(cfg: Config) -> list[str]:
+    """``model.init_from`` and ``distill.teacher`` must be distst model files, read as training reads them."""
+    from .errors import DiststError
+    from .models.io import read_model_file
+
+    found = []
+    for key, path in (("model.init_from", cfg.model.init_from), ("distill.teacher", cfg.distill.teacher)):
+        if not path:
+            continue
+        if not Path(path).exists():
+            found.append(f"{key}: {path} does not exist")
+            continue
+        try:
+            read_model_file(path)  # weights_only, as train and distillation read it
+        except DiststError as err:
+            found.append(f"{key}: {err}")
+    return found
+
+
+def launch_world_size(nproc: int | None = None) -> int | None:
+    """How many processes the job runs as: those of the launch this process is part of (torchrun's WORLD_SIZE,
+    srun's SLURM_NTASKS), else ``nproc`` (``--nproc``, which relaunches under torchrun); None when unknown."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    if "SLURM_PROCID" in os.environ and "SLURM_STEP_ID" in os.environ and "SLURM_NTASKS" in os.environ:
+        return int(os.environ["SLURM_NTASKS"])  # as prepare_process_env maps them
+    return nproc
+
+
+def _world_size_problems(run_dir: Path, world_size: int) -> list[str]:
+    """A resume needs the world size the newest checkpoint was written by (read from its manifest only; the
+    trainer's own check, ``checkpoint._check_world_size``, comes after start-up). A finished step's
+    checkpoints (a ``model.pt`` beside them) are never resumed, except the top-level run's (more train.steps)."""
+    from .train.checkpoint import complete_checkpoints, read_manifest
+
+    roots = [run_dir / "checkpoints"] + [root for root in sorted(run_dir.glob("*/checkpoints"))
+                                         if not (root.parent / "model.pt").is_file()]
+    found = []
+    for root in roots:
+        for path in reversed(complete_checkpoints(root)):
+            try:
+                written_by = int(read_manifest(path)["world_size"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a damaged manifest: the trainer falls back to an older checkpoint, or reports it
+            if written_by != world_size:
+                found.append(f"{path} was written by {written_by} process(es) and this launch has {world_size}: "
+                             f"resume with the same world size (--nproc {written_by}, or as many Slurm tasks) "
+                             f"or move {root} away to train from the start")
+            break
+    return found
+
+
+def _run_dir_problems(cfg: Config, run_dir: Path, resume_check: bool = True) -> list[str]:
     """The run directory must be (or become) a writable directory, and resumable with this config."""
     from .rundir import check_resume
 
@@ -140,7 +192,7 @@ def _run_dir_problems(cfg: Config, run_dir: Path) -> list[str]:
         return [f"run directory {run_dir}: {existing} is not a directory (run.out_dir / run.root)"]
     if not os.access(existing, os.W_OK | os.X_OK):
         return [f"run directory {run_dir}: {existing} is not writable (run.out_dir / run.root)"]
-    if existing == run_dir:
+    if existing == run_dir and resume_check:
         from .train.loop import with_init_plan  # the trainer compares the config with its model file's plan
 
         try:
@@ -150,10 +202,12 @@ def _run_dir_problems(cfg: Config, run_dir: Path) -> list[str]:
     return []
 
 
-def problems(cfg: Config, run_dir: Path | None = None) -> list[str]:
+def problems(cfg: Config, run_dir: Path | None = None, world_size: int | None = None) -> list[str]:
     """Readable reasons the job would fail at start (missing or empty shards, bad brace patterns, too few
-    evaluation images, missing weight files, impossible sizes, a method the ZeRO stage cannot run, an
-    unwritable run directory or one holding a run of another config); empty when it can start."""
+    evaluation images, missing weight files, unreadable model files, impossible sizes, a method the ZeRO stage
+    cannot run, an unwritable run directory or one holding a run of another config or of another world size);
+    empty when it can start. ``world_size``: of the launch (default ``launch_world_size()``; unknown: not
+    checked)."""
     found: list[str] = []
     data = cfg.data
     for key, pattern in (("data.content", data.content), ("data.style", data.style),
@@ -166,18 +220,21 @@ def problems(cfg: Config, run_dir: Path | None = None) -> list[str]:
         path = getattr(cfg.model, key)
         if path and not Path(path).is_file():
             found.append(f"model.{key}: {path} does not exist (distst never downloads weights; see README)")
-    for key, path in (("model.init_from", cfg.model.init_from), ("distill.teacher", cfg.distill.teacher)):
-        if path and not Path(path).exists():
-            found.append(f"{key}: {path} does not exist")
+    model_files = _model_file_problems(cfg)
+    found += model_files
     found += _size_problems(cfg)
     found += _method_problems(cfg)
-    found += _run_dir_problems(cfg, run_dir if run_dir is not None else cfg.run_dir())
+    run_dir = run_dir if run_dir is not None else cfg.run_dir()
+    found += _run_dir_problems(cfg, run_dir, resume_check=not model_files)  # that check reads model.init_from
+    world_size = world_size if world_size is not None else launch_world_size()
+    if world_size is not None and run_dir.is_dir():
+        found += _world_size_problems(run_dir, world_size)
     return found
 
 
-def require(cfg: Config, job: str, run_dir: Path | None = None) -> None:
+def require(cfg: Config, job: str, run_dir: Path | None = None, world_size: int | None = None) -> None:
     """Raise a ``ConfigError`` listing every problem (one line when there is one)."""
-    found = problems(cfg, run_dir)
+    found = problems(cfg, run_dir, world_size)
     if len(found) == 1:
         raise ConfigError(f"{job} cannot start: {found[0]}")
     if found:

@@ -49,7 +49,7 @@ INPUTS_FILE = "inputs.json"  # {key: {"path", "sha256"}} of the run's weight fil
 #: Keys that may change when a run is resumed: none of them changes what a step computes or which data it
 #: sees (a run has one data stream, continued from its position at every checkpoint, whatever the interval).
 SAFE_ON_RESUME = ("train.steps", "train.checkpoint_every", "train.eval_every", "train.log_every",
-                  "train.keep_checkpoints", "tracking.*", "run.*")
+                  "train.keep_checkpoints", "train.collective_timeout", "tracking.*", "run.*")
 
 
 

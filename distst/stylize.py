@@ -19,10 +19,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .errors import DiststError
+from .export.stylizers import FrameStylizer, TorchStylizer
 from .images import SAVE_FORMATS, ImageError, batches_by_size, list_images, load_image, save_image
 from .models import DiststModel
 from .video.io import ClipReader, ClipWriter, check_clip_output
-from .video.stylizers import FrameStylizer, TorchStylizer
 
 
 class OutputError(DiststError, ValueError):

@@ -12,23 +12,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                        ", the same preflight train and imp run")
     p.add_argument("job", help="a job file, or a study file (every run of the study is checked)")
     p.add_argument("overrides", nargs="*")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes the job will be launched with (as train's --nproc; inside a torchrun or srun "
+                        "launch, its world size): a run directory's checkpoints must have been written by as many")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
-    from ..preflight import require
+    from ..preflight import launch_world_size, require
     from ..study.spec import is_study_file, load_study
 
+    world_size = launch_world_size(args.nproc)
     if is_study_file(args.job):
         if args.overrides:
             raise UserError(f"{args.job} is a study file: put overrides in its `overrides` key")
         study = load_study(args.job)
         for run_ in study.runs:
-            require(run_.cfg, f"{args.job} ({run_.name})")
+            require(run_.cfg, f"{args.job} ({run_.name})", world_size=world_size)
         print(f"{args.job}: ok (study {study.name}: {', '.join(r.name for r in study.runs)})")
         return 0
     cfg = load_config(args.job, args.overrides)
-    require(cfg, args.job)  # the same preflight `distst train` and `distst imp` run before starting
+    require(cfg, args.job, world_size=world_size)  # the same preflight `distst train` and `distst imp` run before starting
     print(f"{args.job}: ok ({cfg.model.name}, run directory {cfg.run_dir()})")
     return 0

@@ -35,12 +35,13 @@ def run_job(args: argparse.Namespace, command: str, work: Callable[[Config, Path
     else ``report(result, run_dir)`` on rank 0 and 0."""
     stop.install_signal_handlers()  # before the slow imports: a batch script's USR1 must never kill a starting task
     from ..config import load_config
-    from ..preflight import require
+    from ..preflight import launch_world_size, require
 
     cfg = load_config(args.job, args.overrides)  # validate before launching N processes
     if check is not None:
         check(cfg)
-    require(cfg, args.job)  # the preflight of `distst check`: nothing is written or started if it fails
+    # The preflight of `distst check` (a resume's world size included): nothing is written or started if it fails.
+    require(cfg, args.job, world_size=launch_world_size(args.nproc))
     relaunched = relaunch_if_requested(args, command)
     if relaunched is not None:
         return relaunched
@@ -49,7 +50,7 @@ def run_job(args: argparse.Namespace, command: str, work: Callable[[Config, Path
     from ..train.engine import prepare_process_env, setup_distributed
 
     prepare_process_env()
-    setup_distributed()  # ranks share the lock: rank 0 takes it and tells the others
+    setup_distributed(cfg.train.collective_timeout)  # ranks share the lock: rank 0 takes it and tells the others
     run_dir = cfg.run_dir()
     with rundir.exclusive(run_dir):  # once for the whole command: each train() inside runs in it
         result = work(cfg, run_dir)

@@ -201,10 +201,10 @@ def refuse_non_finite(model: Any) -> None:
 def stylizer(args: argparse.Namespace, device: Any) -> Any:
     """The ``FrameStylizer`` the arguments name: exported graphs, a model file, or reference weights."""
     if args.onnx:
-        from ..video.stylizers import OnnxFrameStylizer
+        from ..export.stylizers import OnnxFrameStylizer
 
         return OnnxFrameStylizer(args.onnx, args.variant or DEFAULT_VARIANT, args.threads)
-    from ..video.stylizers import TorchStylizer
+    from ..export.stylizers import TorchStylizer
 
     if args.checkpoint:
         from ..models.io import load_model

@@ -34,8 +34,8 @@ def _check(cfg: Config) -> None:
 def _train(cfg: Config, run_dir: Path, job: str) -> Any:
     from ..distill import with_distillation
     from ..registry import method_record
+    from ..stability import with_temporal_losses
     from ..train import train
-    from ..video.losses import with_temporal_losses
 
     record = method_record(cfg.prune.method)
     if record.factory is None:

@@ -34,10 +34,10 @@ from ..config import Config, with_overrides
 from ..distill import with_distillation
 from ..records import SUMMARY_FILE, Record, record_path
 from ..reports import publish
+from ..stability import with_temporal_losses
 from ..stop import StopRequest
 from ..train import Method, TrainResult, train
 from ..train.engine import setup_distributed
-from ..video.losses import with_temporal_losses
 
 
 @dataclass

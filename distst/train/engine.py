@@ -9,6 +9,7 @@ compiled for the optimizer on a CPU machine.
 from __future__ import annotations
 
 import atexit
+import datetime
 import difflib
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from .. import masters
-from ..config import Config, ConfigError
+from ..config import DEFAULT_COLLECTIVE_TIMEOUT_S, Config, ConfigError
 
 _SLURM_TO_TORCH = {"RANK": "SLURM_PROCID", "LOCAL_RANK": "SLURM_LOCALID", "WORLD_SIZE": "SLURM_NTASKS"}
 
@@ -71,8 +72,13 @@ def _destroy_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def setup_distributed() -> DistInfo:
-    """Initialise (once) the process group DeepSpeed uses and return this process's place in it."""
+def setup_distributed(timeout_s: float | None = None) -> DistInfo:
+    """Initialise (once) the process group DeepSpeed uses and return this process's place in it.
+
+    ``timeout_s`` (``train.collective_timeout``; default ``DEFAULT_COLLECTIVE_TIMEOUT_S``): how long a collective
+    waits for a rank that does not come (hung, stopped) before it fails on every rank that waits. Given for a group
+    that is already up, it becomes that group's timeout.
+    """
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -84,9 +90,12 @@ def setup_distributed() -> DistInfo:
     deepspeed.utils.logger.setLevel(logging.WARNING)  # its per-init INFO lines drown distst's own progress
     accelerator = get_accelerator()
     if not torch.distributed.is_initialized():
+        seconds = DEFAULT_COLLECTIVE_TIMEOUT_S if timeout_s is None else timeout_s
         deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False,
-                                   verbose=False)
+                                   verbose=False, timeout=datetime.timedelta(seconds=seconds))
         atexit.register(_destroy_process_group)
+    elif timeout_s is not None:
+        set_collective_timeout(timeout_s)
     local_rank = int(os.environ["LOCAL_RANK"])
     if accelerator.device_name() != "cpu":
         index = device_index(local_rank, accelerator.device_count(), accelerator.current_device())
@@ -95,6 +104,12 @@ def setup_distributed() -> DistInfo:
     else:
         device = torch.device("cpu")
     return DistInfo(torch.distributed.get_rank(), local_rank, torch.distributed.get_world_size(), device)
+
+
+def set_collective_timeout(seconds: float) -> None:
+    """Make ``seconds`` the timeout of the default process group's collectives (when one is up)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.set_timeout(datetime.timedelta(seconds=seconds))
 
 
 def device_index(local_rank: int, visible: int, current: int) -> int:
@@ -212,6 +227,7 @@ def initialize(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optim
     import deepspeed
 
     ds_config = deepspeed_config(cfg, device)
+    set_collective_timeout(cfg.train.collective_timeout)  # the group may have been started before the config
     initial: dict[int, torch.Tensor] = {}
     if ds_config["bf16"]["enabled"] or ds_config["fp16"]["enabled"]:
         masters.keep_frozen_fp32(model)

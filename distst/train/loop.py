@@ -191,7 +191,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     ``workdir`` is locked for the call (a second process is refused; see ``distst.rundir``), and a resume with
     a config that differs from the stored one in more than the keys safe to change is refused.
     """
-    setup_distributed()  # the lock and the config check are decided on rank 0 and shared
+    setup_distributed(cfg.train.collective_timeout)  # the lock and the config check are decided on rank 0 and shared
     run_dir = rundir.RunDir(workdir)
     with run_dir.locked():
         init = read_init(cfg)  # the one read of model.init_from: its plan here, its weights in the model

@@ -11,6 +11,7 @@ import pytest
 from helpers import REPO, SAMPLE, tiny_overrides, write_job
 
 from distst.cli import main
+from distst.config import load_config
 from distst.preflight import samples_in
 
 IMP_JOB = str(REPO / "jobs" / "local" / "imp_adain.yaml")
@@ -102,3 +103,40 @@ def test_config_values_refused(override: str, expected: str, tmp_path: Path, cap
 def test_models_width_zero_is_one_line(capsys: pytest.CaptureFixture) -> None:
     assert main(["models", "--width", "0"]) == 2
     assert capsys.readouterr().err.strip() == "distst models: error: --width must be positive, got 0.0"
+
+
+@pytest.mark.parametrize("key", ["model.init_from", "distill.teacher"])
+def test_an_unreadable_model_file_is_refused_before_start_up(key: str, tmp_path: Path, capsys: pytest.CaptureFixture
+                                                             ) -> None:
+    import torch
+
+    job = str(write_job(tmp_path / "job.yaml"))
+    truncated, foreign = tmp_path / "truncated.pt", tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(64)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    torch.save({"weight": torch.zeros(4)}, foreign)  # loads, but is no distst model file
+    for bad, says in ((truncated, "is not a readable distst model file"), (foreign, "is not a distst model file")):
+        reason = refused_alike(capsys, "train", job, tiny_overrides(tmp_path / "run", **{key.replace(".", "__"): bad}))
+        assert reason.startswith(f"{job} cannot start: {key}: {bad} {says}"), reason
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_with_another_world_size_is_refused_before_start_up(tmp_path: Path, capsys: pytest.CaptureFixture
+                                                                    ) -> None:
+    import torch
+
+    from distst.rundir import RunDir
+    from distst.train.checkpoint import STATE_FILE, write_manifest
+
+    job = str(write_job(tmp_path / "job.yaml"))
+    run = tmp_path / "run"
+    overrides = tiny_overrides(run)
+    RunDir(run).write_config(load_config(job, overrides))
+    step = run / "checkpoints" / "step_00000002"  # as a 2-process run's save leaves it
+    step.mkdir(parents=True)
+    torch.save({"step": 2}, step / STATE_FILE)
+    write_manifest(step, step=2, world_size=2)
+    reason = refused_alike(capsys, "train", job, overrides)  # the test process is a world of one
+    assert reason == (f"{job} cannot start: {step} was written by 2 process(es) and this launch has 1: resume with "
+                      f"the same world size (--nproc 2, or as many Slurm tasks) or move {run / 'checkpoints'} away "
+                      "to train from the start"), reason

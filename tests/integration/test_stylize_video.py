@@ -13,10 +13,10 @@ from helpers import write_image
 
 from distst.cli import main
 from distst.config import model_section
+from distst.export.stylizers import OnnxFrameStylizer, TorchStylizer
 from distst.models import create
 from distst.models.io import save_model
 from distst.video.io import probe_clip, read_clip, write_clip
-from distst.video.stylizers import OnnxFrameStylizer, TorchStylizer
 
 RATE = Fraction(24000, 1001)
 SIZE = "32"  # --content-size and --style-size: 48x64 frames -> 32x42

@@ -31,3 +31,11 @@ def test_sizes_follow_the_models_own_rules(capsys: pytest.CaptureFixture) -> Non
     assert main(["check", str(REPO / "jobs" / "local" / "sanet.yaml"), "data.crop=40"]) == 2
     assert "data.crop=40: sanet needs sizes of at least 32 that are multiples of 16" in capsys.readouterr().err
     assert main(["check", str(REPO / "jobs" / "local" / "adain.yaml"), "data.crop=40"]) == 0
+
+
+def test_an_unreadable_init_from_is_one_line(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a torch file")
+    assert main(["check", str(REPO / "jobs" / "local" / "adain.yaml"), f"model.init_from={bad}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"model.init_from: {bad} is not a readable distst model file" in err[0], err

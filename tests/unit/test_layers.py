@@ -20,10 +20,10 @@ LAYERS: list[set[str]] = [
     {"errors", "atomic", "stop", "distributed", "registry", "records", "weights"},
     {"images", "config", "track"},
     {"data"},
-    {"models", "metrics"},
+    {"models", "metrics", "video"},
     {"evaluate", "masters", "stylize", "rundir", "export", "reports"},
     {"train"},
-    {"prune", "quant", "preflight", "distill"},
+    {"prune", "quant", "preflight", "distill", "stability"},
     {"sweep", "bench", "presets", "smoke", "launcher", "study"},
     {"commands", "cli", "__main__", "distst"},
 ]

@@ -9,9 +9,9 @@ from helpers import tiny_config
 from distst.config import ConfigError, model_section
 from distst.models import build
 from distst.models.mccnet import NOISE_STD_RANGE
+from distst.stability import TemporalLosses, with_temporal_losses
 from distst.train.hooks import StepInputs, TrainContext
 from distst.video.flow import warp
-from distst.video.losses import TemporalLosses, with_temporal_losses
 from distst.video.stability import compound_regularisation, noise_stability, random_motion
 
 

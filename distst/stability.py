@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import Config, ConfigError, TemporalConfig
-from ..models import DiststModel, StyleTransferModel
-from ..train.hooks import Method, MethodList, StepInputs, TrainContext
-from .stability import compound_regularisation, noise_stability, random_motion
+from .config import Config, ConfigError, TemporalConfig
+from .models import DiststModel, StyleTransferModel
+from .train.hooks import Method, MethodList, StepInputs, TrainContext
+from .video.stability import compound_regularisation, noise_stability, random_motion
 
 
 class TemporalLosses(Method):

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..export.graphs import style_cache
-from ..export.runtime import OnnxStylizer
 from ..models import DiststModel, StyleTransferModel
+from .graphs import style_cache
+from .runtime import OnnxStylizer
 
 
 class FrameStylizer(ABC):
