@@ -121,7 +121,10 @@ distst_run() {
 
     # Fail fast with a readable message (missing shards, weights, bad keys) before any task starts.
     distst_max_requeues > /dev/null || exit 2
-    "$python" -m distst check "$DISTST_JOB" "${overrides[@]}" || exit 2
+    # As many processes as the srun below starts (a resume must have been written by as many); the launcher
+    # variables a submitting shell may have left are not this job's.
+    env -u RANK -u WORLD_SIZE "$python" -m distst check "$DISTST_JOB" "${overrides[@]}" \
+        --nproc "${SLURM_NTASKS:-1}" || exit 2
 
     # The script must see the run directory the tasks write, to tell whether they got any further.
     if [[ -z ${DISTST_RUN_DIR:-} ]]; then

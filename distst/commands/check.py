@@ -12,9 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        ", the same preflight train and imp run")
     p.add_argument("job", help="a job file, or a study file (every run of the study is checked)")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--nproc", type=int, default=1,
+    p.add_argument("--nproc", type=int, default=None,
                    help="processes the job will be launched with (as train's --nproc; inside a torchrun or srun "
-                        "launch, its world size): a run directory's checkpoints must have been written by as many")
+                        "launch, its world size; in a Slurm batch script, default: the job's SLURM_NTASKS, which "
+                        "its srun runs; else 1): a run directory's checkpoints must have been written by as many")
     p.set_defaults(func=run)
 
 
@@ -23,7 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from ..preflight import launch_world_size, require
     from ..study.spec import is_study_file, load_study
 
-    world_size = launch_world_size(args.nproc)
+    import os
+
+    # A batch script checks before its `srun` of all the job's tasks: those are the processes that will resume.
+    nproc = args.nproc if args.nproc is not None else int(os.environ.get("SLURM_NTASKS", "1"))
+    world_size = launch_world_size(nproc)
     if is_study_file(args.job):
         if args.overrides:
             raise UserError(f"{args.job} is a study file: put overrides in its `overrides` key")
