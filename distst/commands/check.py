@@ -20,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from ..config import load_config
     from ..preflight import launch_world_size, require
     from ..study.spec import is_study_file, load_study
-
-    import os
 
     # A batch script checks before its `srun` of all the job's tasks: those are the processes that will resume.
     nproc = args.nproc if args.nproc is not None else int(os.environ.get("SLURM_NTASKS", "1"))
