@@ -63,7 +63,7 @@ def _forward(args: argparse.Namespace) -> tuple[Any, int, int]:
         from ..video.evaluation import graph_forward
 
         graph = OnnxStylizer(args.onnx, args.variant)  # refuses a missing variant in one line
-        return graph_forward(graph.paths["forward"]), graph.manifest["input_multiple"], graph.manifest["min_size"]
+        return graph_forward(graph), graph.manifest["input_multiple"], graph.manifest["min_size"]  # one set of sessions
     from ..models.io import load_model
 
     model, _ = load_model(args.checkpoint)

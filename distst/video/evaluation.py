@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -108,12 +109,12 @@ class TemporalEvaluation:
                                batch_size=batch_size)
 
 
-def graph_forward(path: str | Path) -> Forward:
+def graph_forward(path: str | Path | Any) -> Forward:
     """The whole-forward ONNX graph of an export (``forward.onnx``, ``forward.int8.onnx``) as a ``(content, style)
     -> image`` callable (what ships is what is measured); the graphs take one image at a time."""
     from ..export.runtime import OnnxStylizer
 
-    graph = OnnxStylizer.from_file(path)
+    graph = path if isinstance(path, OnnxStylizer) else OnnxStylizer.from_file(path)
     return lambda content, style: torch.cat([graph.forward(c[None], s[None]) for c, s in zip(content, style,
                                                                                               strict=True)])
 
