@@ -51,3 +51,9 @@ def _process_env() -> None:
     from distst.train.engine import prepare_process_env
 
     prepare_process_env()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _sweep_key(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The sweeps' seal key (distst.sweep.integrity) in a temporary folder, never the real ~/.config."""
+    os.environ["DISTST_KEY_FILE"] = str(tmp_path_factory.mktemp("sweep_key") / "sweep.key")

@@ -9,15 +9,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..errors import UserError
+
 HELP = "Ray Tune: N tiny IMP trials sequentially (plain and through Ray) and 2 at a time"
 
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "local" / "imp_adain.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trials", type=int, default=4, help="number of trials (different prune.rate)")
+    parser.add_argument("--trials", type=int, default=4, help="number of trials (different prune.rate), at least 2")
     parser.add_argument("--steps", type=int, default=30, help="training steps per IMP level")
     parser.add_argument("--crop", type=int, default=64, help="crop size in pixels")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
 
 def tiny_overrides(steps: int, crop: int) -> dict[str, object]:
@@ -36,8 +39,10 @@ def plain_sequential(args: argparse.Namespace, root: Path) -> float:
 
     from ..config import load_config, with_overrides
     from ..prune import run_schedule
+    from ..sweep.trial import prepare_process_env
 
     torch.set_num_threads(1)  # as one trial with 1 CPU gets under Ray
+    prepare_process_env(single_process=True)  # what each trial does first: a world of one, as the CLI sets up
     base = load_config(JOB, tiny_overrides(args.steps, args.crop))
     started = time.perf_counter()
     for i, rate in enumerate(rates(args.trials)):
@@ -73,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    if args.trials < 2:
+        raise UserError(f"--trials {args.trials}: the benchmark compares 1 and 2 trials at a time, so it needs at least 2")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory(prefix="distst-bench-tune-") as tmp:
@@ -95,4 +102,11 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("Ray Tune, 2 at a time", f"{ray_two:.1f}", f"{ray_two / n:.1f}", f"{plain / ray_two:.2f}", "-")
     Console(width=140).print(table)
     print(f"2 at a time vs 1 at a time through Ray: {ray_one / ray_two:.2f}x")
+    if args.json:
+        from ..atomic import write_json
+
+        write_json(Path(args.json), {"trials": n, "steps": args.steps, "crop": args.crop, "plain_s": plain,
+                                     "ray_one_at_a_time_s": ray_one, "ray_two_at_a_time_s": ray_two,
+                                     "ray_overhead_per_trial_s": (ray_one - plain) / n,
+                                     "two_over_one": ray_one / ray_two})
     return 0

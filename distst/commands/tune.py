@@ -46,14 +46,17 @@ def local_cpus() -> float:
     return float(len(os.sched_getaffinity(0)))
 
 
-def start_ray(address: str | None, cpus: float | None, min_nodes: int = 1) -> None:
+def start_ray(address: str | None, cpus: float | None, min_nodes: int = 1, reaper_log: Path | None = None) -> None:
     import ray
 
     if address:
         ray.init(address=address, log_to_driver=True)
         wait_for_nodes(min_nodes)
     else:
+        from ..sweep import reaper
+
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private instance of this process
+        reaper.start(log=reaper_log)  # a driver killed outright leaves none of its Ray processes behind
         ray.init(num_cpus=cpus or local_cpus(), include_dashboard=False, log_to_driver=True)
 
 
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
     import ray
 
-    start_ray(args.address, args.cpus, args.min_nodes)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    start_ray(args.address, args.cpus, args.min_nodes, reaper_log=sweep_dir / "reaper.log")
     try:
         outcome = run_sweep(spec, sweep_dir, resume=resume)
         written = write_results(spec, outcome.results, sweep_dir)

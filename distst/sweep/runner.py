@@ -1,7 +1,9 @@
 """Turn a sweep file into a Ray Tune run: search space, search algorithm, scheduler, resources, retries.
 
 Tune keeps its experiment state in ``<sweep dir>/tune`` (what ``--resume`` restores with ``Tuner.restore``);
-the trials' distst run directories live in ``<sweep dir>/trials/<trial id>``.
+the trials' distst run directories live in ``<sweep dir>/trials/<trial id>``. Restoring unpickles that state, so
+the driver keeps a sealed copy of it (``<sweep dir>/tune.sealed.json``, :mod:`.integrity`) and a resume puts
+exactly that copy back before Ray reads anything.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import integrity
 from .release import ReleaseTrainPlacementGroups
 from .spec import SweepSpec
 from .trial import TRIAL_FUNCTION_CPU, TrialSetup, run_trial
@@ -92,19 +95,23 @@ def trainable(spec: SweepSpec, sweep_dir: Path) -> Any:
     return tune.with_resources(fn, {"cpu": TRIAL_FUNCTION_CPU})
 
 
-def run_config(spec: SweepSpec, sweep_dir: Path) -> Any:
+def callbacks(sweep_dir: Path, sealer: integrity.SealDriverState | None) -> list[Any]:
+    return [ReleaseTrainPlacementGroups(sweep_dir.resolve() / "trials"), *([sealer] if sealer is not None else [])]
+
+
+def run_config(spec: SweepSpec, sweep_dir: Path, sealer: integrity.SealDriverState | None = None) -> Any:
     from ray import tune
 
     return tune.RunConfig(
         name=TUNE_STATE, storage_path=str(sweep_dir.resolve()),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # pointers only: the last one is enough
-        callbacks=[ReleaseTrainPlacementGroups(sweep_dir.resolve() / "trials")],
+        callbacks=callbacks(sweep_dir, sealer),
         verbose=1,
     )
 
 
-def build_tuner(spec: SweepSpec, sweep_dir: Path) -> Any:
+def build_tuner(spec: SweepSpec, sweep_dir: Path, sealer: integrity.SealDriverState | None = None) -> Any:
     from ray import tune
 
     tune_config = tune.TuneConfig(
@@ -114,27 +121,41 @@ def build_tuner(spec: SweepSpec, sweep_dir: Path) -> Any:
         reuse_actors=spec.resources.processes == 1,
     )
     return tune.Tuner(trainable(spec, sweep_dir), param_space=param_space(spec), tune_config=tune_config,
-                      run_config=run_config(spec, sweep_dir))
+                      run_config=run_config(spec, sweep_dir, sealer))
 
 
-def restore_tuner(spec: SweepSpec, sweep_dir: Path) -> Any:
+def restore_tuner(spec: SweepSpec, sweep_dir: Path, sealer: integrity.SealDriverState | None = None) -> Any:
     from ray import tune
 
-    return tune.Tuner.restore(str(sweep_dir.resolve() / TUNE_STATE), trainable=trainable(spec, sweep_dir),
-                              param_space=param_space(spec), resume_unfinished=True, resume_errored=True)
+    integrity.restore_sealed(sweep_dir / TUNE_STATE)  # Tune unpickles what is there: only the sealed copy
+    restored = tune.Tuner.restore(str(sweep_dir.resolve() / TUNE_STATE), trainable=trainable(spec, sweep_dir),
+                                  param_space=param_space(spec), resume_unfinished=True, resume_errored=True)
+    # The restored run config holds the callbacks unpickled from tuner.pkl (paths of wherever the sweep was):
+    # this driver's own, bound to this sweep folder, replace them.
+    if getattr(restored, "_local_tuner", None) is not None:  # None only for a Ray client (ray://) driver
+        restored._local_tuner.get_run_config().callbacks = callbacks(sweep_dir, sealer)
+    return restored
 
 
 def can_resume(sweep_dir: Path) -> bool:
+    """Whether the sweep directory holds a Tune state to restore. Raises ``SweepStateTampered`` (before Ray
+    starts, nothing read but bytes) when a state folder is there without a copy this user's distst sealed: a
+    sweep started in it anew would adopt what someone else left there."""
     from ray import tune
 
-    return (sweep_dir / TUNE_STATE).is_dir() and tune.Tuner.can_restore(str(sweep_dir.resolve() / TUNE_STATE))
+    if not (sweep_dir / TUNE_STATE).is_dir():
+        return False
+    integrity.restore_sealed(sweep_dir / TUNE_STATE)
+    return tune.Tuner.can_restore(str(sweep_dir.resolve() / TUNE_STATE))
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, resume: bool) -> SweepOutcome:
     """Run (or, with ``resume``, continue) the sweep on the Ray instance this process is connected to."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    tuner = restore_tuner(spec, sweep_dir) if resume else build_tuner(spec, sweep_dir)
-    results = tuner.fit()
+    sealer = integrity.SealDriverState(sweep_dir.resolve() / TUNE_STATE)
+    tuner = restore_tuner(spec, sweep_dir, sealer) if resume else build_tuner(spec, sweep_dir, sealer)
+    results = tuner.fit()  # returns after SIGINT/SIGUSR1 too, once Tune uploaded its last state
+    sealer.seal_saved_state()
     return SweepOutcome(results=results, interrupted=bool(unfinished_trials(sweep_dir)), sweep_dir=sweep_dir)
 
 

@@ -12,6 +12,7 @@ no model file is ever copied.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -24,6 +25,8 @@ from typing import Any
 from .. import stop
 from ..config import Config, load_config, with_overrides
 from .kinds import kind_of
+
+log = logging.getLogger(__name__)
 
 POINTER_FILE = "distst_run.json"
 #: Written by rank 0 of a multi-process trial: the id of Ray Train's worker placement group (see release.py).
@@ -88,8 +91,15 @@ def reported_iteration(checkpoint: Any) -> int:
         path = Path(folder) / POINTER_FILE
         if not path.is_file():
             return -1
-        pointer = json.loads(path.read_text())
-        return int(pointer.get("iteration", pointer.get("level", -1)))  # "level": sweeps started before kinds
+        try:
+            pointer = json.loads(path.read_text())
+            return int(pointer.get("iteration", pointer.get("level", -1)))  # "level": sweeps before kinds
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+            # Not a pointer distst wrote: trust nothing of it. The run resumes from its own checkpoints all
+            # the same; only its rows are reported to Tune again.
+            log.warning("checkpoint pointer %s is not distst's (not the JSON it writes): reporting every row of "
+                        "this trial again", path)
+            return -1
 
 
 # --- running the job -----------------------------------------------------------------------------

@@ -188,35 +188,79 @@ def test_asha_early_stops_a_two_process_trial_and_frees_its_workers(ray_local, t
         ray.util.remove_placement_group(group)
 
 
+def _poison_tune_state(state: Path, marker: Path) -> list[Path]:
+    """Every file of Tune's state a resume could unpickle, replaced (or planted) with a pickle whose loading
+    creates ``marker``; the checkpoint pointers get one too."""
+    poison = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    targets = [p for p in state.iterdir() if p.is_file()] + list(state.rglob("*.pkl")) + list(state.rglob("*.json"))
+    targets += [state / "searcher-state-2099-01-01_00-00-00.pkl", next(state.glob("*/")) / "error.pkl"]
+    for path in targets:
+        path.write_bytes(poison)
+    return targets
+
+
 @RAY
 @pytest.mark.slow
-def test_resume_after_an_interrupt_does_not_rerun_finished_trials(ray_local, tmp_path: Path) -> None:
-    """`distst tune` (connected to the running Ray with --address) is interrupted while trial 1 runs; the
-    sweep exits 75 and `--resume` finishes it without running trial 0 again."""
+def test_a_killed_driver_leaves_no_ray_process_and_resumes_from_its_sealed_state(tmp_path: Path) -> None:
+    """`distst tune` on its own local Ray is SIGKILLed while trial 1 runs: none of its Ray processes stay
+    (the reaper ends them), and `--resume` continues from the state it sealed; finished trial 0 is never
+    trained again (Tune saves its state every few seconds, so a trial that finished just before the kill may be
+    restarted: it finds its run finished). That resume is interrupted (SIGINT: exit 75, the state saved), every
+    file of Tune's state is then poisoned, and the next `--resume` still finishes from the sealed copy without
+    unpickling any of them and without starting trial 0 again. A sealed copy edited by someone else is refused
+    in one line."""
+    import psutil
+
     spec = write_sweep(tmp_path / "resume.yaml", space={"prune.rate": {"grid": [0.2, 0.5]}},
                        resources={"cpus": 1}, concurrency=1, max_failures=0)
     out = tmp_path / "out"
-    address = ray_local.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "distst", "tune", str(spec), "--out", str(out), "--address", address]
-    proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while not list(out.glob("trials/*_00001/tune_attempts.jsonl")):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
-        time.sleep(0.2)
+    command = [sys.executable, "-m", "distst", "tune", str(spec), "--out", str(out), "--cpus", "2"]
+    env = {k: v for k, v in subprocess_env().items() if k != "RAY_ADDRESS"}
+
+    def start_until(attempt_lines: int, resume: bool) -> subprocess.Popen:
+        proc = subprocess.Popen([*command, *(["--resume"] if resume else [])], cwd=REPO, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while not (paths := list(out.glob("trials/*_00001/tune_attempts.jsonl"))) or \
+                len(paths[0].read_text().splitlines()) < attempt_lines:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
+            time.sleep(0.2)
+        return proc
+
+    proc = start_until(1, resume=False)
+    ray_processes = psutil.Process(proc.pid).children(recursive=True)
+    assert any("raylet" in p.name() for p in ray_processes), [p.name() for p in ray_processes]
+    proc.kill()
+    proc.communicate()
+    _, alive = psutil.wait_procs(ray_processes, timeout=120)
+    assert not alive, f"Ray processes of the killed driver are still running: {alive}"
+    assert "ended without stopping Ray" in (out / "reaper.log").read_text()
+    finished = next(out.glob("trials/*_00000"))
+    finished_at = [record_path(finished, level).stat().st_mtime_ns for level in ("level_0", "level_1")]
+
+    proc = start_until(2, resume=True)
     proc.send_signal(signal.SIGINT)  # what Ctrl+C (or the Slurm script, on preemption) sends
     output = proc.communicate(timeout=120)[0]
     assert proc.returncode == 75, output[-4000:]
-    finished = next(out.glob("trials/*_00000"))
-    assert len(attempts(finished)) == 1 and (finished / "summary.json").is_file()
+    started = len(attempts(finished))
 
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                             timeout=300)
+    marker = tmp_path / "pwned"
+    _poison_tune_state(out / "tune", marker)
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    assert not marker.exists(), "a poisoned file of the sweep state was unpickled"
     rows = results_csv(out)
     assert sorted(r["status"] for r in rows) == ["done", "done"]
-    assert len(attempts(finished)) == 1, "the finished trial ran again"
-    assert len(attempts(next(out.glob("trials/*_00001")))) == 2
+    assert len(attempts(finished)) == started, "the finished trial was started again"
+    assert [record_path(finished, level).stat().st_mtime_ns for level in ("level_0", "level_1")] == finished_at, \
+        "a level of the finished trial was trained again"
+    assert len(attempts(next(out.glob("trials/*_00001")))) == 3
+
+    sealed = out / "tune.sealed.json"
+    sealed.write_text(sealed.read_text().replace('"hmac": "', '"hmac": "0'))
+    refused = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "refusing to unpickle its Tune state" in refused.stderr, refused.stderr[-4000:]
+    assert not marker.exists()
 
 
 # --- Slurm --------------------------------------------------------------------------------------
