@@ -220,3 +220,69 @@ def test_checkpoint_is_sealed_and_published_durably(tmp_path: Path, monkeypatch:
     assert flushed == sorted(flushed) and flushed[-1] < rename, "every file, the manifest last, flushed before the rename"
     assert events[rename + 1:] == [("fsync", str(tmp_path))], "the rename itself is flushed"
     assert checkpoint.problem(final) is None
+
+
+# --- files written by someone else ---------------------------------------------------------------------------
+
+class _Poison:
+    """Unpickling this creates ``path``: what a planted checkpoint, mask or model file could do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def poison(path: Path, marker: Path) -> None:
+    torch.save({"state_dict": _Poison(marker)}, path)  # a valid torch file (checksums hold) that runs code
+
+
+@pytest.mark.slow
+def test_a_resume_over_poisoned_checkpoint_files_refuses_them_unread(run: Path, tmp_path: Path) -> None:
+    """Newest checkpoint: DeepSpeed's files (model and optimizer states) replaced (its manifest rewritten to match, so only the
+    load can refuse them); the older one: its loop state and RNG file. Nothing runs; one line, exit 2."""
+    marker = tmp_path / "pwned"
+    newest, older = step_dir(run, 8), step_dir(run, 6)
+    targets = {newest: sorted(p for p in (newest / "main").rglob("*.pt")), older: [older / "state.pt", older / "rng_rank0.pt"]}
+    for folder, files in targets.items():
+        manifest = checkpoint.read_manifest(folder)
+        for file in files:
+            poison(file, marker)
+            manifest["files"][file.relative_to(folder).as_posix()] = file.stat().st_size
+        (folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    assert targets[newest] and checkpoint.problem(newest) is None
+    (run / "summary.json").unlink()
+    proc = rerun(run, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("distst train: error: no usable checkpoint") and "state.pt" in last, last
+    assert f"DeepSpeed cannot load {MODEL_STATES}" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not marker.exists()
+
+
+@pytest.mark.slow
+def test_poisoned_model_mask_rewind_and_init_from_files_are_refused_unread(finished: Path, tmp_path: Path) -> None:
+    from distst.config import load_config
+    from distst.models.io import read_model_file
+    from distst.prune import lottery
+    from distst.weights import WeightsError
+
+    marker = tmp_path / "pwned"
+    model_file = tmp_path / "model.pt"
+    poison(model_file, marker)
+    with pytest.raises(WeightsError, match="is not a readable distst model file"):
+        read_model_file(model_file)
+    level_0 = tmp_path / "imp" / "level_0"
+    level_0.mkdir(parents=True)
+    poison(level_0 / lottery.MASK_FILE, marker)
+    poison(level_0 / lottery.REWIND_FILE, marker)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        lottery.load_masks(tmp_path / "imp", 0)
+    cfg = load_config(finished / "config.yaml")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        lottery.initial_state(cfg, tmp_path / "imp", 1, {})
+    proc = run_distst("check", str(write_job(tmp_path / "job.yaml")), *overrides(tmp_path / "new"),
+                      f"model.init_from={model_file}", check=False)
+    assert proc.returncode == 2 and "model.init_from" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not marker.exists()
