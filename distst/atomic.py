@@ -5,6 +5,9 @@ A rename within one directory is atomic on POSIX file systems (and on the shared
 for run directories), so readers see the old file or the new one, never a torn one. Without the two fsyncs a
 crash shortly after the rename can still leave an empty file under the new name (the rename reached the disk
 before the data) or the old name (the directory entry never did).
+
+A full disk (or quota, or file-size limit) raises ``distst.diskfull.DiskFull`` naming the file and its
+filesystem; the staged file is removed and the old file, if any, is left as it was.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
+from .diskfull import save_torch, writing
 
 # Some file systems cannot fsync a directory; the rename is still atomic there, only not yet durable.
 _DIR_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES}
@@ -65,8 +68,9 @@ def replace(staged: str | Path, path: str | Path) -> Path:
 def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     tmp = _staging(path)
-    tmp.write_text(text)
-    return replace(tmp, path)
+    with writing(path, partial=tmp):
+        tmp.write_text(text)
+        return replace(tmp, path)
 
 
 def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
@@ -76,5 +80,6 @@ def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
 def torch_save(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     tmp = _staging(path)
-    torch.save(obj, tmp)
-    return replace(tmp, path)
+    with writing(path, partial=tmp):
+        save_torch(obj, tmp)
+        return replace(tmp, path)

@@ -114,6 +114,15 @@ class DataConfig(Section):
 
 #: ``train.collective_timeout``'s default, and the timeout of process groups started without a config.
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600
+#: The hang watchdog's defaults (``train.hang_factor``, ``train.hang_min_s``; ``distst.train.watchdog``): below the
+#: collective timeout, so that a hung peer is named with its step before a collective gives up.
+DEFAULT_HANG_FACTOR = 20.0
+DEFAULT_HANG_MIN_S = 300.0
+#: ``train`` keys that change how a run waits for a hung or slow rank, never what it computes: absent from dumps
+#: while default (configs, their hashes and run directories stay what they were before each key), never in the
+#: run's identity.
+WAITING_KEYS = {"collective_timeout": DEFAULT_COLLECTIVE_TIMEOUT_S, "hang_factor": DEFAULT_HANG_FACTOR,
+                "hang_min_s": DEFAULT_HANG_MIN_S}
 
 
 class TrainConfig(Section):
@@ -129,13 +138,21 @@ class TrainConfig(Section):
     collective_timeout: float = Field(
         DEFAULT_COLLECTIVE_TIMEOUT_S, ge=1,
         description="seconds a collective waits for a missing rank (hung, stopped) before every rank fails")
+    hang_factor: float = Field(
+        DEFAULT_HANG_FACTOR, ge=0,
+        description="a training step taking this many times the median of the recent steps (and at least "
+                    "train.hang_min_s) ends the job with exit code 75, for a requeue from the last checkpoint; "
+                    "evaluations and checkpoints do not count; 0: no hang watchdog")
+    hang_min_s: float = Field(DEFAULT_HANG_MIN_S, gt=0,
+                              description="seconds a training step may always take before it counts as hung")
 
     @model_serializer(mode="wrap")
     def _without_default_timeout(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Absent while default: configs, their hashes and run directories stay what they were before the key.
+        # Absent while default: configs, their hashes and run directories stay what they were before the keys.
         data = handler(self)
-        if self.collective_timeout == DEFAULT_COLLECTIVE_TIMEOUT_S:
-            data.pop("collective_timeout", None)
+        for key, default in WAITING_KEYS.items():
+            if getattr(self, key) == default:
+                data.pop(key, None)
         return data
 
 
@@ -270,7 +287,8 @@ class Config(Section):
         from .data.checksums import checksums  # reads files: only when an identity is asked for
 
         tree = self.model_dump(mode="json", exclude={"run", "tracking"})
-        tree["train"].pop("collective_timeout", None)  # how long to wait for a hung rank changes no result
+        for key in WAITING_KEYS:  # how long to wait for a hung rank changes no result
+            tree["train"].pop(key, None)
         for key, digest in checksums(self).items():
             if digest is not None:  # a remote or missing file: its path stands for it
                 section, name = key.split(".")

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import outputs
+
 #: One record per finished step, ``steps/<step name>.json``: the driver's one done marker.
 STEPS_DIR = "steps"
 SUMMARY_FILE = "summary.json"
@@ -28,6 +30,11 @@ def step_records(run_dir: Path) -> list[Record]:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """``summary.json`` (rewritten after every step: ``complete`` says whether the run is finished), or None."""
+    """``summary.json`` (rewritten after every step: ``complete`` says whether the run is finished), or None.
+    A training run's summary older than its newest checkpoint is refused (``distst.outputs.StaleOutputs``)."""
     path = Path(run_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    outputs.check(path, outputs.summary_step(summary))
+    return summary

@@ -18,7 +18,9 @@ path may change (the files moved to another file system): it is a safe change wh
 and refused, naming the key, when the content differs (also under an unchanged path).
 
 ``RunDir`` is what the trainer holds: the lock, the resume check, and the files it writes (``config.yaml``,
-``inputs.json``, ``summary.json``, ``model.pt``; rank 0 writes, the other ranks skip).
+``inputs.json``, ``summary.json``, ``model.pt``; rank 0 writes, the other ranks skip). The outputs of an earlier
+finish are removed before training goes on past it (``distst.outputs``); a full disk writing them stops every
+rank with one line (``distst.diskfull``, exit code 75).
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import atomic
+from . import atomic, outputs
 from .config import Config, ConfigError
 from .data import checksums
+from .diskfull import DiskFull
 from .distributed import on_main_then_shared, rank
 from .errors import UserError
 
@@ -49,8 +52,8 @@ INPUTS_FILE = "inputs.json"  # {key: {"path", "sha256"}} of the run's weight fil
 #: Keys that may change when a run is resumed: none of them changes what a step computes or which data it
 #: sees (a run has one data stream, continued from its position at every checkpoint, whatever the interval).
 SAFE_ON_RESUME = ("train.steps", "train.checkpoint_every", "train.eval_every", "train.log_every",
-                  "train.keep_checkpoints", "train.collective_timeout", "tracking.*", "run.*")
-
+                  "train.keep_checkpoints", "train.collective_timeout", "train.hang_factor", "train.hang_min_s",
+                  "tracking.*", "run.*")
 
 
 class RunDirBusy(UserError):
@@ -366,13 +369,30 @@ class RunDir:
                     for key, value in checksums.input_paths(cfg).items()}
         atomic.write_json(self.path / INPUTS_FILE, recorded, indent=1)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        if rank() == 0:
-            atomic.write_json(self.path / "summary.json", summary)
+    def retire_outputs(self, until: int) -> None:
+        """Before training goes on to step ``until``: remove the outputs of an earlier finish, so that none is
+        ever read as the model of newer checkpoints (``distst.outputs``). Collective; rank 0 removes."""
+        on_main_then_shared(lambda: outputs.retire(self.path, until))
 
-    def write_model(self, model: Any, state: dict[str, Any]) -> None:
-        """``model.pt``: ``model``'s plan and section with ``state`` (its weights)."""
-        if rank() == 0:
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """``summary.json``. Collective: a full disk on rank 0 stops every rank with the same line."""
+        on_main_then_shared(lambda: self._write(outputs.SUMMARY, lambda path: atomic.write_json(path, summary)))
+
+    def write_model(self, model: Any, state: dict[str, Any], step: int | None = None) -> None:
+        """``model.pt``: ``model``'s plan and section with ``state`` (its weights), of training step ``step``.
+        Collective, as ``write_summary``."""
+
+        def save(path: Path) -> None:
             from .models.io import save_model  # torch: only when a model is written, the CLI starts light
 
-            save_model(model, self.path / "model.pt", state=state)
+            save_model(model, path, state=state, step=step)
+
+        on_main_then_shared(lambda: self._write(outputs.MODEL, save))
+
+    def _write(self, name: str, write: Callable[[Path], Any]) -> None:
+        try:
+            write(self.path / name)
+        except DiskFull as err:
+            raise DiskFull(f"{err.detail}; {name} was not written (the run's checkpoints are intact): free space, "
+                           f"then re-run the training command: it resumes from its last checkpoint and writes "
+                           f"{name}", err.detail) from None

@@ -54,21 +54,34 @@ def dumps_finite(value: Any, **kwargs: Any) -> str:
 
 
 class MetricsLog:
-    """Append-only JSONL of logged rows; on resume, rows past the resumed step are dropped."""
+    """Append-only JSONL of logged rows; on resume, rows past the resumed step are dropped, and a row of a kind
+    (its keys) the resumed step already has is not written again: a run resumed from its final checkpoint
+    evaluates that step once more, and each such resume would add the row again."""
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
+        self.resume_step = resume_step
+        self._at_resume: set[frozenset[str]] = set()  # the kinds of the rows logged at the resumed step
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            rows = [(line, json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+            kept = [(line, row) for line, row in rows if row.get("step", 0) <= resume_step]
+            self._at_resume = {_kind(row) for _, row in kept if row.get("step") == resume_step}
+            path.write_text("".join(line + "\n" for line, _ in kept))
         elif resume_step is None:
             path.write_text("")
 
     def write(self, row: Mapping[str, Any]) -> None:
+        if row.get("step") == self.resume_step and "config_changed" not in row:  # a change is an event: kept
+            if _kind(row) in self._at_resume:
+                return
         with self.path.open("a") as handle:
             handle.write(dumps_finite(row, sort_keys=True) + "\n")
+
+
+def _kind(row: Mapping[str, Any]) -> frozenset[str]:
+    """A row's kind: its keys (a step's loss row, its evaluation row...)."""
+    return frozenset(row)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

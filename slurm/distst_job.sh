@@ -2,7 +2,9 @@
 # Shared body of distst's batch scripts (sourced by slurm/*.sh after their #SBATCH headers): checks the
 # environment, runs one distst task per GPU through srun, forwards the pre-time-limit signal, and requeues
 # the job when the trainer has checkpointed and asked to be run again (exit code 75) - but only when this
-# run wrote a checkpoint newer than the one it started from, and at most DISTST_MAX_REQUEUES times.
+# run wrote a checkpoint newer than the one it started from, and at most DISTST_MAX_REQUEUES times. A task
+# killed by a signal (a rank's death: the OOM killer, a segfault) requeues the same way, at most
+# DISTST_MAX_RANK_DEATHS times.
 
 readonly DISTST_EXIT_REQUEUE=75  # distst.stop.EXIT_REQUEUE
 # Seconds the tasks get after srun starts before a stop signal is passed on: a Python task still starting up
@@ -39,6 +41,37 @@ distst_max_requeues() {
     local max=${DISTST_MAX_REQUEUES:-50}
     [[ $max =~ ^[0-9]+$ ]] || distst_fail "DISTST_MAX_REQUEUES=$max is not a whole number (default 50)"
     echo "$max"
+}
+
+distst_max_rank_deaths() {
+    local max=${DISTST_MAX_RANK_DEATHS:-3}
+    [[ $max =~ ^[0-9]+$ ]] || distst_fail "DISTST_MAX_RANK_DEATHS=$max is not a whole number (default 3)"
+    echo "$max"
+}
+
+distst_rank_died() {
+    # A task ended by a signal: srun reports 128 + the highest signal among its tasks, so the SIGTERM it sends the
+    # others after one was SIGKILLed usually stands for the death (srun's own lines name the task and how it
+    # ended). Requeued as a stop is - only if this run wrote a checkpoint (else a requeue would die the same way)
+    # - and at most DISTST_MAX_RANK_DEATHS times per job, counted in the run directory: SLURM_RESTART_COUNT
+    # counts the stops' requeues too. (A task's own failure whose peers srun had to end can look the same: the
+    # cap bounds its requeues.)
+    local status=$1 before=$2 max deaths
+    local record="$DISTST_RUN_DIR/.distst-rank-deaths"
+    local how="a task was ended by a signal (srun's exit code $status; srun's lines above name the task)"
+    max=$(distst_max_rank_deaths) || exit 2
+    if ! distst_wrote_checkpoint "$before"; then
+        distst_give_up "$status" "$how before this run wrote a checkpoint in $DISTST_RUN_DIR: not requeueing," \
+            "a requeue would repeat the same work (see srun's and the tasks' lines above)"
+    fi
+    deaths=$(grep -c "^$SLURM_JOB_ID " "$record" 2>/dev/null) || deaths=0
+    if (( deaths >= max )); then
+        distst_give_up "$status" "$how, and job $SLURM_JOB_ID has been requeued after $deaths rank death(s), the" \
+            "limit (DISTST_MAX_RANK_DEATHS=$max): not requeueing again; resubmit it to resume from its last checkpoint"
+    fi
+    echo "$SLURM_JOB_ID $(date -Is) $status" >> "$record"
+    echo "distst: $how; requeueing to resume from the last checkpoint (rank death $((deaths + 1)) of at most $max)"
+    distst_requeue
 }
 
 distst_requeue() {
@@ -121,6 +154,7 @@ distst_run() {
 
     # Fail fast with a readable message (missing shards, weights, bad keys) before any task starts.
     distst_max_requeues > /dev/null || exit 2
+    distst_max_rank_deaths > /dev/null || exit 2
     # As many processes as the srun below starts (a resume must have been written by as many); the launcher
     # variables a submitting shell may have left are not this job's.
     env -u RANK -u WORLD_SIZE "$python" -m distst check "$DISTST_JOB" "${overrides[@]}" \
@@ -174,6 +208,11 @@ distst_run() {
                 "(see the tasks' errors above)"
         fi
         distst_requeue
+    fi
+    # A task killed by a signal, not asked to stop: a rank's death. (After the hang watchdog's 75 srun kills the
+    # hung peer, and may report that: requeued the same way, under this cap.)
+    if (( status > 128 )); then
+        distst_rank_died "$status" "$checkpoints_at_start"
     fi
     echo "distst: finished with exit code $status ($(date -Is))"
     exit "$status"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.bundled import CONTENT, STYLE
+from ..records import SUMMARY_FILE, read_summary
 
 HELP = "median CPU latency of model files and ONNX graphs (full forward and cached style), size, params, MACs"
 SAMPLE_CONTENT = CONTENT
@@ -101,12 +102,12 @@ KnownError = tuple[float, Path]
 def _known_error(model_file: Path) -> KnownError | None:
     """E from ``summary.json`` beside the model file, if any: a training run's ``final.total_error``, or a
     channel-pruning run's ``final.errors.total_error`` (``RUN_DIR/slim/``)."""
-    summary = model_file.parent / "summary.json"
-    if not summary.is_file():
+    found = read_summary(model_file.parent)  # refuses a summary older than the run's checkpoints
+    if found is None:
         return None
-    final = json.loads(summary.read_text()).get("final") or {}
+    final = found.get("final") or {}
     value = final.get("total_error", (final.get("errors") or {}).get("total_error"))
-    return (float(value), summary) if value is not None else None
+    return (float(value), model_file.parent / SUMMARY_FILE) if value is not None else None
 
 
 def _set_error(row: Row, known: KnownError | None) -> Row:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import stop
-from ..launcher import STATUS_DIR_ENV, WorkerStatus, relaunch_if_requested
+from ..launcher import DEFAULT_MAX_RESTARTS, STATUS_DIR_ENV, WorkerStatus, relaunch_if_requested
 from ..stop import EXIT_REQUEUE
 
 if TYPE_CHECKING:
@@ -24,6 +24,16 @@ def add_job_arguments(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument("overrides", nargs="*", help=f"dotted overrides, e.g. {example}")
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes on this machine (runs under torchrun); under torchrun/srun leave at 1")
+    parser.add_argument("--max-restarts", type=_whole_number, default=DEFAULT_MAX_RESTARTS, metavar="N",
+                        help="with --nproc: restart the processes in place from the last checkpoint when one dies "
+                             f"(killed, out of memory), at most N times (default {DEFAULT_MAX_RESTARTS})")
+
+
+def _whole_number(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {value})")
+    return value
 
 
 def run_job(args: argparse.Namespace, command: str, work: Callable[[Config, Path], Any], *,
@@ -42,18 +52,27 @@ def run_job(args: argparse.Namespace, command: str, work: Callable[[Config, Path
         check(cfg)
     # The preflight of `distst check` (a resume's world size included): nothing is written or started if it fails.
     require(cfg, args.job, world_size=launch_world_size(args.nproc))
-    relaunched = relaunch_if_requested(args, command)
+    relaunched = relaunch_if_requested(args, command, cfg.run_dir())
     if relaunched is not None:
         return relaunched
     from .. import rundir
     from ..distributed import rank
+    from ..launcher import report_hang, under_launcher
     from ..train.engine import prepare_process_env, setup_distributed
+    from ..train.watchdog import CollectiveFailed, collective_failures
 
     prepare_process_env()
     setup_distributed(cfg.train.collective_timeout)  # ranks share the lock: rank 0 takes it and tells the others
     run_dir = cfg.run_dir()
-    with rundir.exclusive(run_dir):  # once for the whole command: each train() inside runs in it
-        result = work(cfg, run_dir)
+    try:
+        with rundir.exclusive(run_dir), collective_failures():  # once for the whole command: each train() inside
+            result = work(cfg, run_dir)
+    except CollectiveFailed as failed:  # a timed-out collective or a lost peer: one line, 75 for a requeue
+        if not under_launcher():
+            raise  # the CLI prints it
+        if failed.hung:
+            report_hang(f"distst: {failed}")  # the launcher ends the other ranks and says it once
+        return EXIT_REQUEUE  # a lost peer: the launcher names the rank that died
     if result.stopped:
         return EXIT_REQUEUE
     if report is not None and rank() == 0:

@@ -1,7 +1,9 @@
 """distst model files: the model's config section, channel plan and state dict in one ``weights_only`` file.
 
 Format 2 adds the plan, so a physically slimmed model loads, stylises and trains further with no extra
-flags; format 1 files (uniform width, no plan) still load.
+flags; format 1 files (uniform width, no plan) still load. A trainer's file also records the step it is the model
+of (``step``): a run directory's ``model.pt`` older than the run's newest checkpoint is refused
+(``distst.outputs``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .. import atomic, registry
+from .. import atomic, outputs, registry
 from ..config import ConfigError, ModelSection, model_section
 from ..weights import WeightsError
 from . import create
@@ -24,14 +26,18 @@ READABLE = ("distst-model/1", FORMAT)
 _NOT_SAVED_EVER = {"init_from"}
 
 
-def save_model(model: DiststModel, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
+def save_model(model: DiststModel, path: str | Path, state: dict[str, torch.Tensor] | None = None,
+               step: int | None = None) -> Path:
     """Write ``path`` atomically: ``{'format', 'model': section (with the full plan), 'state_dict'}``; the state
-    is ``model``'s own unless given (a trainer passes the fp32 masters)."""
+    is ``model``'s own unless given (a trainer passes the fp32 masters), and ``step`` the training step it is of."""
     exclude = _NOT_SAVED_EVER | set(registry.model_record(model.name).weight_keys)
     record = model.cfg.model_dump(mode="json", exclude=exclude)
     record["plan"] = model.plan
     state = {k: v.detach().cpu().clone() for k, v in (model.state_dict() if state is None else state).items()}
-    return atomic.torch_save({"format": FORMAT, "model": record, "state_dict": state}, path)
+    blob: dict[str, Any] = {"format": FORMAT, "model": record, "state_dict": state}
+    if step is not None:
+        blob["step"] = step
+    return atomic.torch_save(blob, path)
 
 
 def read_model_file(path: str | Path) -> tuple[ModelSection, dict[str, torch.Tensor]]:
@@ -49,6 +55,7 @@ def read_model_file(path: str | Path) -> tuple[ModelSection, dict[str, torch.Ten
     if not isinstance(blob, dict) or blob.get("format") not in READABLE:
         raise WeightsError(f"{path} is not a distst model file (expected format {FORMAT!r}); "
                            "for reference .pth files use --vgg/--decoder/--transform")
+    outputs.check(path, outputs.model_step(blob, path))  # never the model of an old finish beside newer checkpoints
     try:
         section = model_section(**blob["model"])
     except ConfigError as err:

@@ -23,6 +23,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +33,7 @@ import torch.distributed as dist
 from .. import atomic
 from ..config import Config, with_overrides
 from ..distill import with_distillation
+from ..distributed import on_main_then_shared
 from ..records import SUMMARY_FILE, Record, record_path
 from ..reports import publish
 from ..stability import with_temporal_losses
@@ -169,6 +171,18 @@ def _method(schedule: Schedule, step: TrainStep, step_dir: Path, records: list[R
     return with_distillation(method, schedule.cfg, schedule.run_dir / dense["dir"] / "model.pt")
 
 
+def _prune(step: PruneStep, step_dir: Path, records: list[Record]) -> Record:
+    step_dir.mkdir(parents=True, exist_ok=True)
+    return step.prune(step_dir, records)
+
+
+def _mark_done(schedule: Schedule, step: Step, step_dir: Path, result: TrainResult | None, record: Record,
+               done: Path) -> None:
+    """Rank 0: the finished step's record, its done marker."""
+    record.update(schedule.describe(step, step_dir, result))
+    atomic.write_json(done, record)
+
+
 def run_schedule(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
                  on_step: Callable[[Record, dict[str, Any]], None] | None = None) -> RunResult:
     """Run (or resume) every step of ``cfg.prune``'s schedule in ``run_dir``; then summarise, finish, report.
@@ -202,20 +216,15 @@ def run_schedule(cfg: Config, run_dir: Path, *, stop: StopRequest | None = None,
                 if result.stopped:
                     return RunResult(stopped=True, summary=summary)
                 record.update(_train_record(result))
-            elif info.is_main:
-                step_dir.mkdir(parents=True, exist_ok=True)
-                record.update(step.prune(step_dir, records))
+            else:  # rank 0 prunes; shared: its DiststError (a full disk) stops every rank, none waits for it
+                record.update(on_main_then_shared(partial(_prune, step, step_dir, records)))
             dist.barrier()
-            if info.is_main:
-                record.update(schedule.describe(step, step_dir, result))
-                atomic.write_json(done, record)
-            dist.barrier()
+            on_main_then_shared(partial(_mark_done, schedule, step, step_dir, result, record, done))
         records.append(json.loads(done.read_text()))
         summary = {"kind": schedule.kind, **schedule.summary(records), "complete": index == len(steps) - 1}
-        if info.is_main:
-            atomic.write_json(run_dir / SUMMARY_FILE, summary)
-            if on_step is not None:
-                on_step(records[-1], summary)
+        on_main_then_shared(partial(atomic.write_json, run_dir / SUMMARY_FILE, summary))
+        if info.is_main and on_step is not None:
+            on_step(records[-1], summary)
     if info.is_main:
         (run_dir / "config.yaml").write_text(schedule.cfg.to_yaml())
         schedule.finish(summary)

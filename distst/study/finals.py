@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..outputs import StaleOutputs
 from ..prune.channels.runner import SLIM_DIR
 from ..prune.lottery import level_dir
 from ..records import read_summary
@@ -13,8 +14,12 @@ CHANNEL_METHODS = ("l2", "iccp", "cpst")
 
 def finished(run_dir: Path) -> bool:
     """A schedule's summary says ``complete``; a one-run job (dense, QAT) is done once it has written
-    ``summary.json`` and ``model.pt`` (train() writes them at its end only)."""
-    summary = read_summary(run_dir)
+    ``summary.json`` and ``model.pt`` (train() writes them at its end only). Outputs older than the run's
+    checkpoints (trained on past them) are no finish: the run is resumed."""
+    try:
+        summary = read_summary(run_dir)
+    except StaleOutputs:
+        return False
     if summary is None:
         return False
     return bool(summary["complete"]) if "complete" in summary else (run_dir / "model.pt").is_file()

@@ -18,6 +18,11 @@ cannot load falls back the same way. Only when none is usable does the run stop,
 ``load()`` returns what it restored (``Restored``: the checkpoint, its step, the names) rather than leaving
 callers to ask afterwards which checkpoint a fallback chose. Shared objects live in ``state.pt`` (rank 0's),
 per-rank ones beside each rank's RNG in ``rng_rank<r>.pt``, under their names: the files are those of before.
+
+A save that fails on any rank (in DeepSpeed's ``save_checkpoint`` too) fails on every rank together, and the
+staging directory is removed: the previous checkpoint stays the newest. A full disk (or quota, or file-size
+limit) is ``distst.diskfull.DiskFull``: one line naming the file and the filesystem, exit code 75, and a
+re-run after space is freed resumes from the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -30,21 +35,23 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from .. import atomic
+from ..diskfull import DiskFull, describe, save_torch, writing
 from ..distributed import is_distributed, on_main_then_shared
 from ..errors import DiststError
-from .engine import DistInfo
+from .engine import DistInfo, take_save_failure
 
 MANIFEST = "manifest.json"
 STATE_FILE = "state.pt"
 STAGING_SUFFIX = ".tmp"
 MANIFEST_FORMAT = 1
+T = TypeVar("T")
 
 class CheckpointError(DiststError, RuntimeError):
     """No checkpoint of a run can be resumed from, or one cannot be written; the message names the file.
@@ -97,17 +104,19 @@ def save(engines: Mapping[str, Any], root: Path, step: int, state: dict[str, Any
             shutil.rmtree(staging, ignore_errors=True)
             root.mkdir(parents=True, exist_ok=True)
 
-    _everywhere_or_raise(prepare, f"creating checkpoint {staging}")  # also the barrier before DeepSpeed writes
-    for stage, engine in engines.items():
-        engine.save_checkpoint(str(staging), tag=stage, save_latest=False)
+    def deepspeed_files() -> None:
+        failure = None
+        for stage, engine in engines.items():  # every stage on every rank: DeepSpeed's collectives stay in step
+            engine.save_checkpoint(str(staging), tag=stage, save_latest=False)
+            failure = failure or take_save_failure(engine)
+        if failure is not None:
+            raise failure
 
     def own_files() -> None:
         staging.mkdir(parents=True, exist_ok=True)  # DeepSpeed creates it on writing ranks only
-        torch.save({**rng_state(), **(rank_extra or {})}, staging / f"rng_rank{info.rank}.pt")
+        _write_torch({**rng_state(), **(rank_extra or {})}, staging / f"rng_rank{info.rank}.pt")
         if info.is_main:
-            torch.save(state, staging / STATE_FILE)
-
-    _everywhere_or_raise(own_files, f"writing checkpoint {staging}")  # also the barrier before the manifest
+            _write_torch(state, staging / STATE_FILE)
 
     def seal_and_publish() -> None:
         if info.is_main:
@@ -116,8 +125,33 @@ def save(engines: Mapping[str, Any], root: Path, step: int, state: dict[str, Any
             for old in complete_checkpoints(root)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
-    _everywhere_or_raise(seal_and_publish, f"finishing checkpoint {final}")
+    try:
+        _everywhere_or_raise(prepare, f"creating checkpoint {staging}", staging)  # also the barrier before DeepSpeed
+        _everywhere_or_raise(deepspeed_files, f"writing checkpoint {staging}", staging)
+        _everywhere_or_raise(own_files, f"writing checkpoint {staging}", staging)  # also the barrier before the manifest
+        _everywhere_or_raise(seal_and_publish, f"finishing checkpoint {final}", staging)
+    except (CheckpointError, DiskFull) as err:  # every rank is here: no one writes into the staging directory now
+        if info.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, DiskFull):
+            raise DiskFull(_not_written(err.detail, root, final), err.detail) from None
+        raise
     return final
+
+
+def _write_torch(obj: Any, path: Path) -> None:
+    with writing(path):  # a full disk: DiskFull naming the file and its filesystem
+        save_torch(obj, path)
+
+
+def _not_written(detail: str, root: Path, final: Path) -> str:
+    """The line of a checkpoint that ran out of space: what ran out, what is left, what to do."""
+    done = complete_checkpoints(root)
+    if final in done:  # it failed after the rename (flushing the directory): written, though maybe not durably
+        return f"{detail}; checkpoint {final.name} was written, but the disk is full: free space, then re-run"
+    kept = f"the last checkpoint, {done[-1].name}, is intact" if done else "there is no earlier checkpoint"
+    return (f"{detail}; checkpoint {final.name} was not written (its partial files are removed), {kept}: free "
+            f"space, then re-run the same command: it resumes from its last checkpoint")
 
 
 def write_manifest(staging: Path, step: int, world_size: int) -> dict[str, Any]:
@@ -126,8 +160,9 @@ def write_manifest(staging: Path, step: int, world_size: int) -> dict[str, Any]:
     for file in sorted(p for p in staging.rglob("*") if p.is_file() and p.name != MANIFEST):
         files[file.relative_to(staging).as_posix()] = atomic.fsync_file(file)
     manifest = {"format": MANIFEST_FORMAT, "step": step, "world_size": world_size, "files": files}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    atomic.fsync_file(staging / MANIFEST)
+    with writing(staging / MANIFEST):
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        atomic.fsync_file(staging / MANIFEST)
     for folder in sorted({p.parent for p in staging.rglob("*")} | {staging}, reverse=True):
         atomic.fsync_dir(folder)
     return manifest
@@ -212,6 +247,8 @@ def _torch_file_problem(file: Path) -> str | None:
 
 
 def _first_line(err: BaseException) -> str:
+    if type(err).__name__ == "UnpicklingError":  # torch's own text goes on to say how to load it unsafely
+        return "it holds objects other than tensors and plain data (code would run to load it): refused"
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
@@ -343,25 +380,33 @@ def _check_world_size(path: Path, info: DistInfo) -> None:
 
 # --- agreeing across ranks ----------------------------------------------------------------------------------
 
-def _gather(error: str | None) -> list[str | None]:
+def _gather(error: T) -> list[T]:
     """Every rank's error (None where it succeeded), on every rank."""
     if not is_distributed():
         return [error]
-    errors: list[str | None] = [None] * dist.get_world_size()
+    errors: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(errors, error)
     return errors
 
 
-def _everywhere_or_raise(work: Callable[[], None], what: str) -> None:
-    """Run this rank's share of ``work``, then agree: if any rank failed, every rank raises (no rank hangs)."""
+def _everywhere_or_raise(work: Callable[[], None], what: str, where: Path | None = None) -> None:
+    """Run this rank's share of ``work``, then agree: if any rank failed, every rank raises (no rank hangs):
+    ``DiskFull`` when any rank's disk was full (its line), else ``CheckpointError``. ``where``: the directory
+    written, for a full disk met without a file name."""
+    failure: tuple[bool, str] | None = None
     try:
         work()
-        error = None
+    except DiskFull as err:
+        failure = (True, err.detail)
     except (OSError, RuntimeError) as err:  # torch's writer reports a full disk as a RuntimeError
-        error = f"{what}: {_first_line(err)}"
-    failures = [text for text in _gather(error) if text]
+        full = describe(err, getattr(err, "filename", None) or where or ".")
+        failure = (True, full) if full else (False, f"{what}: {_first_line(err)}")
+    failures = [found for found in _gather(failure) if found]
     if failures:
-        raise CheckpointError(failures[0])
+        full_disks = [text for is_full, text in failures if is_full]
+        if full_disks:
+            raise DiskFull(full_disks[0])
+        raise CheckpointError(failures[0][1])
 
 
 # --- the checkpointer the loop holds ------------------------------------------------------------------------

@@ -107,9 +107,14 @@ def setup_distributed(timeout_s: float | None = None) -> DistInfo:
 
 
 def set_collective_timeout(seconds: float) -> None:
-    """Make ``seconds`` the timeout of the default process group's collectives (when one is up)."""
+    """Make ``seconds`` the timeout of every process group's collectives (when one is up): the default group's and
+    those made from it (DeepSpeed's clone of the world group carries the gradient all-reduce), which
+    ``new_group`` starts at torch's default of 30 minutes."""
     if torch.distributed.is_initialized():
-        torch.distributed.set_timeout(datetime.timedelta(seconds=seconds))
+        timeout = datetime.timedelta(seconds=seconds)
+        for group in list(torch.distributed.distributed_c10d._world.pg_map):
+            if not torch.distributed.distributed_c10d._rank_not_in_group(group):
+                torch.distributed.set_timeout(timeout, group)
 
 
 def device_index(local_rank: int, visible: int, current: int) -> int:
@@ -204,16 +209,50 @@ def deepspeed_config(cfg: Config, device: torch.device) -> dict[str, Any]:
     }
 
 
+def take_save_failure(engine: Any) -> BaseException | None:
+    """The write failure this rank's ``engine.save_checkpoint`` met (see ``_safe_checkpoint_engine``), cleared; None
+    when its files were all written."""
+    checkpoints = getattr(engine, "checkpoint_engine", None)
+    failure = getattr(checkpoints, "failure", None)
+    if failure is not None:
+        checkpoints.failure = None
+    return failure
+
+
 def _safe_checkpoint_engine(config_params: Any) -> Any:
-    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` and DeepSpeed's own state types."""
+    """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` and DeepSpeed's own state types.
+
+    A failing write (a full disk on one rank) is recorded rather than raised, and the checkpoint's later writes
+    on this rank are skipped: ``save_checkpoint`` then runs its collectives on every rank as usual, and the
+    caller agrees on the failure with the other ranks (``take_save_failure``; ``checkpoint.save``). An exception
+    out of the middle of ``save_checkpoint`` would leave the other ranks waiting in its barrier."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
+    from ..diskfull import DiskFull, save_torch, writing
+
     allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
     class SafeTorchCheckpointEngine(TorchCheckpointEngine):
+        failure: BaseException | None = None
+
+        def makedirs(self, path: str, exist_ok: bool = False) -> None:
+            try:
+                super().makedirs(path, exist_ok=exist_ok)
+            except OSError as err:
+                self.failure = self.failure or err
+
+        def save(self, state_dict: Any, path: str) -> None:
+            if self.failure is not None:
+                return  # this checkpoint already failed on this rank
+            try:
+                with writing(path):  # a full disk: DiskFull naming the file and its filesystem
+                    save_torch(state_dict, path, _use_new_zipfile_serialization=self.zipfile_serialization)
+            except (OSError, RuntimeError, DiskFull) as err:
+                self.failure = err
+
         def load(self, path: str, map_location: Any = None) -> Any:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location=map_location, weights_only=True)
@@ -239,6 +278,7 @@ def initialize(cfg: Config, model: torch.nn.Module, optimizer: torch.optim.Optim
     except (ValueError, AssertionError, TypeError) as err:  # DeepSpeed's own config checks
         raise ConfigError(f"DeepSpeed rejected the config built from the `deepspeed` section: {err}") from None
     engine.checkpoint_engine = _safe_checkpoint_engine(engine._config)
+    set_collective_timeout(cfg.train.collective_timeout)  # also for the groups DeepSpeed has just made
     masters.link_masters(engine)  # ZeRO-0 bf16: the fp32 clones DeepSpeed's API does not reach
     masters.drop_warm_up_step(engine)  # ZeRO-0 bf16: Adam's bias correction as in every other configuration
     for param in engine.module.parameters():  # the masters start from the exact fp32 weights (a rewind point)

@@ -45,6 +45,7 @@ from . import divergence
 from .checkpoint import Checkpointer, Restored
 from .engine import DistInfo, check_deterministic, initialize, resolve_precision, setup_distributed
 from .hooks import GradientAccess, Method, StepInputs, TrainContext
+from .watchdog import StepWatchdog, watched
 
 
 @dataclass
@@ -193,7 +194,7 @@ def train(cfg: Config, workdir: Path, method: Method | None = None, *, init_stat
     """
     setup_distributed(cfg.train.collective_timeout)  # the lock and the config check are decided on rank 0 and shared
     run_dir = rundir.RunDir(workdir)
-    with run_dir.locked():
+    with run_dir.locked(), watched():  # watched: the hang watchdog of the call ends with it, also on an error
         init = read_init(cfg)  # the one read of model.init_from: its plan here, its weights in the model
         cfg = with_init_plan(cfg, init)
         changes = run_dir.check_resume(cfg)
@@ -253,6 +254,10 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
         tracker.metrics.write({"step": step, **rundir.change_record(config_changes)})  # keys safe to change
     if info.is_main and restored is not None:
         tqdm.write(f"resuming {workdir} from {restored.path.name}")
+    # -- outputs never go stale (distst.outputs): an earlier finish's summary.json and model.pt go before a new step
+    if step < cfg.train.steps:
+        run_dir.retire_outputs(cfg.train.steps)
+    # --
 
     started = time.perf_counter()
     stopped = False
@@ -261,11 +266,17 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
                dynamic_ncols=True)
 
     earlier_wall_s = float(state["wall_s"])  # wall time of the sessions before this resume
+    # -- the hang watchdog (distst.train.watchdog): fed at step boundaries; evaluations and checkpoints paused out
+    watchdog = StepWatchdog.for_run(cfg.train, info.rank, step, restored.step if restored else None, workdir)
+    # --
 
+    @watchdog.pausing
     def save_checkpoint() -> None:
         divergence.check_parameters(model.parameters(), step, workdir, info.device)  # never save NaN weights
         checkpointer.save(step, {**state, "wall_s": earlier_wall_s + time.perf_counter() - started})
+        watchdog.checkpointed(step)
 
+    @watchdog.pausing
     def run_evaluation() -> dict[str, float]:
         # Every rank evaluates (rank 0 logs): under ZeRO-3 a forward pass needs all ranks to gather parameters.
         with fp32_view(model) as fp32_model:
@@ -309,6 +320,7 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
         if diverged:  # before anything saves this step
             divergence.raise_diverged(ctx.metrics, step, workdir)
         method.after_optimizer_step(ctx)
+        watchdog.finished(step)
         elapsed = time.perf_counter() - tick
         images = batch[0].shape[0] * accumulation
         state["train_s"] += elapsed
@@ -337,6 +349,7 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
         if stopped:
             break
     bar.close()
+    watchdog.close()
     model.features.want((), model)
     if stopped:
         request.clear()
@@ -372,7 +385,7 @@ def _finish(run_dir: rundir.RunDir, model: DiststModel, info: DistInfo, state: d
         # The module itself once it holds the masters (a method may have folded into it since); ZeRO-3's
         # gathered masters otherwise (collective).
         weights = model.state_dict() if masters_in_module else fp32_state_dict(model)
-        run_dir.write_model(model, weights)
+        run_dir.write_model(model, weights, step=step)  # the step: readers compare it with the checkpoints'
     summary = {
         "steps": step,
         "final": final,

@@ -256,7 +256,8 @@ def test_a_resume_over_poisoned_checkpoint_files_refuses_them_unread(run: Path, 
     proc = rerun(run, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("distst train: error: no usable checkpoint") and "state.pt" in last, last
+    assert last.startswith("distst train: error: no usable checkpoint") and "rng_rank0.pt" in last, last
+    assert "code would run to load it): refused" in last and "trust the source" not in last, last
     assert f"DeepSpeed cannot load {MODEL_STATES}" in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and not marker.exists()
 

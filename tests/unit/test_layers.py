@@ -17,7 +17,7 @@ PACKAGE = REPO / "distst"
 
 #: Lowest first; a module may import its own layer and those below it, never one above.
 LAYERS: list[set[str]] = [
-    {"errors", "atomic", "stop", "distributed", "registry", "records", "weights"},
+    {"errors", "atomic", "stop", "distributed", "registry", "records", "weights", "diskfull", "outputs"},
     {"images", "config", "track"},
     {"data"},
     {"models", "metrics", "video"},
