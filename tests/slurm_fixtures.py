@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -112,3 +113,12 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         _SharedCluster.release()
+
+
+def wait_until(predicate, job, timeout: float = 300) -> None:
+    """Poll ``predicate`` (an event: a file, a log line) while the Slurm ``job`` runs, with a generous cap."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert job.state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), job.output()
+        assert time.monotonic() < deadline, f"timed out: {job.output()}"
+        time.sleep(0.1)

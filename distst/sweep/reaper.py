@@ -96,13 +96,13 @@ def watch(driver_pid: int, driver_started: float) -> int:
             process.terminate()
         except psutil.Error:
             pass
-    _, stubborn = psutil.wait_procs(leftovers, timeout=GRACE_S)
-    for process in stubborn:
+    _, survivors = psutil.wait_procs(leftovers, timeout=GRACE_S)  # outlived SIGTERM
+    for process in survivors:
         try:
             process.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(stubborn, timeout=GRACE_S)
+    psutil.wait_procs(survivors, timeout=GRACE_S)
     if leftovers:
         print(f"distst tune: the sweep driver (pid {driver_pid}) ended without stopping Ray; ended "
               f"{len(leftovers)} of its processes ({', '.join(names)})", flush=True)

@@ -8,11 +8,10 @@ import os
 import re
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from slurm_fixtures import REPO_ROOT
+from slurm_fixtures import REPO_ROOT, wait_until
 
 pytest_plugins = ["slurm_fixtures"]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
@@ -35,14 +34,6 @@ def submit(cluster, run_dir: Path, env: dict[str, str]):
 def checkpoints(run_dir: Path) -> set[str]:
     folder = run_dir / "level_0" / "checkpoints"
     return {p.name for p in folder.glob("step_*") if not p.name.endswith(".tmp")} if folder.is_dir() else set()
-
-
-def wait_until(predicate, job, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert job.state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), job.output()
-        assert time.monotonic() < deadline, f"timed out: {job.output()}"
-        time.sleep(0.1)
 
 
 def kill_task(job_id: str, task: int) -> None:

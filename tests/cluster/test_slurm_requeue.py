@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from slurm_fixtures import REPO_ROOT
+from slurm_fixtures import REPO_ROOT, wait_until
 
 pytest_plugins = ["slurm_fixtures"]
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
@@ -33,14 +32,6 @@ def submit(cluster, run_dir: Path, tasks: int, env: dict[str, str] | None = None
 def losses(run_dir: Path) -> int:
     path = run_dir / "level_0" / "metrics.jsonl"
     return path.read_text().count('"loss"') if path.is_file() else 0
-
-
-def wait_until(predicate, job, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert job.state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), job.output()
-        assert time.monotonic() < deadline, f"timed out: {job.output()}"
-        time.sleep(0.1)
 
 
 def readable_failure(output: str) -> str:
