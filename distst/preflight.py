@@ -158,25 +158,25 @@ def launch_world_size(nproc: int | None = None) -> int | None:
     return nproc
 
 
-def _world_size_problems(run_dir: Path, world_size: int) -> list[str]:
-    """A resume needs the world size the newest checkpoint was written by (read from its manifest only; the
-    trainer's own check, ``checkpoint._check_world_size``, comes after start-up). A finished step's
-    checkpoints (a ``model.pt`` beside them) are never resumed, except the top-level run's (more train.steps)."""
-    from .train.checkpoint import complete_checkpoints, read_manifest
+def _world_size_problems(run_dir: Path, world_size: int, zero_stage: int) -> list[str]:
+    """A resume with another world size than its newest checkpoint's re-splits the run where it can
+    (``distst.train.elastic``); where it cannot (ZeRO-3, per-rank model state), one line before start-up (read from
+    the manifest and rank 0's small file only). A finished step's checkpoints (a ``model.pt`` beside them) are
+    never resumed, except the top-level run's (more train.steps)."""
+    from .train import elastic
+    from .train.checkpoint import complete_checkpoints, written_by
 
     roots = [run_dir / "checkpoints"] + [root for root in sorted(run_dir.glob("*/checkpoints"))
                                          if not (root.parent / "model.pt").is_file()]
     found = []
     for root in roots:
         for path in reversed(complete_checkpoints(root)):
-            try:
-                written_by = int(read_manifest(path)["world_size"])
-            except (OSError, ValueError, KeyError, TypeError):
+            old_world = written_by(path)
+            if old_world is None:
                 continue  # a damaged manifest: the trainer falls back to an older checkpoint, or reports it
-            if written_by != world_size:
-                found.append(f"{path} was written by {written_by} process(es) and this launch has {world_size}: "
-                             f"resume with the same world size (--nproc {written_by}, or as many Slurm tasks) "
-                             f"or move {root} away to train from the start")
+            problem = elastic.problem(path, old_world, world_size, zero_stage)
+            if problem:
+                found.append(problem)
             break
     return found
 
@@ -228,7 +228,7 @@ def problems(cfg: Config, run_dir: Path | None = None, world_size: int | None = 
     found += _run_dir_problems(cfg, run_dir, resume_check=not model_files)  # that check reads model.init_from
     world_size = world_size if world_size is not None else launch_world_size()
     if world_size is not None and run_dir.is_dir():
-        found += _world_size_problems(run_dir, world_size)
+        found += _world_size_problems(run_dir, world_size, cfg.deepspeed.zero_stage)
     return found
 
 

@@ -34,6 +34,9 @@ BUILTINS = ("distst.models", "distst.prune", "distst.quant")
 DEFAULTS: dict[str, str] = {"prune.method": "none"}
 
 
+INFERENCE_INPUTS = ("content_style", "content", "noise")
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     """A model: its name (``model.name``), config section, class, and what generic code may ask of it."""
@@ -48,6 +51,9 @@ class ModelRecord:
     set_metrics: tuple[str, ...] = ()
     #: ``model.*`` keys naming local weight files: the preflight checks they exist; model files never store them.
     weight_keys: tuple[str, ...] = ()
+    #: What the model turns into an image at inference: "content_style" (style transfer: a content and a style
+    #: image), "content" (image-to-image translation: a content image only), "noise" (unconditional generation).
+    inputs: str = "content_style"
 
     @property
     def decides_by_set_metric(self) -> bool:
@@ -105,7 +111,7 @@ def _literal_default(section: type, field: str) -> str:
 
 
 def model(section: type, *, verdict_metric: str = "total_error", set_metrics: tuple[str, ...] = (),
-          weight_keys: tuple[str, ...] = ()) -> Callable[[T], T]:
+          weight_keys: tuple[str, ...] = (), inputs: str = "content_style") -> Callable[[T], T]:
     """Class decorator: register a ``DiststModel`` subclass under its section's ``name`` default.
 
     Sets the class's ``name``, ``section``, ``verdict_metric`` and ``set_metric_names`` and the section's
@@ -114,12 +120,15 @@ def model(section: type, *, verdict_metric: str = "total_error", set_metrics: tu
     name = _literal_default(section, "name")
     if verdict_metric != "total_error" and verdict_metric not in set_metrics:
         raise ValueError(f"model {name!r}: verdict_metric {verdict_metric!r} is neither E nor one of its set metrics")
+    if inputs not in INFERENCE_INPUTS:
+        raise ValueError(f"model {name!r}: inputs {inputs!r} is not one of {', '.join(INFERENCE_INPUTS)}")
 
     def register(cls: T) -> T:
         cls.name, cls.section, cls.verdict_metric = name, section, verdict_metric  # type: ignore[attr-defined]
         cls.set_metric_names = tuple(set_metrics)  # type: ignore[attr-defined]
         section.model_class = cls  # type: ignore[attr-defined]
-        _add(MODELS, "model", ModelRecord(name, section, cls, verdict_metric, tuple(set_metrics), tuple(weight_keys)))
+        _add(MODELS, "model", ModelRecord(name, section, cls, verdict_metric, tuple(set_metrics), tuple(weight_keys),
+                                          inputs))
         return cls
 
     return register

@@ -13,6 +13,11 @@ yields the same batches, bit for bit. A run has one stream from start to end (no
 checkpoints): every batch carries its worker's position, ``TrainStream.position()`` records where the
 consumed batches end, and ``TrainStream(..., position=p)`` continues from there without decoding what came
 before (it re-reads the shuffle buffer's samples from their shards, undecoded).
+
+A resume with another number of processes passes every old rank's position (``{"regroup": [...]}``, see
+``distst.train.elastic``): what the old processes had read but not used is merged and dealt out again among the
+new processes and their workers (``SampleStream.pending`` / ``inherit``), and the new streams are seeded from
+the old positions, so the re-split neither loses nor repeats what was read, and is the same on every re-run.
 """
 
 from __future__ import annotations
@@ -122,10 +127,10 @@ class _ZippedBatches(IterableDataset):
     """
 
     def __init__(self, streams: dict[str, tuple[str, ...]], cfg: DataConfig, epoch: int, rank: int, world_size: int,
-                 positions: dict[int, dict] | None = None, rotation: int = 0):
+                 positions: dict[int, dict] | None = None, rotation: int = 0, inherited: dict[int, dict] | None = None):
         super().__init__()
         self.streams, self.cfg, self.epoch, self.rank, self.world_size = streams, cfg, epoch, rank, world_size
-        self.positions, self.rotation = positions or {}, rotation
+        self.positions, self.rotation, self.inherited = positions or {}, rotation, inherited or {}
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         info = get_worker_info()
@@ -140,6 +145,9 @@ class _ZippedBatches(IterableDataset):
         if saved is not None:
             for name, stream in streams.items():
                 stream.restore(saved[name])
+        elif index in self.inherited:  # a fresh worker after a re-split: other processes' pending samples first
+            for name, stream in streams.items():
+                stream.samples.inherit(*self.inherited[index][name])
         while True:  # the streams are infinite
             batches = [stream.next_batch() for stream in streams.values()]
             for name, batch in zip(streams, batches, strict=True):
@@ -182,20 +190,56 @@ class _BatchSource:
             self.epoch = self.start["epoch"]  # the seeds of workers that had not yet yielded a batch
         self._begin()
 
-    def _fingerprint(self, full_urls: bool = False) -> int:
+    def _fingerprint(self, full_urls: bool = False, placement: tuple[int, int] | None = None) -> int:
         """What a saved position depends on: another value here makes it meaningless. The shards by file name:
         a run resumed after its shards moved (same content: the resume check compares checksums) continues its
         stream; ``full_urls``: the fingerprint of positions saved before that."""
         urls = {k: v if full_urls else tuple(u.rsplit("/", 1)[-1] for u in v) for k, v in self.urls.items()}
-        return derive_seed("position", self.cfg.seed, self.rank, self.world_size, self.cfg.workers, sorted(urls.items()))
+        rank, world_size = placement or (self.rank, self.world_size)
+        return derive_seed("position", self.cfg.seed, rank, world_size, self.cfg.workers, sorted(urls.items()))
 
     def _usable(self, position: dict[str, Any] | None) -> dict[str, Any] | None:
+        if position is not None and "regroup" in position:
+            return self._regrouped(position["regroup"])
         if position is None or position.get("fits") in (self._fingerprint(), self._fingerprint(full_urls=True)):
             return position
         warnings.warn("the saved data position was made with other data settings (seed, shards, workers or "
                       "world size); the data stream restarts, re-seeded", RuntimeWarning, stacklevel=3)
         self.epoch = derive_seed(position.get("epoch"), position.get("batches"))  # not a replay of the first batches
         return None
+
+    def _regrouped(self, old: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """This rank's start after a resume from ``len(old)`` processes: their pending samples re-dealt."""
+        placements = [(rank, len(old)) for rank in range(len(old))]
+        if any(p.get("fits") not in (self._fingerprint(placement=at), self._fingerprint(True, placement=at))
+               for p, at in zip(old, placements, strict=True)):
+            return self._usable({"fits": None, "epoch": old[0].get("epoch"), "batches": old[0].get("batches")})
+        workers = max(self.cfg.workers, 1)
+        pending: dict[str, tuple[list, list]] = {name: ([], []) for name in self.urls}
+        for (rank, old_world), position in zip(placements, old, strict=True):
+            node = Share(rank, old_world)
+            for index in range(workers):
+                saved = position.get("workers", {}).get(index) or position.get("inherit", {}).get(index)
+                for name, urls in self.urls.items():
+                    if saved is None:  # a worker that never yielded had read nothing
+                        continue
+                    if index in position.get("workers", {}):
+                        singles, spans = _StreamBatches(name, urls, self.cfg, 0, node, Share(index, workers),
+                                                        Counter()).samples.pending(saved[name])
+                    else:  # inherited by a worker that had not started: passed on as it was
+                        singles, spans = saved[name]
+                    pending[name][0].extend(singles)
+                    pending[name][1].extend(spans)
+        # Dealt round-robin over the new processes (rank-major, then worker), the same on every re-run.
+        parts, here = self.world_size * workers, [self.rank * workers + w for w in range(workers)]
+        inherit = {w: {name: (singles[g::parts], spans[g::parts]) for name, (singles, spans) in pending.items()}
+                   for w, g in enumerate(here)}
+        counters: Counter[str] = Counter()
+        for position in old[self.rank::self.world_size]:
+            counters.update(position.get("counters", {}))
+        epoch = derive_seed("regroup", len(old), self.world_size, old[0].get("epoch"), old[0].get("batches"))
+        return {"fits": self._fingerprint(), "epoch": epoch, "batches": 0, "next_worker": 0, "workers": {},
+                "counters": dict(counters), "inherit": inherit}
 
     def _begin(self) -> None:
         """Reset the consumed-batch bookkeeping to the starting position (iterating starts from there)."""
@@ -204,6 +248,7 @@ class _BatchSource:
         self._worker_positions: dict[int, dict] = dict(start.get("workers", {}))
         self._next_worker = int(start.get("next_worker", 0))
         self._batches = int(start.get("batches", 0))
+        self._inherit: dict[int, dict] = dict(start.get("inherit", {}))
 
     def position(self) -> dict[str, Any]:
         """Where the batches consumed so far end: restore with ``position=``, on the same rank, to continue.
@@ -213,12 +258,14 @@ class _BatchSource:
         """
         return {"fits": self._fingerprint(), "epoch": self.epoch, "batches": self._batches,
                 "next_worker": self._next_worker, "workers": dict(self._worker_positions),
-                "counters": dict(self.counters)}
+                "counters": dict(self.counters),
+                # What a re-split gave workers that have not yielded since: kept until they have.
+                "inherit": {w: v for w, v in self._inherit.items() if w not in self._worker_positions}}
 
     def _raw(self) -> Iterator[tuple[Any, ...]]:
         self._begin()
         dataset = _ZippedBatches(self.urls, self.cfg, self.epoch, self.rank, self.world_size,
-                                 dict(self._worker_positions), self._next_worker)
+                                 dict(self._worker_positions), self._next_worker, dict(self._inherit))
         workers = self.cfg.workers
         # The DataLoader draws its workers' base seed from this generator, not from torch's global RNG: a resumed
         # run starts its loader mid-run, and a draw there would shift every later training draw (noise losses).

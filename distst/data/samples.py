@@ -6,6 +6,10 @@ passes them through a shuffle buffer. Every random choice comes from generators 
 (shard, position) pairs) lets ``restore`` continue exactly where it was: a resumed stream yields the same
 samples, in the same order, as one that was never stopped. The buffer's samples are re-read from their
 shards (tar reads, no image decoding) rather than stored, which keeps a position a few kilobytes.
+
+A run resumed with another number of processes re-deals what the old processes had read but not yet used
+(``pending``: their buffers' samples and the unread rest of their current shards) among the new ones
+(``inherit``): nothing read is lost, nothing is yielded twice by the re-split.
 """
 
 from __future__ import annotations
@@ -89,6 +93,13 @@ def read_shard(url: str, handler: Callable[[Exception], bool]) -> Iterator[dict]
     return iter(wds.tarfile_to_samples(handler=handler)(iter([{"url": url}])))
 
 
+#: A pending single sample: (shard URL, position in the shard).
+PendingSample = tuple[str, int]
+#: A pending rest of a shard: (shard URL, first unread position, share parts, share index): the positions from
+#: there on that are ``index`` modulo ``parts``.
+PendingSpan = tuple[str, int, int, int]
+
+
 def _random_state(rng: random.Random) -> list[int]:
     return list(rng.getstate()[1])  # a plain list of ints: loads with torch.load(weights_only=True)
 
@@ -102,6 +113,11 @@ class SampleStream:
 
     def __init__(self, urls: Sequence[str], share: Share, seed: int, buffer_size: int, health: Health):
         self.urls, self.share, self.buffer_size, self.health = tuple(urls), share, buffer_size, health
+        # Shards of samples inherited from other processes (a resume with another world size) that are not in
+        # ``urls``: shard index ``len(urls) + i`` is ``extra_urls[i]``. Never drawn from.
+        self.extra_urls: list[str] = []
+        self.spans: list[tuple[int, int, int, int]] = []  # inherited shard rests, read before new shards are drawn
+        self.reading = share  # the share of the shard being read: ``share``, or an inherited rest's
         self.shard_rng = random.Random(derive_seed(seed, "shards"))
         self.shuffle_rng = random.Random(derive_seed(seed, "shuffle"))
         self.buffer: list[tuple[int, int, dict]] = []  # (shard index, position in shard, sample)
@@ -119,7 +135,17 @@ class SampleStream:
             return True
         return self.health(exn)
 
+    def _url(self, shard: int) -> str:
+        return self.urls[shard] if shard < len(self.urls) else self.extra_urls[shard - len(self.urls)]
+
     def _draw_shard(self) -> None:
+        if self.spans:  # an inherited shard rest first: positions from ``start`` of the old process's share
+            self.shard, start, parts, index = self.spans.pop(0)
+            self.reading, self.kept = Share(index, parts), 0
+            self.reader = self._skip(read_shard(self._url(self.shard), self._on_error), start)
+            self.read = start
+            return
+        self.reading = self.share
         if self.shard >= 0:
             self.barren = 0 if self.kept else self.barren + 1
             if self.barren >= GIVE_UP_SHARDS:
@@ -142,7 +168,7 @@ class SampleStream:
                 continue
             position = self.read
             self.read += 1
-            if position % self.share.parts == self.share.index:
+            if position % self.reading.parts == self.reading.index:
                 self.kept += 1
                 return self.shard, position, sample
 
@@ -151,8 +177,9 @@ class SampleStream:
 
     def __next__(self) -> dict:
         if self.buffer_size == 0:
-            return self._next_own()[2]
-        self.buffer.append(self._next_own())
+            return self.buffer.pop(0)[2] if self.buffer else self._next_own()[2]
+        if len(self.buffer) < self.buffer_size:  # an inherited, oversized buffer shrinks back to its size
+            self.buffer.append(self._next_own())
         if len(self.buffer) < self.buffer_size:
             self.buffer.append(self._next_own())
         while len(self.buffer) < min(self.buffer_size, STARTUP_BUFFER):
@@ -168,13 +195,18 @@ class SampleStream:
         held = torch.tensor([[shard, position] for shard, position, _ in self.buffer], dtype=torch.int64)
         return {"shard_rng": _random_state(self.shard_rng), "shuffle_rng": _random_state(self.shuffle_rng),
                 "shard": self.shard, "read": self.read, "kept": self.kept, "barren": self.barren,
-                "buffer": held.reshape(-1, 2)}
+                "buffer": held.reshape(-1, 2), "extra_urls": list(self.extra_urls),
+                "spans": torch.tensor(self.spans, dtype=torch.int64).reshape(-1, 4),
+                "reading": [self.reading.index, self.reading.parts]}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from ``state()``: re-read the buffered samples and skip to the reader's place (no decoding)."""
         _set_random_state(self.shard_rng, state["shard_rng"])
         _set_random_state(self.shuffle_rng, state["shuffle_rng"])
         self.shard, self.read, self.kept, self.barren = state["shard"], state["read"], state["kept"], state["barren"]
+        self.extra_urls = list(state.get("extra_urls", []))  # positions saved before re-splits lack these three
+        self.spans = [tuple(int(v) for v in span) for span in state.get("spans", torch.zeros(0, 4)).tolist()]
+        self.reading = Share(*state.get("reading", (self.share.index, self.share.parts)))
         wanted = [(int(s), int(p)) for s, p in state["buffer"].tolist()]
         found: dict[tuple[int, int], dict] = {}
         self.restoring = True
@@ -191,7 +223,7 @@ class SampleStream:
 
     def _reopen_current(self, wanted: set[tuple[int, int]], found: dict[tuple[int, int], dict]) -> Iterator[dict]:
         """The current shard's reader, advanced past the samples already read; collects buffered ones on the way."""
-        reader = read_shard(self.urls[self.shard], self._on_error)
+        reader = read_shard(self._url(self.shard), self._on_error)
         for position in range(self.read):
             sample = next(reader, None)
             if sample is None:
@@ -207,8 +239,49 @@ class SampleStream:
             by_shard[shard].add(position)
         for shard, positions in sorted(by_shard.items()):
             last = max(positions)
-            for position, sample in enumerate(read_shard(self.urls[shard], self._on_error)):
+            for position, sample in enumerate(read_shard(self._url(shard), self._on_error)):
                 if position in positions:
                     found[(shard, position)] = sample
                 if position >= last:
                     break
+
+    @staticmethod
+    def _skip(reader: Iterator[dict], count: int) -> Iterator[dict]:
+        for _ in range(count):
+            if next(reader, None) is None:
+                break
+        return reader
+
+    # --- re-splitting across another number of processes ---
+
+    def pending(self, state: dict[str, Any]) -> tuple[list[PendingSample], list[PendingSpan]]:
+        """What the stream at ``state`` (of this stream's shards and share) had read but not yet yielded: its
+        buffer's samples and the unread rest of its current shard (and any inherited rests not yet begun)."""
+        urls = [*self.urls, *state.get("extra_urls", [])]
+        reading = state.get("reading", (self.share.index, self.share.parts))
+        singles = [(urls[int(s)], int(p)) for s, p in state["buffer"].tolist()]
+        spans = [(urls[int(state["shard"])], int(state["read"]), int(reading[1]), int(reading[0]))] \
+            if int(state["shard"]) >= 0 else []
+        spans += [(urls[u], start, parts, index) for u, start, parts, index in
+                  state.get("spans", torch.zeros(0, 4)).tolist()]
+        return singles, spans
+
+    def inherit(self, singles: Sequence[PendingSample], spans: Sequence[PendingSpan]) -> None:
+        """Take over other processes' pending samples (a fresh stream, before it yields): the single ones go into
+        the shuffle buffer (re-read from their shards, undecoded), the shard rests are read before new shards."""
+        def index_of(url: str) -> int:
+            if url in self.urls:
+                return self.urls.index(url)
+            if url not in self.extra_urls:
+                self.extra_urls.append(url)
+            return len(self.urls) + self.extra_urls.index(url)
+
+        wanted = [(index_of(url), position) for url, position in singles]
+        self.spans = [(index_of(url), start, parts, index) for url, start, parts, index in spans]
+        found: dict[tuple[int, int], dict] = {}
+        self.restoring = True
+        try:
+            self._reread(set(wanted), found)
+        finally:
+            self.restoring = False
+        self.buffer = [(s, p, found[(s, p)]) for s, p in wanted if (s, p) in found]

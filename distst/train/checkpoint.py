@@ -45,6 +45,7 @@ from .. import atomic
 from ..diskfull import DiskFull, describe, save_torch, writing
 from ..distributed import is_distributed, on_main_then_shared
 from ..errors import DiststError
+from . import elastic
 from .engine import DistInfo, take_save_failure
 
 MANIFEST = "manifest.json"
@@ -311,6 +312,20 @@ class Loaded:
     path: Path
     state: dict[str, Any]
     rank_extra: dict[str, Any]
+    #: The world size that wrote it; another than this run's: ``rank_extra`` holds every old rank's objects,
+    #: under ``OLD_RANKS``, for their owners to merge (``distst.train.elastic``).
+    written_by: int = 1
+
+
+OLD_RANKS = "old_ranks"
+
+
+def written_by(path: Path) -> int | None:
+    """The number of processes that wrote checkpoint ``path`` (None: its manifest cannot say)."""
+    try:
+        return int(read_manifest(path)["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the load itself reports a damaged manifest
 
 
 def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: bool = True) -> Loaded:
@@ -320,7 +335,7 @@ def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: b
     rank moves on to the next older usable checkpoint, so the returned ``path`` and step may be earlier than
     ``path``'s. Collective. Raises ``CheckpointError`` when none loads.
     """
-    _check_world_size(path, info)
+    _check_world_size(path, info, engines)
     reasons: list[str] = []
     candidate: Path | None = path
     while candidate is not None:
@@ -343,22 +358,32 @@ def load(engines: Mapping[str, Any], path: Path, info: DistInfo, *, fall_back: b
 
 def _try_load(engines: Mapping[str, Any], path: Path, info: DistInfo) -> tuple[Loaded | None, str | None]:
     """Load ``path`` on this rank; returns (what it loaded, None) or (None, what failed, naming the files)."""
+    old_world = written_by(path) or info.world_size
+    resized = old_world != info.world_size
     for stage, engine in engines.items():
         try:
-            load_path, _ = engine.load_checkpoint(str(path), tag=stage, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
+            if resized:
+                load_path = elastic.load_engine(engine, path, stage)
+            else:
+                load_path, _ = engine.load_checkpoint(str(path), tag=stage, load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
         except Exception as err:  # noqa: BLE001 - DeepSpeed raises anything from AssertionError to KeyError
             return None, f"DeepSpeed cannot load {_stage_files(path, stage)}: {_first_line(err)}"
         if load_path is None:
             return None, f"DeepSpeed found no checkpoint in {_stage_files(path, stage)}"
-    rng_file = path / f"rng_rank{info.rank}.pt"
+    rng_file = path / f"rng_rank{info.rank if not resized else 0}.pt"
     try:
-        own = torch.load(rng_file, weights_only=True)
-        set_rng_state(own)
         state = torch.load(path / STATE_FILE, weights_only=True)
+        if resized:  # every old rank's own objects for their owners to merge; the RNG seeded anew
+            extra = {OLD_RANKS: elastic.old_rank_states(path, old_world)}
+            elastic.reseed(path, int(state["step"]), info.rank, info.world_size)
+        else:
+            own = torch.load(rng_file, weights_only=True)
+            set_rng_state(own)
+            extra = {k: v for k, v in own.items() if k not in RNG_KEYS}
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        return None, f"cannot load {rng_file.name} or {STATE_FILE}: {_first_line(err)}"
-    return Loaded(path, state, {k: v for k, v in own.items() if k not in RNG_KEYS}), None
+        return None, f"cannot load the rng_rank files or {STATE_FILE}: {_first_line(err)}"
+    return Loaded(path, state, extra, old_world), None
 
 
 def _stage_files(path: Path, stage: str) -> str:
@@ -366,16 +391,14 @@ def _stage_files(path: Path, stage: str) -> str:
     return ", ".join(names) if names else f"{stage}/ (empty)"
 
 
-def _check_world_size(path: Path, info: DistInfo) -> None:
-    """A different number of processes is a user's change, not damage: no fallback, one clear line."""
-    try:
-        written_by = int(read_manifest(path)["world_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # the load itself reports a damaged manifest
-    if written_by != info.world_size:
-        raise CheckpointError(f"{path} was written by {written_by} process(es) and this run has "
-                              f"{info.world_size}: resume with the same world size (or move "
-                              f"{path.parent} away to train from the start)")
+def _check_world_size(path: Path, info: DistInfo, engines: Mapping[str, Any]) -> None:
+    """Another number of processes resumes (``distst.train.elastic``) where it can; where it cannot, that is a
+    user's change, not damage: no fallback, one clear line."""
+    old_world = written_by(path)
+    zero_stage = max((int(getattr(e, "zero_optimization_stage", lambda: 0)()) for e in engines.values()), default=0)
+    found = elastic.problem(path, old_world, info.world_size, zero_stage) if old_world is not None else None
+    if found:
+        raise CheckpointError(found)
 
 
 # --- agreeing across ranks ----------------------------------------------------------------------------------
@@ -430,6 +453,8 @@ class Restored:
     step: int
     state: dict[str, Any]
     names: tuple[str, ...] = field(default_factory=tuple)
+    #: The number of processes that wrote it, where another than this run's (the run was re-split).
+    resized_from: int | None = None
 
 
 class Checkpointer:
@@ -465,11 +490,26 @@ class Checkpointer:
         if newest is None:
             return None
         loaded = load(self.engines, newest, self.info)
+        resized = loaded.written_by != self.info.world_size
+        if resized:
+            on_main_then_shared(lambda: elastic.remove_conversion(loaded.path))  # every rank has loaded it
+        per_rank = self._regrouped(loaded) if resized else loaded.rank_extra
         names = []
-        for table, saved in ((self.shared, loaded.state), (self.per_rank, loaded.rank_extra)):
+        for table, saved in ((self.shared, loaded.state), (self.per_rank, per_rank)):
             for name, obj in table.items():
                 if name in saved:
                     obj.load_state_dict(saved[name])
                     names.append(name)
         loop_state = {k: v for k, v in loaded.state.items() if k not in self.shared}
-        return Restored(loaded.path, int(loop_state["step"]), loop_state, tuple(names))
+        return Restored(loaded.path, int(loop_state["step"]), loop_state, tuple(names),
+                        loaded.written_by if resized else None)
+
+    def _regrouped(self, loaded: Loaded) -> dict[str, Any]:
+        """This rank's per-rank objects after a re-split: each owner merges every old rank's state."""
+        old = loaded.rank_extra[OLD_RANKS]
+        try:
+            return {name: elastic.regroup(obj, name, [s[name] for s in old])
+                    for name, obj in self.per_rank.items() if all(name in s for s in old)}
+        except elastic.CannotRegroup as err:
+            raise CheckpointError(f"{loaded.path} was written by {loaded.written_by} process(es) and this run has "
+                                  f"{self.info.world_size}: {err}") from None

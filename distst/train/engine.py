@@ -219,6 +219,15 @@ def take_save_failure(engine: Any) -> BaseException | None:
     return failure
 
 
+def deepspeed_state_types() -> list[type]:
+    """The classes DeepSpeed's checkpoint files hold besides tensors and plain data (loaded with weights_only)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
 def _safe_checkpoint_engine(config_params: Any) -> Any:
     """DeepSpeed's torch checkpoint engine, loading with ``weights_only=True`` and DeepSpeed's own state types.
 
@@ -227,13 +236,10 @@ def _safe_checkpoint_engine(config_params: Any) -> Any:
     caller agrees on the failure with the other ranks (``take_save_failure``; ``checkpoint.save``). An exception
     out of the middle of ``save_checkpoint`` would leave the other ranks waiting in its barrier."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
 
     from ..diskfull import DiskFull, save_torch, writing
 
-    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    allowed = deepspeed_state_types()
 
     class SafeTorchCheckpointEngine(TorchCheckpointEngine):
         failure: BaseException | None = None

@@ -41,7 +41,7 @@ from ..stop import PROCESS, StopRequest
 from ..track import Tracker
 from ..video.evaluation import TemporalEvaluation
 from ..weights import load_checked
-from . import divergence
+from . import divergence, elastic
 from .checkpoint import Checkpointer, Restored
 from .engine import DistInfo, check_deterministic, initialize, resolve_precision, setup_distributed
 from .hooks import GradientAccess, Method, StepInputs, TrainContext
@@ -83,6 +83,12 @@ class _DataPosition:
     def load_state_dict(self, state: Any) -> None:
         self.restored = state
 
+    @staticmethod
+    def regroup(states: list[Any]) -> Any:
+        """After a resume with another number of processes: every old rank's position, which the stream merges
+        and deals out again (``distst.data.loader``)."""
+        return {"regroup": states}
+
 
 class _RankState:
     """The model's ``rank_state()`` as a checkpointed object (``model_rank_state``, per rank): DeepSpeed saves
@@ -97,6 +103,12 @@ class _RankState:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_rank_state(state)
 
+    def regroup(self, states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if any(t.numel() for state in states for t in state.values()):
+            raise elastic.CannotRegroup(elastic.rank_state_refusal(states[0]))
+        return self.state_dict()  # nothing of its own: as built
+
+
 
 def _batches(cfg: Config, info: DistInfo, data: _DataPosition, restored: Restored | None
              ) -> Iterator[tuple[tuple[torch.Tensor, ...], dict]]:
@@ -110,6 +122,17 @@ def _batches(cfg: Config, info: DistInfo, data: _DataPosition, restored: Restore
     stream = TrainStream(cfg.data, rank=info.rank, world_size=info.world_size, epoch=epoch, position=data.restored)
     data.stream = stream
     return ((batch, stream.counters) for batch in stream)
+
+
+def _record_resplit(tracker: Tracker, old_world: int, world: int, step: int, cfg: Config, workdir: Any) -> None:
+    """The re-split in metrics.jsonl and one line: the per-process batch is kept, so the global one changes."""
+    per_step = cfg.data.batch_size * cfg.deepspeed.gradient_accumulation_steps
+    if tracker.metrics is not None:
+        tracker.metrics.write({"step": step, "world_size": {"from": old_world, "to": world},
+                               "global_batch": {"from": per_step * old_world, "to": per_step * world}})
+    if dist.get_rank() == 0:
+        tqdm.write(f"distst: {workdir} resumes at step {step} with {world} process(es) instead of {old_world}: the "
+                   f"data stream is re-split, the global batch is {per_step * world} (was {per_step * old_world})")
 
 
 def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -252,6 +275,8 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
                       group=run_group, enabled=info.is_main, resume_step=step if restored else None)
     if config_changes and restored is not None and tracker.metrics is not None:
         tracker.metrics.write({"step": step, **rundir.change_record(config_changes)})  # keys safe to change
+    if restored is not None and restored.resized_from is not None:
+        _record_resplit(tracker, restored.resized_from, info.world_size, step, cfg, workdir)
     if info.is_main and restored is not None:
         tqdm.write(f"resuming {workdir} from {restored.path.name}")
     # -- outputs never go stale (distst.outputs): an earlier finish's summary.json and model.pt go before a new step

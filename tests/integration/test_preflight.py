@@ -121,8 +121,9 @@ def test_an_unreadable_model_file_is_refused_before_start_up(key: str, tmp_path:
     assert not (tmp_path / "run").exists()
 
 
-def test_a_resume_with_another_world_size_is_refused_before_start_up(tmp_path: Path, capsys: pytest.CaptureFixture
-                                                                    ) -> None:
+@pytest.mark.parametrize("why", ["zero3", "rank_state"])
+def test_a_resume_with_another_world_size_that_cannot_be_resplit_is_refused_before_start_up(
+        tmp_path: Path, capsys: pytest.CaptureFixture, why: str) -> None:
     import torch
 
     from distst.rundir import RunDir
@@ -130,13 +131,19 @@ def test_a_resume_with_another_world_size_is_refused_before_start_up(tmp_path: P
 
     job = str(write_job(tmp_path / "job.yaml"))
     run = tmp_path / "run"
-    overrides = tiny_overrides(run)
+    overrides = tiny_overrides(run) + (["deepspeed.zero_stage=3"] if why == "zero3" else [])
     RunDir(run).write_config(load_config(job, overrides))
     step = run / "checkpoints" / "step_00000002"  # as a 2-process run's save leaves it
     step.mkdir(parents=True)
     torch.save({"step": 2}, step / STATE_FILE)
+    pools = {"discriminator.pool_a.images": torch.zeros(2, 3, 4, 4)} if why == "rank_state" else {}
+    for rank in range(2):
+        torch.save({"torch": torch.get_rng_state(), "model_rank_state": pools}, step / f"rng_rank{rank}.pt")
     write_manifest(step, step=2, world_size=2)
     reason = refused_alike(capsys, "train", job, overrides)  # the test process is a world of one
-    assert reason == (f"{job} cannot start: {step} was written by 2 process(es) and this launch has 1: resume with "
-                      f"the same world size (--nproc 2, or as many Slurm tasks) or move {run / 'checkpoints'} away "
-                      "to train from the start"), reason
+    head = f"{job} cannot start: {step} was written by 2 process(es) and this run has 1: "
+    says = ("a ZeRO-3 checkpoint resumes only at its own world size" if why == "zero3" else
+            "the model keeps state of its own on every rank (discriminator.pool_a.images: e.g. a GAN's image "
+            "pools), which cannot be merged into another number of processes")
+    assert reason == (f"{head}{says}; resume with --nproc 2 (or as many Slurm tasks), or move {run / 'checkpoints'} "
+                      "away to start over"), reason
