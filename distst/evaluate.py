@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.utils import make_grid
 
-from .images import save_image
+from .images import image_grid, save_image
 from .masters import fp32_master, is_partitioned
 from .models import DiststModel, VGGEncoder
 
@@ -81,5 +80,5 @@ def stylized_grid(model: DiststModel, content: Tensor, style: Tensor, path: Path
     """A PNG with one row per pair: content | style | stylized. Every rank computes it (ZeRO-3 forwards are
     collective); only a rank given a ``path`` writes it."""
     tiles = torch.stack([content, style, stylize_pairs(model, content, style, batch_size)], dim=1)
-    grid = make_grid(tiles.flatten(0, 1).clamp(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0)
+    grid = image_grid(tiles.flatten(0, 1).clamp(0, 1).cpu(), nrow=3, padding=2, pad_value=1.0)
     return save_image(grid, path) if path is not None else None

@@ -3,18 +3,22 @@
 ``to_rgb`` is the one conversion of odd modes (16-bit, float, alpha, palette, CMYK) to 8-bit RGB: the
 shard builder, the streaming loader and ``distst stylize`` all go through it, so a 16-bit PNG looks the same
 everywhere (a plain ``convert("RGB")`` clips 16-bit values and whitewashes the image).
+
+``pil_to_tensor``, ``resize``, ``center_crop`` and ``image_grid`` are torchvision's tensor transforms, written here
+because importing torchvision costs every distst process about a second (it pulls in ``torch._dynamo``), for
+four small functions; they equal torchvision's outputs exactly (tests/unit/test_images_transforms.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torchvision.transforms import functional as TF
 
 from .errors import DataError
 
@@ -94,12 +98,52 @@ def list_images(path: str | Path) -> list[Path]:
 
 
 def resized_shape(width: int, height: int, size: int) -> tuple[int, int]:
-    """(h, w) after ``TF.resize(t, size)``: shorter side ``size``, longer side truncated (0 keeps the size)."""
+    """(h, w) after ``resize(t, size)``: shorter side ``size``, longer side truncated (0 keeps the size)."""
     if not size:
         return height, width
     if width <= height:
         return int(size * height / width), size
     return size, int(size * width / height)
+
+
+def pil_to_tensor(img: Image.Image) -> Tensor:
+    """An 8-bit RGB image as 3 x H x W float32 in [0, 1] (torchvision's ``to_tensor``)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div(255)
+
+
+def resize(tensor: Tensor, size: int | Sequence[int]) -> Tensor:
+    """Bilinear, antialiased resize of ... x H x W floats (torchvision's tensor ``resize``): an int resizes the
+    shorter side to it (the longer side truncated), a pair gives (h, w)."""
+    h, w = tensor.shape[-2:]
+    out = resized_shape(w, h, size) if isinstance(size, int) else tuple(size)
+    if tuple(out) == (h, w):
+        return tensor
+    batch = tensor.reshape(-1, *tensor.shape[-3:]) if tensor.dim() >= 3 else tensor[None, None]
+    resized = torch.nn.functional.interpolate(batch, size=list(out), mode="bilinear", align_corners=False,
+                                              antialias=True)
+    return resized.reshape(*tensor.shape[:-2], *out)
+
+
+def center_crop(tensor: Tensor, size: Sequence[int]) -> Tensor:
+    """The central (h, w) of ... x H x W (torchvision's ``center_crop`` of a smaller size: its rounding)."""
+    h, w = tensor.shape[-2:]
+    top, left = int(round((h - size[0]) / 2.0)), int(round((w - size[1]) / 2.0))
+    return tensor[..., top:top + size[0], left:left + size[1]]
+
+
+def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> Tensor:
+    """B x C x H x W as one C x H' x W' grid, ``nrow`` a row (torchvision's ``make_grid``, same layout)."""
+    count, channels, height, width = images.shape
+    if count == 1:  # as make_grid: one image is returned as it is
+        return images[0]
+    columns = min(nrow, count)
+    rows = math.ceil(count / columns)
+    cell_h, cell_w = height + padding, width + padding
+    grid = images.new_full((channels, cell_h * rows + padding, cell_w * columns + padding), pad_value)
+    for k in range(count):
+        y, x = divmod(k, columns)
+        grid[:, y * cell_h + padding:(y + 1) * cell_h, x * cell_w + padding:(x + 1) * cell_w] = images[k]
+    return grid
 
 
 def cropped_shape(height: int, width: int, multiple: int) -> tuple[int, int]:
@@ -132,16 +176,16 @@ def load_image(path: str | Path, size: int = 0, multiple: int = 1, min_size: int
         with Image.open(path) as img:
             _check_planned_shape(path, *img.size, size, multiple, min_size)
             img.load()
-            tensor = TF.to_tensor(to_rgb(img))
+            tensor = pil_to_tensor(to_rgb(img))
     except ImageError:
         raise
     except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:  # PIL's decode failures
         raise ImageError(path, unreadable_reason(err), str(err)) from err
     if size:
-        tensor = TF.resize(tensor, size, antialias=True)
+        tensor = resize(tensor, size)
     h, w = tensor.shape[-2:]
     if multiple > 1 and (h % multiple or w % multiple):
-        tensor = TF.center_crop(tensor, list(cropped_shape(h, w, multiple)))
+        tensor = center_crop(tensor, cropped_shape(h, w, multiple))
     return tensor.clamp(0, 1)
 
 

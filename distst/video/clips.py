@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torchvision.transforms import functional as TF
 
 from ..data.bundled import sample_location
-from ..images import IMAGE_SUFFIXES, load_image, save_image, to_rgb
+from ..images import IMAGE_SUFFIXES, load_image, pil_to_tensor, resize, save_image, to_rgb
 from .flow import (
     forward_backward_mask,
     in_bounds_mask,
@@ -152,7 +151,7 @@ def _stills() -> tuple[tuple[str, Tensor], ...]:
     for key in sorted(members)[:STILLS]:
         source = json.loads(members[key]["json"])["source"]  # e.g. "1-full-astronaut.png"
         with Image.open(io.BytesIO(members[key]["jpg"])) as img:
-            image = TF.to_tensor(to_rgb(img))
+            image = pil_to_tensor(to_rgb(img))
         stills.append((Path(source).stem.removeprefix("1-full-"), image))
     if len(stills) < STILLS:
         raise ClipError(f"{path} holds {len(stills)} photos; the synthetic clips need {STILLS}: reinstall distst")
@@ -162,7 +161,7 @@ def _stills() -> tuple[tuple[str, Tensor], ...]:
 def _still(index: int, min_side: int) -> tuple[str, Tensor]:
     name, image = _stills()[index % STILLS]
     if min(image.shape[-2:]) < min_side:
-        image = TF.resize(image, min_side, antialias=True).clamp(0, 1)
+        image = resize(image, min_side).clamp(0, 1)
     return name, image
 
 

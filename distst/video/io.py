@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import functional as TF
 
 from ..atomic import fsync_dir, replace
 from ..errors import DataError
@@ -41,8 +40,10 @@ from ..images import (
     IMAGE_SUFFIXES,
     MAX_SIDE,
     ImageError,
+    center_crop,
     cropped_shape,
     load_image,
+    resize,
     resized_shape,
     unreadable_reason,
 )
@@ -275,9 +276,9 @@ class ClipReader:
     def __iter__(self) -> Iterator[Tensor]:
         for frame in self.source.frames():
             if self.size:
-                frame = TF.resize(frame, list(self._resized), antialias=True)
+                frame = resize(frame, self._resized)
             if frame.shape[-2:] != (self.height, self.width):
-                frame = TF.center_crop(frame, [self.height, self.width])
+                frame = center_crop(frame, (self.height, self.width))
             yield frame.clamp_(0, 1)
 
     def __len__(self) -> int:
