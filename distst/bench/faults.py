@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", default=None,
                    help="folder with content-/style-{000000..000001}.tar (default: the bundled sample shards)")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one, removed afterwards)")
+    p.add_argument("--scenarios", action="store_true",
+                   help="also the cluster faults, each in a small 2-process run: a rank killed, a rank hung, a "
+                        "requeue onto another world size, a full disk, a killed sweep driver (distst.bench.scenarios)")
 
 
 @dataclass
@@ -326,10 +329,16 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError("--kills must be at least 0 and --steps at least 4")
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="distst-faults-"))
+    scenarios = []
     try:
         record = fault_record(args.kills, work, seed=args.seed, steps=args.steps, shards=Path(args.shards) if args.shards else None)
         print_record(record)
+        if args.scenarios:
+            from .scenarios import print_scenarios, run_scenarios
+
+            scenarios = run_scenarios(work / "scenarios")
+            print_scenarios(scenarios)
     finally:
         if not args.out:
             shutil.rmtree(work, ignore_errors=True)
-    return 0 if record.ok else 1
+    return 0 if record.ok and all(s.survived for s in scenarios if not s.injected.startswith("not measured")) else 1
