@@ -1,6 +1,8 @@
 """Feature extractors for FID/KID, by name: ``inception`` (2048-d pool features of Inception v3 from a local
 weights file), ``random_conv`` (a fixed, seeded random conv net: offline smoke runs only, its numbers compare
-with nothing) and any a user or a test registers (``register_extractor``).
+with nothing), ``random_logits`` (the same with a random 10-class head, for the Inception Score's plumbing)
+and any a user or a test registers (``register_extractor``). An extractor whose record says ``logits`` also
+has ``logits(features) -> N x classes`` (the Inception Score's class predictions).
 
 Two Inception files are accepted, told apart by their classifier (1008 or 1000 classes):
 
@@ -36,6 +38,8 @@ class Extractor:
     factory: ExtractorFactory
     #: It needs ``model.inception_weights``: a job that computes FID with it must name the file.
     needs_weights: bool = False
+    #: Its module has ``logits(features)``: class scores from its features (what the Inception Score needs).
+    logits: bool = False
 
 
 EXTRACTORS: dict[str, Extractor] = {}
@@ -44,11 +48,18 @@ INCEPTION_FILES = ("pt_inception-2015-12-05-6726825d.pth (pytorch-fid's release:
                    "torchvision's inception_v3_google-0cc3c7bd.pth")
 
 
-def register_extractor(name: str, factory: ExtractorFactory, needs_weights: bool = False) -> ExtractorFactory:
-    """``factory(weights_path_or_None)`` builds the extractor: images N x 3 x H x W in [0, 1] -> N x D. Called
-    next to the factory's definition (built-ins) or by a plugin."""
-    EXTRACTORS[name] = Extractor(name, factory, needs_weights)
+def register_extractor(name: str, factory: ExtractorFactory, needs_weights: bool = False,
+                       logits: bool = False) -> ExtractorFactory:
+    """``factory(weights_path_or_None)`` builds the extractor: images N x 3 x H x W in [0, 1] -> N x D (and, with
+    ``logits``, a ``logits(features)`` method). Called next to the factory's definition (built-ins) or by a
+    plugin."""
+    EXTRACTORS[name] = Extractor(name, factory, needs_weights, logits)
     return factory
+
+
+def has_logits(name: str) -> bool:
+    """Whether extractor ``name`` gives class logits (the Inception Score); False for an unknown name."""
+    return name in EXTRACTORS and EXTRACTORS[name].logits
 
 
 def needs_weights(name: str) -> bool:
@@ -98,12 +109,19 @@ def inception_network(tf_fid: bool) -> nn.Module:
 
 
 class InceptionFeatures(nn.Module):
-    """2048-d average-pool features of an Inception v3 (the classifier is dropped)."""
+    """2048-d average-pool features of an Inception v3; the classifier's weight is kept aside for ``logits``."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
+        # Not persistent: the extractor's state dict stays the network's, as before logits came.
+        self.register_buffer("classifier", network.fc.weight.detach().clone(), persistent=False)
         network.fc = nn.Identity()
         self.network = network
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Class logits without the classifier's bias, as the original Inception Score code (Salimans et al.:
+        ``pool3 @ W`` of the 2015-12-05 graph's 1008-way softmax) and torch-fidelity's ``logits_unbiased``."""
+        return features.to(self.classifier.dtype) @ self.classifier.T
 
     def forward(self, images: Tensor) -> Tensor:
         x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
@@ -138,5 +156,29 @@ def random_conv_features(weights: str | None) -> nn.Module:
     return net
 
 
-register_extractor("inception", inception_features, needs_weights=True)
+class RandomLogits(nn.Module):
+    """``random_conv``'s features with a fixed random 10-class head: tests and smoke runs of the Inception Score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = random_conv_features(None)
+        generator = torch.Generator().manual_seed(2016)
+        self.register_buffer("classifier", torch.randn(10, 64, generator=generator) * 5)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.features(images)
+
+    def logits(self, features: Tensor) -> Tensor:
+        # The features are all near 0.5 (ReLU, then average pooling): centred, so that the predicted class varies
+        # from image to image rather than one class winning everywhere.
+        return (features.to(self.classifier.dtype) - 0.5) @ self.classifier.T
+
+
+def random_logits_features(weights: str | None) -> nn.Module:
+    """The ``random_logits`` extractor (no weights file)."""
+    return RandomLogits()
+
+
+register_extractor("inception", inception_features, needs_weights=True, logits=True)
 register_extractor("random_conv", random_conv_features)
+register_extractor("random_logits", random_logits_features, logits=True)

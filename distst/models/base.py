@@ -41,9 +41,33 @@ class Stage:
     betas: tuple[float, float] = (0.9, 0.999)
     #: Multiplier of ``lr`` at an optimizer step (LambdaLR).
     lr_lambda: Callable[[int], float] = field(default=lambda step: 1.0)
+    #: Optimizer steps the stage takes per micro-batch, in order, each on the next ``1/repeat`` of it (consecutive
+    #: chunks of every tensor): a GAN critic's n_critic steps per generator step. Each chunk is a whole step, so
+    #: it needs ``deepspeed.gradient_accumulation_steps=1`` and a batch that ``repeat`` divides (``problem``).
+    repeat: int = 1
+    #: Called after each optimizer step the stage takes, once the engine has updated the weights (a moving
+    #: average of them, say); state it changes must live in the model to be checkpointed.
+    after_step: Callable[[], None] | None = None
 
     def optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=self.lr, betas=self.betas)
+
+    def problem(self, batch_size: int, accumulation: int) -> str | None:
+        """Why this stage cannot run with these data and DeepSpeed settings, or None."""
+        if self.repeat > 1 and accumulation > 1:
+            return (f"stage {self.name} takes {self.repeat} optimizer steps per micro-batch: it needs "
+                    f"deepspeed.gradient_accumulation_steps=1 (got {accumulation})")
+        if batch_size % self.repeat:
+            return (f"stage {self.name} takes {self.repeat} optimizer steps per batch, on equal chunks: "
+                    f"data.batch_size={batch_size} must be a multiple of {self.repeat}")
+        return None
+
+    def parts(self, batch: tuple[Tensor, ...]) -> list[tuple[Tensor, ...]]:
+        """The micro-batch chunks of this stage's steps: the batch itself, or ``repeat`` consecutive chunks."""
+        if self.repeat == 1:
+            return [batch]
+        size = batch[0].shape[0] // self.repeat
+        return [tuple(t[i * size:(i + 1) * size] for t in batch) for i in range(self.repeat)]
 
 
 def inverse_decay(decay: float) -> Callable[[int], float]:

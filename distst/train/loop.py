@@ -109,7 +109,6 @@ class _RankState:
         return self.state_dict()  # nothing of its own: as built
 
 
-
 def _batches(cfg: Config, info: DistInfo, data: _DataPosition, restored: Restored | None
              ) -> Iterator[tuple[tuple[torch.Tensor, ...], dict]]:
     """The run's micro-batches, continued from this rank's restored position (a fresh run: from the start).
@@ -196,6 +195,8 @@ def _start_stages(cfg: Config, model: DiststModel, info: DistInfo) -> list[_Stag
     groups = model.groups()
     runs = []
     for spec in specs:
+        if problem := spec.problem(cfg.data.batch_size, cfg.deepspeed.gradient_accumulation_steps):
+            raise ConfigError(problem)
         module = model if len(specs) == 1 else torch.nn.ModuleDict({g: groups[g] for g in spec.groups})
         params = [p for g in spec.groups for p in groups[g].parameters() if p.requires_grad]
         optimizer = spec.optimizer(params)
@@ -315,20 +316,25 @@ def _train(cfg: Config, run_dir: rundir.RunDir, method: Method | None, *, init: 
 
     def micro_step(batch: tuple[torch.Tensor, ...], terms_sum: dict[str, torch.Tensor]) -> None:
         for run in stages:
-            terms = model.stage_losses(run.spec.name, batch, loss_net)
-            extra = method.extra_losses(ctx, StepInputs(run.spec.name, batch, model.features.take()))
-            if extra.keys() & terms.keys():  # the log would show one under the other's name
-                raise ValueError(f"the method's extra losses {sorted(extra.keys() & terms.keys())} have the names "
-                                 f"of the model's loss terms; rename them")
-            loss = sum(weights[k] * v for k, v in terms.items()) + sum(extra.values())
-            run.engine.backward(loss)
-            if run.engine.is_gradient_accumulation_boundary():
-                method.edit_gradients(ctx, run.spec.name, run.grads)
-            run.engine.step()
-            for key, value in {"loss": loss, **terms, **extra}.items():
-                key = f"{run.spec.name}/{key}" if prefix else key
-                value = value.detach().float()  # summed on the device: read once per step (_step_outcome)
-                terms_sum[key] = terms_sum[key] + value if key in terms_sum else value
+            for part in run.spec.parts(batch):  # one optimizer step per part (Stage.repeat: a GAN's n_critic)
+                terms = model.stage_losses(run.spec.name, part, loss_net)
+                extra = method.extra_losses(ctx, StepInputs(run.spec.name, part, model.features.take()))
+                if extra.keys() & terms.keys():  # the log would show one under the other's name
+                    raise ValueError(f"the method's extra losses {sorted(extra.keys() & terms.keys())} have the "
+                                     f"names of the model's loss terms; rename them")
+                loss = sum(weights[k] * v for k, v in terms.items()) + sum(extra.values())
+                run.engine.backward(loss)
+                boundary = run.engine.is_gradient_accumulation_boundary()
+                if boundary:
+                    method.edit_gradients(ctx, run.spec.name, run.grads)
+                run.engine.step()
+                if boundary and run.spec.after_step is not None:
+                    run.spec.after_step()
+                for key, value in {"loss": loss, **terms, **extra}.items():
+                    key = f"{run.spec.name}/{key}" if prefix else key
+                    # Summed on the device (read once per step: _step_outcome), as the mean over the parts.
+                    value = value.detach().float() / run.spec.repeat
+                    terms_sum[key] = terms_sum[key] + value if key in terms_sum else value
 
     batches = _batches(cfg, info, data, restored)
     accumulation = cfg.deepspeed.gradient_accumulation_steps
