@@ -4,6 +4,9 @@ One content image must be usable (an ``ImageError`` says why not); in a director
 (truncated, not images, too small or too large for the model) are skipped and counted instead. A clip (a video
 file or a folder of numbered frames) is streamed in batches, the style side computed once, and written
 atomically (``distst.video.io``): any unusable frame is an error, and nothing is left under the output name.
+
+A model that translates a content image alone (CycleGAN: its registry record's ``inputs`` is "content") takes no
+style image (``style=None``); a style-transfer model needs one.
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ def check_output(out: str | Path, single: bool) -> None:
         raise OutputError(f"--out {out} must be a directory when --content is a directory")
 
 
-def output_path(out: Path, content: Path, style: Path, single: bool) -> Path:
-    return out if single else out / f"{content.stem}_stylized_{style.stem}.png"
+def output_path(out: Path, content: Path, style: Path | None, single: bool) -> Path:
+    if single:
+        return out
+    return out / (f"{content.stem}_translated.png" if style is None else f"{content.stem}_stylized_{style.stem}.png")
 
 
 def _usable_contents(paths: list[Path], size: int, stylizer: FrameStylizer, single: bool,
@@ -77,7 +82,14 @@ def as_stylizer(model: DiststModel | FrameStylizer, alpha: float = 1.0,
     return model
 
 
-def _load_style(style: str | Path, size: int, stylizer: FrameStylizer) -> Path:
+def _load_style(style: str | Path | None, size: int, stylizer: FrameStylizer) -> Path | None:
+    """The style image given to ``stylizer`` (None for one that takes none: a style there is a mistake)."""
+    if not stylizer.takes_style:
+        if style is not None:
+            raise ValueError("this model translates a content image alone: it takes no style image")
+        return None
+    if style is None:
+        raise ValueError("a style-transfer model needs a style image")
     path = Path(style)
     if not path.is_file():
         raise FileNotFoundError(f"style image {path} does not exist")
@@ -89,7 +101,7 @@ def _load_style(style: str | Path, size: int, stylizer: FrameStylizer) -> Path:
 def stylize_files(
     model: DiststModel | FrameStylizer,
     content: str | Path,
-    style: str | Path,
+    style: str | Path | None,
     out: str | Path,
     alpha: float = 1.0,
     content_size: int = 512,
@@ -97,7 +109,7 @@ def stylize_files(
     batch_size: int = 4,
     device: str = "cpu",
 ) -> StylizeResult:
-    """Stylise one content image or a directory of them with one style image.
+    """Stylise one content image or a directory of them with one style image (None: a translation model's).
 
     ``model`` is a distst model (run at ``alpha`` on ``device``) or a ``FrameStylizer`` (exported graphs).
     ``out`` is the output file for one content image (its suffix picks the format) or a directory that
@@ -150,7 +162,7 @@ def _stacked(frames: Iterable[Tensor], batch_size: int) -> Iterator[Tensor]:
 def stylize_clip(
     stylizer: FrameStylizer,
     content: str | Path,
-    style: str | Path,
+    style: str | Path | None,
     out: str | Path,
     content_size: int = 512,
     style_size: int = 512,

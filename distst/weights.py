@@ -49,6 +49,25 @@ def mismatches(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> l
     return problems
 
 
+def first_mismatch(expected: Mapping[str, Tensor], given: Mapping[str, Tensor]) -> str | None:
+    """The first difference, in ``expected``'s order (a missing key or a wrong shape), else the first unexpected
+    key of ``given``; None when they fit. One problem, so that a refusal stays one line."""
+    for key, tensor in expected.items():
+        if key not in given:
+            return f"missing key {key!r} (expected shape {tuple(tensor.shape)})"
+        if tuple(given[key].shape) != tuple(tensor.shape):
+            return f"{key!r} has shape {tuple(given[key].shape)}, expected {tuple(tensor.shape)}"
+    extra = next((key for key in given if key not in expected), None)
+    return None if extra is None else f"unexpected key {extra!r} (shape {tuple(given[extra].shape)})"
+
+
+def without_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """``state`` with ``prefix`` dropped when every key has it (a ``DataParallel`` module saved whole: ``module.``)."""
+    if state and all(key.startswith(prefix) for key in state):
+        return {key.removeprefix(prefix): value for key, value in state.items()}
+    return dict(state)
+
+
 def load_checked(module: nn.Module, state: Mapping[str, Tensor], source: str, shown: int = 5) -> None:
     """``module.load_state_dict(state, strict=True)``, but failing with the first mismatches named."""
     problems = mismatches(module.state_dict(), state)

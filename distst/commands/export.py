@@ -1,4 +1,9 @@
-"""``distst export CHECKPOINT --out DIR [--int8] [--calibration SHARDS] [--opset N]``: ONNX graphs of a model file."""
+"""``distst export CHECKPOINT --out DIR [--int8] [--calibration SHARDS] [--opset N]``: ONNX graphs of a model file.
+
+``--model NAME --weights KEY=FILE`` instead of CHECKPOINT exports a model built from its published weight files
+(a CycleGAN generator: ``--model cyclegan --weights generator_weights=latest_net_G.pth``), checked as
+``distst stylize`` checks them. A translation model exports one graph, forward.onnx (content -> image).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from .stylize import add_weights_option
 
 if TYPE_CHECKING:
     from ..export.quantize import Calibration
@@ -22,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "image) with dynamic height and width, and manifest.json. --int8 adds "
                                    "*.int8.onnx (ONNX Runtime static quantisation, calibrated on held-out shards) "
                                    "and int8_report.json (E of torch, fp32 and int8 on held-out pairs, file sizes).")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a distst model file (or a run directory with model.pt)")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
+                   help="a distst model file (or a run directory with model.pt); or --model with --weights")
+    p.add_argument("--model", help="export this model built from its weight files (--weights) instead of CHECKPOINT")
+    p.add_argument("--width", type=float, help="channel multiplier of --model's weights (default 1)")
+    add_weights_option(p, "a weight file of --model by its model.* key (repeatable), e.g. "
+                          "generator_weights=latest_net_G.pth (cyclegan)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18)")
     p.add_argument("--int8", action="store_true", help="also write int8 graphs (needs --calibration)")
@@ -42,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--int8 needs --calibration SHARDS (held-out content shards; and --calibration-style)")
     if args.calibration_pairs < 1 or args.eval_pairs < 0 or args.size < 16:
         raise UserError("--calibration-pairs must be at least 1, --eval-pairs at least 0, --size at least 16")
+    if bool(args.checkpoint) == bool(args.model):
+        raise UserError("give CHECKPOINT (a distst model file) or --model NAME with its --weights KEY=FILE, one of them")
+    if args.checkpoint and (args.weights or args.width is not None):
+        raise UserError("--weights and --width go with --model; a model file holds its own weights and plan")
     import json
 
     from ..export import ExportError, export_model
@@ -50,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         calib = _calibration(args) if args.int8 else None  # read first: a bad pattern fails before exporting
-        manifest = export_model(args.checkpoint, out, opset=args.opset or DEFAULT_OPSET)
+        manifest = export_model(_source(args), out, opset=args.opset or DEFAULT_OPSET,
+                                source_name=", ".join(args.weights) or None)
         report = _int8(args, out, calib) if calib is not None else None
     except ExportError as err:
         raise UserError(str(err)) from None
@@ -61,6 +77,16 @@ def run(args: argparse.Namespace) -> int:
         (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         _print_report(report)
     return 0
+
+
+def _source(args: argparse.Namespace) -> Any:
+    """CHECKPOINT, or ``--model`` built from its ``--weights`` (every part inference uses must have a file)."""
+    if args.checkpoint:
+        return args.checkpoint
+    from .stylize import checked_model_name, model_from_files, weight_options
+
+    name = checked_model_name(args.model)
+    return model_from_files(name, args.width, weight_options(name, args.weights))
 
 
 def _calibration(args: argparse.Namespace) -> Calibration:
@@ -79,9 +105,11 @@ def _int8(args: argparse.Namespace, out: Path, calib: Calibration) -> dict[str, 
     manifest = quantize_export(out, Calibration(calib.content[:n], calib.style[:n]))
     sizes = {variant: {role: (out / name).stat().st_size for role, name in files.items()}
              for variant, files in manifest["variants"].items()}
-    report: dict[str, Any] = {"source": str(args.checkpoint), "file_bytes": sizes, "calibration_pairs": n,
+    report: dict[str, Any] = {"source": str(args.checkpoint or ", ".join(args.weights)), "file_bytes": sizes, "calibration_pairs": n,
                     "eval_pairs": args.eval_pairs, "size": args.size}
-    if args.eval_pairs:
+    if args.eval_pairs and not args.checkpoint:
+        report["errors_skipped"] = "E is measured on a model file (CHECKPOINT), not on --model's weight files"
+    elif args.eval_pairs:
         from ..export import ExportError
 
         try:

@@ -17,13 +17,16 @@ image plus those inputs to the stylised image. What is cached is the model's own
 
 The wrapper calls the model's own parts (encoder, ``stylize_features``, decoder), so an exported graph is the
 model's forward at alpha 1, minus the input checks (Python-side guards; the manifest states the constraints).
+
+A model that translates a content image alone (its record's ``inputs`` is "content": CycleGAN) has no style side:
+``ContentGraph`` is its forward on the content, the one graph of its export.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..models import StyleTransferModel
+from ..models import DiststModel, StyleTransferModel
 from ..models.stylecache import StyleCache
 
 
@@ -48,3 +51,14 @@ class CombinedGraph(nn.Module):
         m = self.model
         cached = self.cache.from_style(m, m.encoder(style))
         return (m.decoder(self.cache.transform(m, m.encoder(content), cached)), *cached)
+
+
+class ContentGraph(nn.Module):
+    """content -> image: the forward of a model that takes a content image alone."""
+
+    def __init__(self, model: DiststModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, content: Tensor) -> Tensor:
+        return self.model(content)

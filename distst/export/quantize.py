@@ -63,9 +63,13 @@ class _Feeds:
 
 
 def _feeds(runner: OnnxStylizer, calib: Calibration) -> dict[str, list[dict[str, np.ndarray]]]:
-    feeds: dict[str, list[dict[str, np.ndarray]]] = {"forward": [], "style": [], "stylize": []}
+    """Calibration inputs of each graph of ``runner``'s variant (a translation's one graph: the content alone)."""
+    feeds: dict[str, list[dict[str, np.ndarray]]] = {role: [] for role in runner.paths}
     for i in range(len(calib.content)):
         content, style = calib.content[i:i + 1].numpy(), calib.style[i:i + 1].numpy()
+        if not runner.takes_style:
+            feeds["forward"].append({"content": content})
+            continue
         feeds["forward"].append({"content": content, "style": style})
         feeds["style"].append({"style": style})
         feeds["stylize"].append({"content": content, **runner.style_inputs(calib.style[i:i + 1])})
@@ -76,15 +80,16 @@ def quantize_graph(fp32: Path, out: Path, feeds: list[dict[str, np.ndarray]]) ->
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    fp32 = fp32.resolve()  # before the chdir below: a relative --out would resolve inside the temporary directory
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # ORT's symbolic shape inference gives up on SANet's attention reshapes, and then saves its partial model
         # (tens of MB) to the working directory: run it in the temporary one.
         with contextlib.chdir(tmp):
             try:
-                quant_pre_process(str(fp32.resolve()), str(prepared))
+                quant_pre_process(str(fp32), str(prepared))
             except Exception:  # noqa: BLE001  # ONNX's own shape inference is enough for the quantised convs
-                quant_pre_process(str(fp32.resolve()), str(prepared), skip_symbolic_shape=True)
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         # Per-channel weights (one scale per output filter); activations per tensor.
         quantize_static(str(prepared), str(out), _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
@@ -98,7 +103,7 @@ def quantize_export(out_dir: str | Path, calib: Calibration) -> dict[str, Any]:
     runner = OnnxStylizer(out, "fp32")
     feeds = _feeds(runner, calib)
     files = {}
-    for role in GRAPHS:
+    for role in runner.paths:
         files[role] = variant_name(role, "int8")
         quantize_graph(out / GRAPHS[role], out / files[role], feeds[role])
     manifest["variants"]["int8"] = files

@@ -63,6 +63,8 @@ class OnnxStylizer:
         if files is None:
             raise ExportError(f"{self.dir} has no {variant} graphs; variants: {', '.join(self.manifest['variants'])}")
         self.variant = variant
+        #: Whether the graphs take a style image (an export before ``inputs`` was recorded: style transfer).
+        self.takes_style = self.manifest.get("inputs", "content_style") == "content_style"
         self.paths = {role: self.dir / name for role, name in files.items()}
         self.sessions = {role: session(p, threads) for role, p in self.paths.items()}
 
@@ -73,9 +75,10 @@ class OnnxStylizer:
             raise ExportError(f"{path} has no distst {MANIFEST} beside it (export it with distst export)")
         return cls(out_dir, variant, threads)
 
-    def forward(self, content: Tensor, style: Tensor) -> Tensor:
-        out = self.sessions["forward"].run(None, {"content": _np(content), "style": _np(style)})[0]
-        return torch.from_numpy(out)
+    def forward(self, content: Tensor, style: Tensor | None = None) -> Tensor:
+        """The forward graph: content (and style, for a style-transfer export) -> image."""
+        feeds = {"content": _np(content)} if style is None else {"content": _np(content), "style": _np(style)}
+        return torch.from_numpy(self.sessions["forward"].run(None, feeds)[0])
 
     def style_inputs(self, style: Tensor) -> dict[str, np.ndarray]:
         names = self.manifest["style_cache"]["names"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import registry
 from ..models import DiststModel, StyleTransferModel
 from .graphs import style_cache
 from .runtime import OnnxStylizer
@@ -23,11 +24,14 @@ from .runtime import OnnxStylizer
 class FrameStylizer(ABC):
     """Stylises N x 3 x H x W frames in [0, 1] with the style given to ``set_style``.
 
-    ``multiple`` and ``min_size`` are the size constraints frames (and the style) must be sized to.
+    ``multiple`` and ``min_size`` are the size constraints frames (and the style) must be sized to. A stylizer of
+    a model that translates a content image alone (``takes_style`` False: its record's ``inputs`` is "content")
+    is called without ``set_style``.
     """
 
     multiple: int = 1
     min_size: int = 1
+    takes_style: bool = True
 
     @abstractmethod
     def set_style(self, style: Tensor) -> None:
@@ -46,7 +50,7 @@ def _fit(output: Tensor, frames: Tensor) -> Tensor:
 
 class TorchStylizer(FrameStylizer):
     """A distst model. A style-transfer model at alpha 1 runs its cached-style pair (the style's side once);
-    at alpha < 1, or a model without a style side (CycleGAN ignores the style), the plain forward."""
+    at alpha < 1 the plain forward; a translation model (CycleGAN) its forward on the frames alone."""
 
     def __init__(self, model: DiststModel, alpha: float = 1.0, device: str | torch.device = "cpu") -> None:
         if not 0.0 <= alpha <= 1.0:
@@ -55,6 +59,7 @@ class TorchStylizer(FrameStylizer):
         self.model = model.to(self.device).eval()
         self.alpha = alpha
         self.multiple, self.min_size = model.input_multiple, model.min_size
+        self.takes_style = registry.model_record(model.name).inputs == "content_style"
         self.cache = style_cache(model) if isinstance(model, StyleTransferModel) and alpha == 1.0 else None
         self._style: Tensor | None = None
         self._cached: tuple[Tensor, ...] = ()
@@ -77,10 +82,12 @@ class TorchStylizer(FrameStylizer):
 
     @torch.no_grad()
     def __call__(self, frames: Tensor) -> Tensor:
-        if self._style is None:
+        if self._style is None and self.takes_style:
             raise RuntimeError("set_style first")
         frames = frames.to(self.device)
         model, n = self.model, len(frames)
+        if not self.takes_style:
+            return _fit(model(frames), frames)
         if self.cache is None:
             return _fit(model(frames, self._style.expand(n, -1, -1, -1), alpha=self.alpha), frames)
         model.check_input(frames)
@@ -96,12 +103,15 @@ class OnnxFrameStylizer(FrameStylizer):
         self.runner = OnnxStylizer(export_dir, variant, threads)
         self.multiple = int(self.runner.manifest["input_multiple"])
         self.min_size = int(self.runner.manifest["min_size"])
+        self.takes_style = self.runner.takes_style
         self._cached: dict[str, np.ndarray] | None = None
 
     def set_style(self, style: Tensor) -> None:
         self._cached = self.runner.style_inputs(style)
 
     def __call__(self, frames: Tensor) -> Tensor:
+        if not self.takes_style:  # a translation's export: its forward graph on the content alone
+            return _fit(torch.cat([self.runner.forward(frame[None]) for frame in frames]), frames)
         if self._cached is None:
             raise RuntimeError("set_style first")
         cached = self._cached

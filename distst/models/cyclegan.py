@@ -14,6 +14,12 @@ The image pools are buffers of the discriminator group (fixed size: ``model.pool
 checkpoints carry them and a resume is bitwise: DeepSpeed saves rank 0's module, and every rank's own pools go
 with its own checkpoint file (``rank_state``). A model file holds them too (rank 0's), and loads strictly into a
 model built from its own section.
+
+The reference's own generator files (``latest_net_G.pth`` of a published model, ``latest_net_G_A.pth`` /
+``latest_net_G_B.pth`` of a trained pair) load strictly through the weight keys ``model.generator_weights`` /
+``generator_ab_weights`` / ``generator_ba_weights`` (``GENERATOR_WEIGHT_KEYS``): the reference numbers its
+generator as one ``nn.Sequential``, and ``ResnetGenerator.reference_keys`` derives that numbering from our modules'
+forward order, so the two layouts cannot drift apart.
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from .. import registry
 from ..config import Config, ModelSection, TrainConfig
 from ..metrics import EXTRACTORS, build_extractor, needs_weights, set_scores
+from ..weights import WeightsError, first_mismatch, load_checked, read_state_dict, without_prefix
 from .base import DiststModel, Stage
 from .plan import Plan, merge_plan, scale_plan
 
@@ -39,6 +46,12 @@ GENERATOR_WIDTHS = {"stem": 64, "down1": 128, "down2": 256, "up1": 128, "up2": 6
 DISCRIMINATOR_WIDTHS = {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512}
 GENERATORS = ("ab", "ba")  # photo -> painting, painting -> photo
 DISCRIMINATORS = ("a", "b")  # judges photos, judges paintings
+#: ``model.*`` keys of the reference's generator files and the direction each loads into. The reference's G_A maps
+#: A -> B (photo -> painting: our ``ab``); its one-directional test model's ``latest_net_G.pth`` loads into ``ab``,
+#: the direction a translation (``forward``) runs.
+GENERATOR_WEIGHT_KEYS = {"generator_weights": "ab", "generator_ab_weights": "ab", "generator_ba_weights": "ba"}
+# Buffers an InstanceNorm of a reference file from before PyTorch 0.4 carries; the reference drops them on load.
+STALE_NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 class CycleGANSection(ModelSection):
@@ -61,6 +74,21 @@ class CycleGANSection(ModelSection):
     feature_extractor: str = Field("inception", description="FID/KID feature extractor (distst.metrics registry)")
     fid_images: int = Field(500, ge=2, description="held-out photos translated and real paintings compared for "
                                                    "FID/KID (the first N of data.eval_content / data.eval_style)")
+    generator_weights: str | None = Field(None, description="a published one-direction generator of the reference "
+                                                            "(its test mode's latest_net_G.pth, e.g. photo -> Monet): "
+                                                            "the ab generator, the one stylize and export translate "
+                                                            "with")
+    generator_ab_weights: str | None = Field(None, description="the reference's latest_net_G_A.pth (A -> B) of a "
+                                                               "trained pair: the ab generator")
+    generator_ba_weights: str | None = Field(None, description="the reference's latest_net_G_B.pth (B -> A) of a "
+                                                               "trained pair: the ba generator")
+
+    @model_validator(mode="after")
+    def _one_ab_file(self) -> CycleGANSection:
+        if self.generator_weights and self.generator_ab_weights:
+            raise ValueError("model.generator_weights and model.generator_ab_weights both name the ab generator's "
+                             "file: give one")
+        return self
 
     @field_validator("feature_extractor")
     @classmethod
@@ -72,6 +100,10 @@ class CycleGANSection(ModelSection):
     def resolve(self, cfg: Config) -> None:
         if self.pool_crop is None:
             self.pool_crop = cfg.data.crop
+        files = [f"model.{key}" for key in GENERATOR_WEIGHT_KEYS if getattr(self, key)]
+        if self.init_from and files:  # training would take init_from's weights and silently drop the files
+            raise ValueError(f"model.init_from and {', '.join(files)} both give the generators' starting weights: "
+                             "give one")
         # A method that decides by the verdict (lottery tickets) decides by FID here: refuse at once what would
         # fail only after the dense level's training. Other methods (plain training, QAT) never compute FID.
         if self._needs_fid(cfg) and needs_weights(self.feature_extractor) and not self.inception_weights:
@@ -118,6 +150,9 @@ class ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """Images in [-1, 1] -> images in [-1, 1] of the same size (a multiple of 4)."""
 
+    #: The parts in forward order: also the order the reference's one ``nn.Sequential`` numbers their modules in.
+    PARTS = ("stem", "down1", "down2", "blocks", "up1", "up2", "head")
+
     def __init__(self, widths: Mapping[str, int], blocks: int) -> None:
         super().__init__()
         stem, down1, res, up1, up2 = (widths[k] for k in ("stem", "down1", "down2", "up1", "up2"))
@@ -134,9 +169,63 @@ class ResnetGenerator(nn.Module):
                                                ("act", nn.Tanh())]))
 
     def forward(self, x: Tensor) -> Tensor:
-        for part in (self.stem, self.down1, self.down2, self.blocks, self.up1, self.up2, self.head):
-            x = part(x)
+        for name in self.PARTS:
+            x = getattr(self, name)(x)
         return x
+
+    def reference_modules(self) -> Iterator[tuple[str, str, nn.Module]]:
+        """(reference name, our name, module) of every module in forward order. The reference's ``model`` numbers
+        each module, a residual block taking one number and numbering its own modules in ``conv_block``; ours are
+        the same modules in the same order (with dropout off), so the names follow from the structure."""
+        index = 0
+        for part in self.PARTS:
+            for name, child in getattr(self, part).named_children():
+                if isinstance(child, ResidualBlock):
+                    for inner, (leaf_name, leaf) in enumerate(child.body.named_children()):
+                        yield f"model.{index}.conv_block.{inner}", f"{part}.{name}.body.{leaf_name}", leaf
+                else:
+                    yield f"model.{index}", f"{part}.{name}", child
+                index += 1
+
+    def reference_keys(self) -> dict[str, str]:
+        """Our state-dict keys by the reference's (``model.1.weight`` -> ``stem.conv.weight``...), in its order."""
+        return {f"{ref}.{key}": f"{ours}.{key}" for ref, ours, module in self.reference_modules()
+                for key in module.state_dict()}
+
+    def load_reference(self, path: str) -> None:
+        """Load a reference generator file strictly (``weights_only``); one that does not fit is refused in one
+        line naming its first mismatching key, with what the file holds when it is a ResnetGenerator too."""
+        state = without_prefix(read_state_dict(path), "module.")  # a DataParallel module saved whole
+        stale = {f"{ref}.{stat}" for ref, _, module in self.reference_modules()
+                 if isinstance(module, nn.InstanceNorm2d) for stat in STALE_NORM_STATS}
+        state = {key: value for key, value in state.items() if key not in stale}
+        own = self.state_dict()
+        keys = self.reference_keys()
+        problem = first_mismatch({ref: own[ours] for ref, ours in keys.items()}, state)
+        if problem:
+            raise WeightsError(f"{path} does not fit cyclegan's generator ({self._shape()}, the reference's "
+                               f"ResnetGenerator layout): {problem}{_file_layout(state, self)}")
+        load_checked(self, {ours: state[ref] for ref, ours in keys.items()}, path)
+
+    def _shape(self) -> str:
+        return f"ngf {self.stem.conv.out_channels}, {len(self.blocks)} blocks"
+
+
+def _file_layout(state: Mapping[str, Tensor], generator: ResnetGenerator) -> str:
+    """What a reference ResnetGenerator file holds when it differs from ``generator`` in ngf or block count (the
+    settings that would fit it); else what its first key is."""
+    first = state.get("model.1.weight")
+    if first is None or first.dim() != 4:
+        key = next(iter(state), None)
+        return "" if key is None else f"; the file's first key is {key!r} {tuple(state[key].shape)}"
+    blocks = len({key.split(".")[1] for key in state if ".conv_block." in key})
+    dropout = any(".conv_block.6." in key for key in state)
+    held = f"ngf {first.shape[0]}, {blocks} blocks" + (", dropout (use_dropout=True)" if dropout else "")
+    if held == generator._shape():
+        return ""
+    return (f"; the file holds a ResnetGenerator with {held}"
+            + ("" if dropout else f" (model.width={first.shape[0] / GENERATOR_WIDTHS['stem']:g}, "
+                                  f"model.blocks={blocks} fit it)"))
 
 
 class PatchDiscriminator(nn.Module):
@@ -254,7 +343,7 @@ def _least_squares(score: Tensor, real: bool) -> Tensor:
 
 
 @registry.model(CycleGANSection, verdict_metric="fid", set_metrics=("fid", "kid", "kid_std", "fid_images"),
-                weight_keys=("inception_weights",))
+                weight_keys=("inception_weights", *GENERATOR_WEIGHT_KEYS), inputs="content")
 class CycleGAN(DiststModel):
     input_multiple = 4  # two stride-2 convs, then two transposed ones
     min_size = 32  # the PatchGAN's last instance norm needs more than one position
@@ -271,6 +360,24 @@ class CycleGAN(DiststModel):
         self.discriminator = Discriminators(self.plan["discriminator"], cfg.pool_size, cfg.pool_crop)
         self.apply(_init_normal)
         self._fakes: tuple[Tensor, Tensor] | None = None
+        #: The reference files the generators were loaded from, by direction (``init_weights``).
+        self.weight_files: dict[str, str] = {}
+
+    def init_weights(self, files: bool = True) -> None:
+        """The reference's initialisation (at construction), then the generator files the section names: a
+        published generator is where a translation, an export or a training run (fine-tuning, IMP) starts."""
+        for key, direction in GENERATOR_WEIGHT_KEYS.items():
+            path = getattr(self.cfg, key) if files else None
+            if path:
+                self.generator[direction].load_reference(path)
+                self.weight_files[direction] = path
+
+    def missing_inference_weights(self) -> dict[str, str]:
+        """The parts a translation would run with random weights, each with the option that gives them: only the
+        ab generator translates (the discriminators and ba generator are for training)."""
+        if "ab" in self.weight_files:
+            return {}
+        return {"generator ab": "--weights generator_weights=latest_net_G.pth or generator_ab_weights=latest_net_G_A.pth"}
 
     # --- plan ------------------------------------------------------------------------------------------
     @classmethod
@@ -314,9 +421,13 @@ class CycleGAN(DiststModel):
     def forward(self, content: Tensor, style: Tensor | None = None, alpha: float = 1.0) -> Tensor:
         """Photos in [0, 1] -> paintings in [0, 1] (``style`` and ``alpha`` are not used: the style is learnt)."""
         self.check_input(content)
-        out = (self.generator(content * 2 - 1, "ab") + 1) / 2
+        out = self.translate(content)
         self.features.record("output", out)
         return out
+
+    def translate(self, images: Tensor, direction: str = "ab") -> Tensor:
+        """Images in [0, 1] through one generator, to [0, 1] (tanh's range mapped back); no input checks."""
+        return (self.generator(images * 2 - 1, direction) + 1) / 2
 
     def stage_losses(self, stage: str, batch: tuple[Tensor, ...], loss_net: nn.Module | None) -> dict[str, Tensor]:
         photo, painting = (t * 2 - 1 for t in batch)

@@ -27,7 +27,8 @@ def test_builtin_records_say_what_runs_each_method_and_what_it_can_do() -> None:
     assert (imp.command, imp.factory, imp.needs_full_parameters, imp.decides_by_verdict) == ("imp", None, True, True)
     assert {"cpst", "iccp", "l2"} <= set(registry.methods_run_by("prune")) and "imp" in registry.methods_run_by("imp")
     gan, adain = registry.model_record("cyclegan"), registry.model_record("adain")
-    assert gan.verdict_metric == "fid" and gan.decides_by_set_metric and gan.weight_keys == ("inception_weights",)
+    assert gan.verdict_metric == "fid" and gan.decides_by_set_metric and gan.inputs == "content"
+    assert gan.weight_keys == ("inception_weights", "generator_weights", "generator_ab_weights", "generator_ba_weights")
     assert not adain.decides_by_set_metric and adain.weight_keys == ("vgg_weights", "decoder_weights",
                                                                      "transform_weights")
     # The class attributes generic code reads are the record's.
