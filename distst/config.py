@@ -84,6 +84,10 @@ class MethodSection(Section):
     def resolve(self, cfg: Config) -> None:
         """Resolve and check values against the model (e.g. a scope against its groups)."""
 
+    def input_problems(self, cfg: Config, run_dir: Path) -> list[str]:
+        """One line per problem with the files the method reads (the preflight's, before anything starts)."""
+        return []
+
 
 def _plain_training(cfg: Config) -> None:
     return None  # distst.train runs without a method

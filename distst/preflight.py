@@ -225,6 +225,7 @@ def problems(cfg: Config, run_dir: Path | None = None, world_size: int | None = 
     found += _size_problems(cfg)
     found += _method_problems(cfg)
     run_dir = run_dir if run_dir is not None else cfg.run_dir()
+    found += cfg.prune.input_problems(cfg, run_dir)  # files the method reads (a transferred ticket's mask)
     found += _run_dir_problems(cfg, run_dir, resume_check=not model_files)  # that check reads model.init_from
     world_size = world_size if world_size is not None else launch_world_size()
     if world_size is not None and run_dir.is_dir():

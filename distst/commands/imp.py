@@ -19,11 +19,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.overrides = ["prune.method=imp", *args.overrides]  # a later prune.method=... still wins, and is refused
+    if _job_method(args.job) in (None, "none"):  # a job naming its method keeps it (prune.method=transfer)
+        args.overrides = ["prune.method=imp", *args.overrides]  # a later prune.method=... still wins, and is refused
     return run_job(args, "imp", run_schedule, check=schedule_check("imp"), report=_report)
 
 
+def _job_method(job: str) -> Any:
+    """The job file's ``prune.method`` (None when it names none or cannot be read: load_config then says why)."""
+    import yaml
+
+    try:
+        tree = yaml.safe_load(Path(job).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    prune = tree.get("prune") if isinstance(tree, dict) else None
+    return prune.get("method") if isinstance(prune, dict) else None
+
+
 def _report(result: Any, run_dir: Path) -> None:
+    if result.summary.get("kind") != "imp":  # another lottery-ticket method: its report's own lines
+        from ..reports import REPORTS
+
+        print(REPORTS[result.summary["kind"]].finished(run_dir, result.summary))
+        return
     extreme = result.summary["extreme_sparsity"]
     print(f"IMP finished: {run_dir}\n  extreme sparsity: "
           f"{f'{extreme:.2%}' if extreme else 'no matching subnetwork'}\n  report: {run_dir / 'report' / 'report.md'}")

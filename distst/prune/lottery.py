@@ -35,12 +35,12 @@ from ..masters import fp32_state_dict
 from ..models import create, model_class
 from ..models.io import load_model, read_model_file
 from ..records import Record
+from ..reports.imp import evaluation_row, level_values
 from ..train import Method, MethodList, TrainContext, TrainResult
 from ..train.engine import setup_distributed
-from ..video import TEMPORAL_KEYS
 from . import discriminator
 from .controls import CONTROLS
-from .masks import MaskedTraining, Masks, full_masks, prune_magnitude, sparsity_report
+from .masks import MaskedTraining, Masks, full_masks, masked_state, prune_magnitude, sparsity_report
 from .schedule import Curve, PruneStep, Schedule, Step, SweepableSchedule, TrainStep
 
 REWIND_FILE = "rewind.pt"
@@ -159,9 +159,7 @@ def initial_state(cfg: Config, run_dir: Path, level: int, masks: Masks) -> dict[
         state.update({f"{name}.weight": fresh[f"{name}.weight"] for name in masks})
     if level > 0:
         discriminator.carry_over(cfg, state, level_dir(run_dir, level - 1))
-    for name, mask in masks.items():
-        state[f"{name}.weight"] = state[f"{name}.weight"] * mask
-    return state
+    return masked_state(state, masks)
 
 
 def _samples_row(cfg: Config, folder: Path) -> None:
@@ -195,16 +193,17 @@ def _set_metrics(cfg: Config, folder: Path, device: torch.device) -> dict[str, f
     return model.to(device).set_metrics(held_out)
 
 
-def level_values(record: Record) -> dict[str, Any]:
-    """A level's train record with its errors at the top level (as the summary's rows and the report show it)."""
-    return {**{k: v for k, v in record.items() if k != "errors"}, **record.get("errors", {})}
-
-
-def _row(lv: dict[str, Any]) -> dict[str, Any]:
-    """A level's evaluation values: the per-pair error means (``*_error``, E included), the temporal errors and any
-    set metrics."""
-    keys = [k for k in lv if k.endswith("_error") or k in TEMPORAL_KEYS] + list(lv.get("set_metrics", []))
-    return {"level": lv["level"], "sparsity": lv["sparsity"], **{k: lv[k] for k in keys}}
+def trained_record(cfg: Config, folder: Path, masks: Masks) -> Record:
+    """What the record of a masked model trained in ``folder`` holds (an IMP level, a transferred ticket): its
+    sparsity overall, per group and per layer, its weight counts and any set metrics; writes its samples row."""
+    _samples_row(cfg, folder)
+    set_metrics = _set_metrics(cfg, folder, setup_distributed().device)
+    report = sparsity_report(masks)
+    found = {"sparsity": report["sparsity"], "sparsity_groups": report["groups"], "sparsity_layers": report["layers"],
+             "prunable_weights": report["prunable_weights"], "remaining_weights": report["remaining_weights"]}
+    if set_metrics:
+        found.update(set_metrics, set_metrics=sorted(set_metrics))
+    return found
 
 
 def imp_summary(cfg: Config, records: list[Record]) -> dict[str, Any]:
@@ -213,7 +212,7 @@ def imp_summary(cfg: Config, records: list[Record]) -> dict[str, Any]:
     verdict = model_class(cfg.model.name).verdict_metric
     dense = levels[0][verdict] if levels else None
     bound = dense * (1.0 + cfg.prune.matching_tolerance) if dense is not None else None
-    rows = [{**_row(lv), "matching": bool(lv[verdict] <= bound)} for lv in levels]
+    rows = [{**evaluation_row(lv), "matching": bool(lv[verdict] <= bound)} for lv in levels]
     matching = [r["sparsity"] for r in rows if r["matching"] and r["level"] > 0]  # the dense level proves nothing
     model_keys = {key: getattr(cfg.model, key) for key in ("encoder",) if hasattr(cfg.model, key)}
     gan_keys = {key: getattr(cfg.prune, key) for key in ("discriminator", "distill_weight")
@@ -276,15 +275,7 @@ class ImpSchedule(SweepableSchedule):
         if not isinstance(step, TrainStep):
             return {}
         level = int(step.name.split("_")[1])
-        _samples_row(self.cfg, step_dir)
-        set_metrics = _set_metrics(self.cfg, step_dir, setup_distributed().device)
-        report = sparsity_report(load_masks(self.run_dir, level))
-        found = {"level": level, "sparsity": report["sparsity"], "sparsity_groups": report["groups"],
-                 "sparsity_layers": report["layers"], "prunable_weights": report["prunable_weights"],
-                 "remaining_weights": report["remaining_weights"]}
-        if set_metrics:
-            found.update(set_metrics, set_metrics=sorted(set_metrics))
-        return found
+        return {"level": level, **trained_record(self.cfg, step_dir, load_masks(self.run_dir, level))}
 
     def summary(self, records: list[Record]) -> dict[str, Any]:
         return imp_summary(self.cfg, records)

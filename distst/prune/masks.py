@@ -99,6 +99,42 @@ def apply_masks(model: DiststModel, masks: Masks) -> None:
         module.weight.mul_(masks[name].to(module.weight.device, module.weight.dtype))
 
 
+def masked_state(state: Mapping[str, Tensor], masks: Masks) -> dict[str, Tensor]:
+    """A copy of the state dict ``state`` with each masked layer's weight times its mask: a ticket's start."""
+    out = dict(state)
+    for name, mask in masks.items():
+        out[f"{name}.weight"] = out[f"{name}.weight"] * mask
+    return out
+
+
+def mask_mismatch(masks: Masks, model: DiststModel) -> str | None:
+    """The first mask that does not fit ``model`` (a layer it lacks, another weight shape, not boolean), as a phrase;
+    None when every mask fits. Works on a model built on the meta device (only shapes are read)."""
+    groups = model.groups()
+    layers = prunable_layers(model, _scope_of(masks) & set(groups))
+    for name, mask in masks.items():
+        group = name.split(".", 1)[0]
+        if group not in groups:
+            return f"its mask covers group {group!r}, which {model.name} has not (its groups: {', '.join(groups)})"
+        layer = layers.get(name)
+        if layer is None:
+            return f"its mask covers layer {name}, which this {model.name} has not"
+        if tuple(mask.shape) != tuple(layer.weight.shape):
+            return (f"its mask of {name}.weight has shape {tuple(mask.shape)}, this run's {name}.weight "
+                    f"{tuple(layer.weight.shape)}")
+        if mask.dtype != torch.bool:
+            return f"its mask of {name} is {mask.dtype}, not a boolean mask"
+    return None
+
+
+@torch.no_grad()
+def off_mask_nonzero(model: DiststModel, masks: Masks) -> int:
+    """How many weights that ``masks`` prune are not zero in ``model``: 0 when masked training held."""
+    layers = prunable_layers(model, _scope_of(masks))
+    return sum(int(layers[name].weight[~mask.to(layers[name].weight.device)].count_nonzero())
+               for name, mask in masks.items())
+
+
 def sparsity_report(masks: Masks) -> dict[str, Any]:
     """Fraction of pruned weights overall, per group and per layer (of the prunable weights)."""
     def frac(items: list[Tensor]) -> float:

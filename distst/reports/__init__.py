@@ -1,4 +1,5 @@
-"""Reports of multi-step runs, one per ``summary.json`` ``kind`` (``imp``, ``channels``), and one ``publish``.
+"""Reports of multi-step runs, one per ``summary.json`` ``kind`` (``imp``, ``channels``, ``transfer``), and one
+``publish``.
 
 A report reads only the run directory (its summary and step records, images the steps saved), so it can be
 made anywhere the directory is; ``publish`` writes it and sends its table, plots and headline numbers to
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..records import read_summary
 from ..track import Tracker
-from . import channels, imp  # noqa: F401  (register their kinds)
+from . import channels, imp, transfer  # noqa: F401  (register their kinds)
 from .base import REPORTS, Report, ReportError
 
 if TYPE_CHECKING:

@@ -35,6 +35,10 @@ class Report(ABC):
     def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
         """The W&B run summary's numbers."""
 
+    def finished(self, run_dir: Path, summary: dict[str, Any]) -> str:
+        """What the command that ran it prints at the end (a few lines)."""
+        return f"{self.kind} run finished: {run_dir}\n  report: {run_dir / 'report' / 'report.md'}"
+
 
 REPORTS: dict[str, Report] = {}
 

@@ -26,10 +26,21 @@ SET_PLOTS = (("fid", "FID"), ("kid", "KID"), ("total_error", "E (cycle errors)")
 LABELS = {"total_error": "E", "fid": "FID", "kid": "KID", "kid_std": "KID std", "fid_images": "images"}
 
 
+def level_values(record: dict[str, Any]) -> dict[str, Any]:
+    """A level's train record with its errors at the top level (as the summary's rows and the report show it)."""
+    return {**{k: v for k, v in record.items() if k != "errors"}, **record.get("errors", {})}
+
+
+def evaluation_row(lv: dict[str, Any]) -> dict[str, Any]:
+    """A level's evaluation values: the per-pair error means (``*_error``, E included), the temporal errors and any
+    set metrics."""
+    keys = [k for k in lv if k.endswith("_error") or k in TEMPORAL_KEYS] + list(lv.get("set_metrics", []))
+    return {"level": lv["level"], "sparsity": lv["sparsity"], **{k: lv[k] for k in keys}}
+
+
 def load_levels(run_dir: Path) -> list[dict[str, Any]]:
     """Each finished level's values (its train step's record, errors at the top level), in level order."""
-    levels = [{**{k: v for k, v in r.items() if k != "errors"}, **r.get("errors", {})}
-              for r in step_records(run_dir) if r["kind"] == "train"]
+    levels = [level_values(r) for r in step_records(run_dir) if r["kind"] == "train"]
     if not levels:
         raise ReportError(f"{run_dir} has no finished level yet")
     return levels

@@ -81,7 +81,7 @@ def test_a_resplit_hands_every_pending_sample_to_exactly_one_new_process(shards:
            for r in range(after)]
     starts = [stream.start for stream in new]
     handed = Counter()
-    for stream, start in zip(new, starts, strict=True):
+    for start in starts:
         for _worker, by_stream in start["inherit"].items():
             handed.update(_keys_at(*by_stream["content"]))
     assert handed == pending  # every pending sample, each time it is pending, to exactly one new process
