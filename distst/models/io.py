@@ -24,6 +24,10 @@ READABLE = ("distst-model/1", FORMAT)
 # Where weights came from is not part of a model file: the file is the weights (a model's record names its
 # weight-file keys).
 _NOT_SAVED_EVER = {"init_from"}
+# Where a published (non-distst) file goes instead: each model's weight keys, never a model-file argument.
+_REFERENCE_FILES = ("a published model's own files go in its weight keys instead: stylize's --vgg/--decoder/"
+                    "--transform or --weights KEY=FILE, a job's model.<key>=FILE (e.g. model.vgg_weights, "
+                    "model.generator_weights for CycleGAN; every model's keys: docs/install.md)")
 
 
 def save_model(model: DiststModel, path: str | Path, state: dict[str, torch.Tensor] | None = None,
@@ -53,8 +57,7 @@ def read_model_file(path: str | Path) -> tuple[ModelSection, dict[str, torch.Ten
         raise WeightsError(f"{path} is not a readable distst model file ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else 'empty or truncated'})") from None
     if not isinstance(blob, dict) or blob.get("format") not in READABLE:
-        raise WeightsError(f"{path} is not a distst model file (expected format {FORMAT!r}); "
-                           "for reference .pth files use --vgg/--decoder/--transform")
+        raise WeightsError(f"{path} is not a distst model file (expected format {FORMAT!r}); {_REFERENCE_FILES}")
     outputs.check(path, outputs.model_step(blob, path))  # never the model of an old finish beside newer checkpoints
     try:
         section = model_section(**blob["model"])

@@ -121,3 +121,12 @@ def test_weight_keys_are_recorded_conflicts_refused_and_model_files_never_store_
         tiny_config(tmp_path, model__name="cyclegan", model__init_from=path, model__generator_ab_weights=path)
     section, _ = read_model_file(save_model(tiny(generator_weights=path), tmp_path / "model.pt"))
     assert isinstance(section, CycleGANSection) and section.generator_weights is None
+
+
+def test_a_published_file_given_as_a_model_file_says_which_key_takes_it(tmp_path: Path) -> None:
+    from distst.models.io import read_model_file
+
+    path = write_generator(tmp_path / "latest_net_G.pth", ReferenceResnetGenerator(NGF, 2))
+    with pytest.raises(WeightsError, match="not a distst model file") as err:
+        read_model_file(path)  # what model.init_from, stylize --checkpoint and export read
+    assert "model.generator_weights" in str(err.value) and "\n" not in str(err.value)
