@@ -105,10 +105,15 @@ distst_wrote_checkpoint() {
 }
 
 distst_master_port() {
-    # 20000 + job id mod 20000 (distinct for jobs sharing a node), or the next port after it that is free here:
-    # one another process holds would stop the tasks' rendezvous (EADDRINUSE). The batch script runs on the
+    # 20000 + (job id + an offset from the cluster's name) mod 20000 (distinct for jobs sharing a node; jobs of
+    # two clusters on one node get different ports too), or the next port after it that is free here: one
+    # another process holds would stop the tasks' rendezvous (EADDRINUSE). The batch script runs on the
     # allocation's first node, where rank 0 listens.
-    local python=$1 first=$((20000 + SLURM_JOB_ID % 20000))
+    local python=$1 offset=0
+    if [[ -n ${SLURM_CLUSTER_NAME:-} ]]; then
+        offset=$(( $(printf '%s' "$SLURM_CLUSTER_NAME" | cksum | cut -d' ' -f1) % 20000 ))
+    fi
+    local first=$((20000 + (SLURM_JOB_ID + offset) % 20000))
     "$python" - "$first" <<'PY'
 import socket
 import sys

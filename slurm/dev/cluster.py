@@ -532,7 +532,9 @@ class SlurmCluster:
         auth_info.append(f"cred_expire={self.cred_expire}")
         lines = [
             "# Written by slurm/dev/cluster.py: one-node dev/test cluster. See slurm/dev/README.md.",
-            "ClusterName=distst-dev",
+            # A name of its own: distst_job.sh offsets its rendezvous port by it, so two side-by-side clusters'
+            # job 10s do not race for one port (both see it free, one loses: EADDRINUSE).
+            f"ClusterName=distst-dev-{uuid.uuid4().hex[:8]}",
             f"SlurmctldHost={self.node_name}(127.0.0.1)",
             # Free ports instead of 6817/6818: side-by-side clusters (two test runs) do not collide.
             f"SlurmctldPort={ctld_port}",

@@ -43,10 +43,13 @@ def test_headers_for_checkpoint_and_requeue(script: Path) -> None:
 def test_master_port_is_the_jobs_own_or_the_next_free_one() -> None:
     """The rendezvous port: 20000 + job id mod 20000, stepping past ports another process holds."""
 
-    def master_port(job_id: int) -> subprocess.CompletedProcess:
+    def master_port(job_id: int, cluster: str = "") -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-c", f'source slurm/distst_job.sh && SLURM_JOB_ID={job_id} '
-                                             f'distst_master_port "{sys.executable}"'],
+                                             f'SLURM_CLUSTER_NAME={cluster} distst_master_port "{sys.executable}"'],
                               cwd=REPO, capture_output=True, text=True)
+
+    # Two clusters on one node (two test runs' dev clusters): their job 10s do not race for one port.
+    assert master_port(10, "distst-dev-1a2b3c4d").stdout != master_port(10, "distst-dev-5e6f7a8b").stdout
 
     with _listening_in(25000, 26000) as held:
         port = held.getsockname()[1]
