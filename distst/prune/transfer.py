@@ -132,7 +132,9 @@ def _shapes_model(cfg: Config) -> Any:
     try:
         with torch.device("meta"):
             return create(section, weights=False)
-    except (RuntimeError, NotImplementedError):  # a model that reads values while it initialises
+    except (RuntimeError, NotImplementedError):  # not a stub: some models read values while they initialise
+        # (CycleGAN's image pools call .item(); an op without a meta kernel raises NotImplementedError), so
+        # those build for real, once, at preflight
         return create(section, weights=False)
 
 
