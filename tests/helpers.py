@@ -16,6 +16,16 @@ from distst.stop import StopRequest
 from distst.train import Method, StepInputs, TrainContext
 
 REPO = Path(__file__).resolve().parents[1]
+#: How many times its quiet-machine figure a test waits for an event (a process's exit, a log line, a job state)
+#: before it fails: a cap that a passing test never reaches, so it costs nothing there. Two ``make test`` side by
+#: side on 2 cores ran about 4x slower than one; ``DISTST_TEST_PATIENCE`` sets it for a machine slower still.
+PATIENCE = float(os.environ.get("DISTST_TEST_PATIENCE", "4"))
+
+
+def patience(seconds: float) -> float:
+    """The cap for a wait on an event whose quiet-machine cap is ``seconds``."""
+    return seconds * PATIENCE
+
 SAMPLE = sample_location()
 #: A slimmed AdaIN plan at the tiny width (1/8): some encoder and mirrored decoder layers narrower.
 SLIM_ADAIN = {"encoder": {"conv3_1": 20, "conv3_2": 12, "conv4_1": 40},
@@ -47,9 +57,10 @@ def distst_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "distst", *args]
 
 
-def run_distst(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+def run_distst(*args: str, timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """``distst ARGS`` as a user runs it; ``timeout``: the cap (default ``patience(300)``)."""
     proc = subprocess.run(distst_command(*args), cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=patience(300) if timeout is None else timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"distst {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-5000:]}")

@@ -15,7 +15,7 @@ importing the fixture function by name also works but trips ruff's F811)::
     @pytest.mark.slurm
     def test_imp_adain_script(slurm_cluster, tmp_path):
         job = slurm_cluster.sbatch(REPO_ROOT / "slurm/imp_adain.sh", "--time=10",
-                                   env={"RUN_DIR": str(tmp_path), "EPOCHS": "1"}, cwd=REPO_ROOT, timeout=600)
+                                   env={"RUN_DIR": str(tmp_path), "EPOCHS": "1"}, cwd=REPO_ROOT, timeout=patience(600))
         assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), job.output()
 
 `sbatch(script, *sbatch_args, env=..., wait=True, timeout=..., cwd=...)` returns a `Job` once it has ended
@@ -44,6 +44,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from helpers import patience
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_PY = REPO_ROOT / "slurm" / "dev" / "cluster.py"
@@ -115,7 +116,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         _SharedCluster.release()
 
 
-def wait_until(predicate, job, timeout: float = 300) -> None:
+def wait_until(predicate, job, timeout: float = patience(300)) -> None:
     """Poll ``predicate`` (an event: a file, a log line) while the Slurm ``job`` runs, with a generous cap."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import run_distst
+from helpers import patience, run_distst
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ from helpers import run_distst
 def test_the_benchmark_runs_at_its_smallest_size_and_reports_every_mode(tmp_path: Path) -> None:
     out = tmp_path / "bench_tune.json"
     proc = run_distst("bench", "tune", "--trials", "2", "--steps", "1", "--crop", "32", "--json", str(out),
-                      timeout=600)
+                      timeout=patience(600))
     report = json.loads(out.read_text())
     assert (report["trials"], report["steps"], report["crop"]) == (2, 1, 32)
     for key in ("plain_s", "ray_one_at_a_time_s", "ray_two_at_a_time_s"):

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import slurm_fixtures
+from helpers import patience
 from slurm_fixtures import CLUSTER_PY, ClusterError, JobCannotRun, cluster_module
 
 pytest_plugins = ["slurm_fixtures"]  # provides the session-scoped `slurm_cluster` fixture
@@ -38,7 +39,7 @@ def test_trivial_job_completes_and_writes_its_output_file(slurm_cluster, tmp_pat
         echo "hello from job $SLURM_JOB_ID on $SLURMD_NODENAME, GREETING=$GREETING"
         """
     )
-    job = slurm_cluster.sbatch(script, env={"GREETING": "hi"}, timeout=60)
+    job = slurm_cluster.sbatch(script, env={"GREETING": "hi"}, timeout=patience(60))
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), job.output()
     assert slurm_cluster.output_path(job.job_id) == tmp_path / f"hello-{job.job_id}.out"
     assert job.output() == f"hello from job {job.job_id} on {slurm_cluster.node_name}, GREETING=hi\n"
@@ -46,7 +47,7 @@ def test_trivial_job_completes_and_writes_its_output_file(slurm_cluster, tmp_pat
 
 @pytest.mark.slurm
 def test_failing_job_reports_its_exit_code(slurm_cluster) -> None:
-    job = slurm_cluster.sbatch(_script("echo failing; exit 3\n"), timeout=60)
+    job = slurm_cluster.sbatch(_script("echo failing; exit 3\n"), timeout=patience(60))
     assert (job.state, job.exit_code) == ("FAILED", "3:0")
     assert job.output() == "failing\n"
 
@@ -82,7 +83,7 @@ def test_srun_two_tasks_form_a_gloo_group(slurm_cluster, tmp_path) -> None:
         srun --ntasks=2 {sys.executable} {allreduce}
         """
     )
-    job = slurm_cluster.sbatch(script, timeout=120)
+    job = slurm_cluster.sbatch(script, timeout=patience(120))
     output = job.output()
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), output
     assert sorted(re.findall(r"^procid=(\d)$", output, re.M)) == ["0", "1"]
@@ -105,11 +106,11 @@ REQUEUE_ON_USR1 = """
 @pytest.mark.slow
 def test_usr1_to_batch_script_requeues_it_and_the_rerun_finishes(slurm_cluster) -> None:
     job = slurm_cluster.sbatch(_script(REQUEUE_ON_USR1), wait=False)
-    job.wait(["RUNNING"], timeout=30)
-    _wait_for_output(job, "trap ready", timeout=30)  # a USR1 before the trap would kill bash
+    job.wait(["RUNNING"], timeout=patience(30))
+    _wait_for_output(job, "trap ready", timeout=patience(30))  # a USR1 before the trap would kill bash
     started = time.monotonic()
     job.signal("USR1")
-    job.wait(timeout=60)
+    job.wait(timeout=patience(60))
     output = job.output()
     assert (job.state, job.exit_code, job.restarts) == ("COMPLETED", "0:0", 1), output
     # slurmstepd may add its own "*** JOB n CANCELLED ... DUE TO JOB REQUEUE ***" line, depending on timing
@@ -129,7 +130,7 @@ def test_more_cpus_than_the_node_has_is_rejected_at_once(slurm_cluster) -> None:
     too_many = cluster_module.host_cpu_count() + 1
     started = time.monotonic()
     with pytest.raises(ClusterError, match="More processors requested than permitted"):
-        slurm_cluster.sbatch(_script("true\n"), f"--cpus-per-task={too_many}", timeout=10)
+        slurm_cluster.sbatch(_script("true\n"), f"--cpus-per-task={too_many}", timeout=patience(10))
     assert time.monotonic() - started < 10
 
 
@@ -138,7 +139,7 @@ def test_waiting_for_a_job_that_can_never_start_fails_fast(slurm_cluster) -> Non
     job = slurm_cluster.sbatch(_script("true\n"), "--hold", wait=False)
     try:
         with pytest.raises(JobCannotRun, match="JobHeldUser"):
-            job.wait(timeout=30)
+            job.wait(timeout=patience(30))
     finally:
         slurm_cluster.cancel(job.job_id)
 
@@ -157,7 +158,7 @@ def test_signal_before_time_limit_reaches_the_batch_script(slurm_cluster) -> Non
         sleep 300 & wait
         """
     )
-    job = slurm_cluster.sbatch(script, timeout=75)
+    job = slurm_cluster.sbatch(script, timeout=patience(75))
     output = job.output()
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), output
     # slurmstepd may add "failed signal 18 ... No such process": it sends SIGCONT with the warning
@@ -184,7 +185,7 @@ def test_cli_up_and_down_leave_no_daemons_behind(tmp_path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, str(CLUSTER_PY), *args], capture_output=True, text=True, timeout=120
+        [sys.executable, str(CLUSTER_PY), *args], capture_output=True, text=True, timeout=patience(120)
     )
     assert result.returncode == 0, result.stderr
     return result

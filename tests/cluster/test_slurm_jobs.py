@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import patience
 from slurm_fixtures import REPO_ROOT
 
 pytest_plugins = ["slurm_fixtures"]
@@ -22,7 +23,7 @@ CPU_TASKS = ("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-pe
 
 
 def submit(cluster, script: str, run_dir: Path, overrides: str, *sbatch_args: str, wait: bool = True,
-           env: dict[str, str] | None = None, timeout: float = 600):
+           env: dict[str, str] | None = None, timeout: float = patience(600)):
     job_env = {"DISTST_JOB": f"jobs/local/{Path(script).stem}.yaml", "DISTST_RUN_DIR": str(run_dir),
                "DISTST_OVERRIDES": f"{TINY} {overrides}", "DISTST_VENV": str(Path(sys.executable).parents[1]),
                "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "TQDM_DISABLE": "1",
@@ -50,7 +51,7 @@ def test_sbatch_imp_runs_two_tasks_to_the_report(slurm_cluster, tmp_path: Path, 
     assert summary["model"] == Path(script).stem.split("_")[1]
 
 
-def wait_for_losses(path: Path, count: int, job, timeout: float = 300) -> None:
+def wait_for_losses(path: Path, count: int, job, timeout: float = patience(300)) -> None:
     deadline = time.monotonic() + timeout
     while not (path.is_file() and path.read_text().count('"loss"') >= count):
         assert job.state not in ("COMPLETED", "FAILED", "CANCELLED"), job.output()
@@ -67,7 +68,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_masks(sl
     job = submit(slurm_cluster, "slurm/imp_adain.sh", run_dir, settings, wait=False)
     wait_for_losses(run_dir / "level_1" / "metrics.jsonl", 3, job)
     job.signal("USR1")  # scancel --signal=USR1 --batch: what --signal=B:USR1@120 sends before the time limit
-    job.wait(timeout=600)
+    job.wait(timeout=patience(600))
     assert (job.state, job.exit_code, job.restarts) == ("COMPLETED", "0:0", 1), job.output()
     assert "requeueing" in job.output()
     steps = [int(p.name.split("_")[1]) for p in (run_dir / "level_1" / "checkpoints").glob("step_*")]
@@ -79,7 +80,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_to_the_same_masks(sl
     assert ours == json.loads((tmp_path / "reference" / "run" / "summary.json").read_text())["levels"]
 
 
-def wait_for_output(job, text: str, timeout: float = 600) -> None:
+def wait_for_output(job, text: str, timeout: float = patience(600)) -> None:
     deadline = time.monotonic() + timeout
     while text not in job.output():
         assert job.state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), job.output()
@@ -95,11 +96,11 @@ def test_time_limit_signal_checkpoints_and_requeues(slurm_cluster, tmp_path: Pat
     run_dir = tmp_path / "run"
     job = submit(slurm_cluster, "slurm/imp_adain.sh", run_dir, "train.steps=600 train.checkpoint_every=100000 "
                  "train.eval_every=600 prune.rounds=0", "--signal=B:USR1@50", wait=False)
-    wait_for_losses(run_dir / "level_0" / "metrics.jsonl", 1, job, timeout=600)
+    wait_for_losses(run_dir / "level_0" / "metrics.jsonl", 1, job, timeout=patience(600))
     slurm_cluster.command(["scontrol", "update", f"JobId={job.job_id}", "TimeLimit=1"])
     wait_for_output(job, "requeueing")
     slurm_cluster.command(["scontrol", "update", f"JobId={job.job_id}", "TimeLimit=30"])
-    job.wait(timeout=1200)
+    job.wait(timeout=patience(1200))
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), job.output()
     assert job.restarts >= 1
     resumed = [int(m) for m in re.findall(r"resuming \S+ from step_(\d+)", job.output())]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import patience
 from slurm_fixtures import REPO_ROOT, wait_until
 
 pytest_plugins = ["slurm_fixtures"]
@@ -60,7 +61,7 @@ def test_a_task_killed_mid_run_requeues_the_job_at_most_max_rank_deaths_times(sl
     before = checkpoints(run_dir)
     wait_until(lambda: bool(checkpoints(run_dir) - before), job)  # the requeued run resumed and checkpoints
     kill_task(job.job_id, 1)
-    job.wait(timeout=300)
+    job.wait(timeout=patience(300))
 
     out = job.output()
     assert (job.state, job.restarts) == ("FAILED", 1), out

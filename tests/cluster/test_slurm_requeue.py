@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import patience
 from slurm_fixtures import REPO_ROOT, wait_until
 
 pytest_plugins = ["slurm_fixtures"]
@@ -52,7 +53,7 @@ def test_stopped_job_whose_checkpoint_fails_is_not_requeued(slurm_cluster, tmp_p
     assert not blocked.exists()
     blocked.write_text("not a directory")
     job.signal("USR1")
-    job.wait(timeout=300)
+    job.wait(timeout=patience(300))
 
     assert (job.state, job.restarts) == ("FAILED", 0), job.output()
     assert "distst: signal received, asking the tasks to checkpoint" in job.output()
@@ -71,7 +72,7 @@ def test_job_is_requeued_at_most_max_requeues_times(slurm_cluster, tmp_path: Pat
     first_stop = losses(run_dir)
     wait_until(lambda: losses(run_dir) > first_stop, job)  # the requeued run resumed and is stepping
     job.signal("USR1")
-    job.wait(timeout=300)
+    job.wait(timeout=patience(300))
 
     assert (job.state, job.restarts) == ("FAILED", 1), job.output()
     assert "requeueing job" in job.output() and "(requeue 1 of at most 1," in job.output()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import REPO, SAMPLE, subprocess_env
+from helpers import REPO, SAMPLE, patience, subprocess_env
 
 from distst.config import ConfigError
 from distst.records import record_path
@@ -183,7 +183,7 @@ def test_asha_early_stops_a_two_process_trial_and_frees_its_workers(ray_local, t
     assert ray.available_resources().get("CPU") == pytest.approx(2.0), "a placement group is still reserved"
     group = ray.util.placement_group([{"CPU": 1.0}] * 2)
     try:
-        assert group.wait(timeout_seconds=10), "the next trial's 2 workers could not start"
+        assert group.wait(timeout_seconds=patience(10)), "the next trial's 2 workers could not start"
     finally:
         ray.util.remove_placement_group(group)
 
@@ -220,7 +220,7 @@ def test_a_killed_driver_leaves_no_ray_process_and_resumes_from_its_sealed_state
     def start_until(attempt_lines: int, resume: bool) -> subprocess.Popen:
         proc = subprocess.Popen([*command, *(["--resume"] if resume else [])], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + patience(300)
         while not (paths := list(out.glob("trials/*_00001/tune_attempts.jsonl"))) or \
                 len(paths[0].read_text().splitlines()) < attempt_lines:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
@@ -232,7 +232,7 @@ def test_a_killed_driver_leaves_no_ray_process_and_resumes_from_its_sealed_state
     assert any("raylet" in p.name() for p in ray_processes), [p.name() for p in ray_processes]
     proc.kill()
     proc.communicate()
-    _, alive = psutil.wait_procs(ray_processes, timeout=120)
+    _, alive = psutil.wait_procs(ray_processes, timeout=patience(120))
     assert not alive, f"Ray processes of the killed driver are still running: {alive}"
     assert "ended without stopping Ray" in (out / "reaper.log").read_text()
     finished = next(out.glob("trials/*_00000"))
@@ -240,13 +240,13 @@ def test_a_killed_driver_leaves_no_ray_process_and_resumes_from_its_sealed_state
 
     proc = start_until(2, resume=True)
     proc.send_signal(signal.SIGINT)  # what Ctrl+C (or the Slurm script, on preemption) sends
-    output = proc.communicate(timeout=120)[0]
+    output = proc.communicate(timeout=patience(120))[0]
     assert proc.returncode == 75, output[-4000:]
     started = len(attempts(finished))
 
     marker = tmp_path / "pwned"
     _poison_tune_state(out / "tune", marker)
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=patience(300))
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     assert not marker.exists(), "a poisoned file of the sweep state was unpickled"
     rows = results_csv(out)
@@ -258,7 +258,7 @@ def test_a_killed_driver_leaves_no_ray_process_and_resumes_from_its_sealed_state
 
     sealed = out / "tune.sealed.json"
     sealed.write_text(sealed.read_text().replace('"hmac": "', '"hmac": "0'))
-    refused = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=patience(120))
     assert refused.returncode == 2 and "refusing to unpickle its Tune state" in refused.stderr, refused.stderr[-4000:]
     assert not marker.exists()
 
@@ -278,7 +278,7 @@ def test_slurm_tune_script_runs_a_sweep_on_ray_started_in_the_allocation(slurm_c
            "TQDM_DISABLE": "1", "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     job = slurm_cluster.sbatch(REPO / "slurm" / "tune.sh", "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=2",
                                "--gpus-per-node=0", "--time=10", f"--output={tmp_path}/slurm-%j.out", env=env,
-                               cwd=REPO, timeout=400)
+                               cwd=REPO, timeout=patience(400))
     output = job.output()
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), output[-6000:]
     assert "Ray: 1 node(s), 2 CPUs, 0 GPUs" in output

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import run_distst, tiny_overrides
+from helpers import patience, run_distst, tiny_overrides
 
 from distst.bench.train import DATA_BOUND_MARGIN, LOADER_MIN_STEPS, verdict
 from distst.cli import main
@@ -18,7 +18,7 @@ from distst.commands.bench import BENCHES
 def test_both_precisions_report_start_up_training_and_loader_rates(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = run_distst("bench", "train", "--steps", "3", "--warmup", "1", "--json", str(out),
-                      *tiny_overrides(tmp_path / "not-used"), timeout=240)
+                      *tiny_overrides(tmp_path / "not-used"), timeout=patience(240))
     report = json.loads(out.read_text())
     rows = report["precisions"]
     assert list(rows) == ["fp32", "bf16"]  # the default: both, in this order, in one run

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, on_int8_grid, run_distst, subprocess_env, tiny_overrides, write_job
+from helpers import REPO, on_int8_grid, patience, run_distst, subprocess_env, tiny_overrides, write_job
 
 from distst.config import build_config
 from distst.data import eval_pairs
@@ -66,7 +66,7 @@ def assert_fp32_file_reproduces_e(run_dir: Path) -> None:
 def test_imp_in_bf16_ships_fp32_masters_with_exact_sparsities(tmp_path: Path, zero_stage: int) -> None:
     run = tmp_path / "run"
     run_distst("imp", str(write_job(tmp_path / "job.yaml")), *tiny_overrides(run), "prune.method=imp",
-               "prune.rounds=2", "prune.rewind_step=1", f"deepspeed.zero_stage={zero_stage}", *BF16, timeout=600)
+               "prune.rounds=2", "prune.rewind_step=1", f"deepspeed.zero_stage={zero_stage}", *BF16, timeout=patience(600))
     rewind = torch.load(run / "level_0" / "rewind.pt", weights_only=True)
     assert mostly_off_the_bf16_grid(fp32_values(rewind))
     for level in (0, 1, 2):
@@ -87,7 +87,7 @@ def test_channel_methods_in_bf16(tmp_path: Path, method: str) -> None:
     settings = {"l2": ["prune.iterations=1"], "iccp": ["prune.ratios=[0.5]", "prune.sides=[encoder]"], "cpst": []}
     run_distst("prune", str(write_job(tmp_path / "job.yaml")), *tiny_overrides(run, train__steps=3),
                f"prune.method={method}", "prune.finetune_steps=1", "deepspeed.zero_stage=1", *settings[method], *BF16,
-               timeout=600)
+               timeout=patience(600))
     summary = json.loads((run / "summary.json").read_text())
     trained = [run / f"{s['index']:02d}_{s['stage']}" for s in summary["stages"] if s["kind"] == "train"]
     for stage_dir in trained:
@@ -175,7 +175,7 @@ def test_cpst_losses_have_gradients_on_bf16_features() -> None:
 def test_qat_in_bf16_ends_on_the_int8_grid(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run_distst("train", str(write_job(tmp_path / "job.yaml")), *tiny_overrides(run), "prune.method=qat",
-               "deepspeed.zero_stage=1", *BF16, timeout=600)
+               "deepspeed.zero_stage=1", *BF16, timeout=patience(600))
     _, state = read_model_file(run / "model.pt")
     convs = [v for k, v in state.items() if k.endswith(".weight") and v.dim() == 4]
     assert convs and all(v.dtype == torch.float32 and on_int8_grid(v) for v in convs)
@@ -189,7 +189,7 @@ def test_gan_imp_in_bf16(tmp_path: Path) -> None:
            "model.feature_extractor=random_conv", "model.fid_images=4", "prune.method=imp", "prune.rounds=1"]
     run_distst("imp", str(write_job(tmp_path / "job.yaml", model="cyclegan")),
                *tiny_overrides(run, train__steps=2, train__lr=2e-4), *gan, "deepspeed.zero_stage=1", *BF16,
-               timeout=600)
+               timeout=patience(600))
     masks = torch.load(run / "level_1" / "mask.pt", weights_only=True)
     total = sum(m.numel() for m in masks.values())
     assert sum(int(m.sum()) for m in masks.values()) == remaining_target(total, 0.2, 1)
@@ -213,7 +213,7 @@ def test_bf16_stop_and_resume_is_bitwise_in_module_and_masters(tmp_path: Path) -
                                str(out), str(reports), "mask_rate=0.5", "model.encoder=trainable", "prune.method=imp",
                                "train.steps=4", "train.deterministic=true", "deepspeed.zero_stage=1",
                                "deepspeed.precision=bf16", *extra],
-                              cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+                              cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=patience(300))
         assert proc.returncode == 0, proc.stderr[-4000:]
         return [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
 

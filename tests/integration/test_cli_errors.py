@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_overrides, write_job
+from helpers import REPO, distst_command, patience, run_distst, subprocess_env, tiny_overrides, write_job
 from PIL import Image
 
 from distst.cli import build_parser, is_user_error, main, parse
@@ -48,7 +48,7 @@ def test_help_of_every_command_imports_nothing_heavy() -> None:
         f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=patience(60))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
@@ -61,7 +61,7 @@ def test_sigterm_in_the_first_instant_of_train_checkpoints_and_exits_75(tmp_path
                             text=True)
     time.sleep(0.2)  # still importing: the handler must already be in place
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=patience(300))
     assert proc.returncode == 75, err[-3000:]
     resumed = run_distst("train", str(job), *tiny_overrides(tmp_path / "run"))  # resumable: finishes the run
     assert resumed.returncode == 0
@@ -89,9 +89,9 @@ def test_unknown_options_are_still_argparse_errors(capsys: pytest.CaptureFixture
 
 def test_debug_env_shows_the_traceback_of_a_user_error(tmp_path: Path) -> None:
     argv = distst_command("report", str(tmp_path / "missing"))
-    plain = subprocess.run(argv, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    plain = subprocess.run(argv, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=patience(60))
     debug = subprocess.run(argv, cwd=REPO, env={**subprocess_env(), "DISTST_DEBUG": "1"}, capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=patience(60))
     assert plain.returncode == debug.returncode == 2
     assert plain.stderr.strip().splitlines() == [f"distst report: error: run directory {tmp_path / 'missing'} "
                                                  "does not exist"]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import subprocess_env, tiny_config
+from helpers import patience, subprocess_env, tiny_config
 
 from distst.config import DEFAULT_COLLECTIVE_TIMEOUT_S, ConfigError
 from distst.train.engine import free_port
@@ -58,7 +58,7 @@ def script(tmp_path: Path) -> Path:
 
 def test_the_group_gets_the_default_then_the_given_timeout(script: Path) -> None:
     proc = start(0, 1, free_port(), "default", script)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=patience(120))
     assert proc.returncode == 0, out
     assert [line for line in out.splitlines() if line.startswith("timeout")] == \
         [f"timeout {float(DEFAULT_COLLECTIVE_TIMEOUT_S)}", "timeout 7.0"]
@@ -69,7 +69,7 @@ def test_a_rank_that_never_comes_fails_the_other_within_the_timeout(script: Path
     ranks = [start(rank, 2, port, "3", script) for rank in (0, 1)]
     try:
         began = time.monotonic()
-        out, _ = ranks[0].communicate(timeout=120)  # waits on rank 0's exit, not on a sleep
+        out, _ = ranks[0].communicate(timeout=patience(120))  # waits on rank 0's exit, not on a sleep
         elapsed = time.monotonic() - began
     finally:
         for proc in ranks:

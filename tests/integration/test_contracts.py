@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, SLIM_ADAIN, run_distst, subprocess_env, tiny_config
+from helpers import REPO, SLIM_ADAIN, patience, run_distst, subprocess_env, tiny_config
 from toy_models import ChannelGate, ToyGAN, same_weights
 
 from distst.config import ConfigError, build_config, model_section, with_overrides
@@ -208,7 +208,7 @@ def test_gradient_edits_freeze_weights_under_zero_with_two_gloo_ranks(tmp_path: 
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
          str(REPO / "tests" / "workers" / "freeze_worker.py"), str(out), str(report), f"deepspeed.zero_stage={zero_stage}"],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=patience(300))
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(report.read_text())
     assert result["edits"] == 3  # one per optimizer step
@@ -301,7 +301,7 @@ def test_train_runs_in_a_thread_and_stops_on_request_from_another(tmp_path: Path
     reference = tmp_path / "reference"
     worker = threading.Thread(target=train, args=(tiny_config(reference, train__steps=5, **settings), reference))
     worker.start()
-    worker.join(timeout=300)
+    worker.join(timeout=patience(300))
     assert not worker.is_alive() and (reference / "model.pt").is_file()
 
     request, reached, go = StopRequest(), threading.Event(), threading.Event()
@@ -311,7 +311,7 @@ def test_train_runs_in_a_thread_and_stops_on_request_from_another(tmp_path: Path
         def extra_losses(self, ctx: TrainContext, inputs: StepInputs) -> dict:
             if ctx.step == 1:
                 reached.set()
-                go.wait(timeout=60)
+                go.wait(timeout=patience(60))
             return {}
 
     results = []
@@ -319,10 +319,10 @@ def test_train_runs_in_a_thread_and_stops_on_request_from_another(tmp_path: Path
     cfg = tiny_config(out, train__steps=5, **settings)
     worker = threading.Thread(target=lambda: results.append(train(cfg, out, PauseAtStep2(), stop=request)))
     worker.start()
-    assert reached.wait(timeout=300)
+    assert reached.wait(timeout=patience(300))
     request.set("test")  # from this (another) thread
     go.set()
-    worker.join(timeout=300)
+    worker.join(timeout=patience(300))
     assert results[0].stopped and results[0].steps == 2 and not (out / "model.pt").exists()
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
     assert not request.is_set()  # acted on

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, StopAt, subprocess_env, tiny_config
+from helpers import REPO, StopAt, patience, subprocess_env, tiny_config
 from torch import nn
 from toy_models import same_weights
 
@@ -226,7 +226,7 @@ def test_two_rank_stop_and_resume_is_bitwise_with_every_ranks_own_pools(tmp_path
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                f"--master_port={free_port()}", str(REPO / "tests" / "workers" / "train_worker.py"),
                                str(out), str(reports), *overrides, *extra],
-                              cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+                              cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=patience(300))
         assert proc.returncode == 0, proc.stderr[-4000:]
         return [json.loads((reports / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from data_fixtures import data_config, write_shards
+from helpers import patience
 from PIL import Image
 
 from distst.data import TrainStream, eval_pairs
@@ -134,7 +135,7 @@ def test_rank_and_world_size_default_to_the_environment(shards: dict[str, str]) 
               f"s = TrainStream(data_config({shards['content4']!r}, {shards['style2']!r}))\n"
               "print(json.dumps([s.rank, s.world_size]))\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**subprocess_env(), "RANK": "1", "WORLD_SIZE": "2"},
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=patience(120))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [1, 2]
     with pytest.raises(ValueError, match="rank 2"):

@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 import torch
-from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_config, tiny_overrides, write_job
+from helpers import (
+    REPO,
+    distst_command,
+    patience,
+    run_distst,
+    subprocess_env,
+    tiny_config,
+    tiny_overrides,
+    write_job,
+)
 
 from distst.stop import EXIT_REQUEUE
 from distst.train import checkpoint, train
@@ -41,7 +50,7 @@ def test_a_full_disk_at_a_checkpoint_exits_75_with_one_line_and_the_rerun_resume
 
     # Extended to 4 steps: steps 3 and 4 train, the checkpoint of step 4 runs out of space in DeepSpeed's write.
     proc = subprocess.run(distst_command("train", str(job), *tiny_overrides(run, train__steps=4)), cwd=REPO,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=patience(300),
                           preexec_fn=space.preexec())
     assert proc.returncode == EXIT_REQUEUE, proc.stderr[-3000:]
     mark = "distst train: error: "  # a progress bar may share the line: from the error on
@@ -82,7 +91,7 @@ def test_a_save_failing_on_one_rank_inside_deepspeed_stops_both_ranks_together(t
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
          str(REPO / "tests" / "workers" / "disk_full_worker.py"), str(out), str(reports)],
-        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=patience(240))
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
     failed = out / "checkpoints" / "step_00000004.tmp" / "main" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import REPO, SLIM_ADAIN, on_int8_grid, subprocess_env, tiny_config
+from helpers import REPO, SLIM_ADAIN, on_int8_grid, patience, subprocess_env, tiny_config
 from test_gan_imp import GAN
 
 from distst.config import model_section
@@ -115,7 +115,7 @@ def test_two_bf16_ranks_distil_a_narrower_student_through_an_adapter_and_resume_
                                f"distill.teacher={tmp_path / 'teacher.pt'}", "distill.weight=1.0",
                                "distill.features=[transform]", "train.steps=4", "train.deterministic=true",
                                "deepspeed.zero_stage=1", "deepspeed.precision=bf16", *extra],
-                              cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+                              cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=patience(300))
         assert proc.returncode == 0, proc.stderr[-4000:]
         return [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_distst, tiny_config, tiny_overrides, write_job
+from helpers import patience, run_distst, tiny_config, tiny_overrides, write_job
 
 from distst.models.io import read_model_file
 from distst.track import read_metrics
@@ -55,7 +55,7 @@ def test_a_two_process_zero1_checkpoint_resumes_in_one_with_the_merged_optimizer
     run = tmp_path / "run"
     zero = {"deepspeed__zero_stage": 1}
     run_distst("train", str(write_job(tmp_path / "job.yaml")), *tiny_overrides(run, **zero), "train.steps=4",
-               "--nproc", "2", timeout=600)
+               "--nproc", "2", timeout=patience(600))
     masters, moments = _zero_files(run / "checkpoints" / "step_00000004" / "main")
 
     capture = Capture()
@@ -80,10 +80,10 @@ def test_a_one_process_checkpoint_resumes_in_two_the_same_way_every_time(tmp_pat
     job = str(write_job(tmp_path / "job.yaml"))
     first, second = tmp_path / "first", tmp_path / "second"
     extra = (f"deepspeed.precision={precision}", f"deepspeed.zero_stage={stage}")
-    run_distst("train", job, *tiny_overrides(first), *extra, "train.steps=4", timeout=600)
+    run_distst("train", job, *tiny_overrides(first), *extra, "train.steps=4", timeout=patience(600))
     shutil.copytree(first, second)
     for run in (first, second):
-        proc = run_distst("train", job, *tiny_overrides(run), *extra, "train.steps=6", "--nproc", "2", timeout=600)
+        proc = run_distst("train", job, *tiny_overrides(run), *extra, "train.steps=6", "--nproc", "2", timeout=patience(600))
         assert "resumes at step 4 with 2 process(es) instead of 1" in proc.stdout + proc.stderr
     weights = [read_model_file(run / "model.pt")[1] for run in (first, second)]
     assert weights[0].keys() == weights[1].keys()

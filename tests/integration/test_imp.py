@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_config, tiny_overrides, write_job
+from helpers import (
+    REPO,
+    distst_command,
+    patience,
+    run_distst,
+    subprocess_env,
+    tiny_config,
+    tiny_overrides,
+    write_job,
+)
 from PIL import Image
 
 from distst.cli import main
@@ -183,7 +192,7 @@ def test_masks_hold_in_fp32_master_weights_and_moments_across_two_gloo_processes
                            str(tmp_path / "run"), str(reports), "mask_rate=0.5", "tighten_at=2",
                            "model.encoder=trainable", "prune.method=imp", "train.steps=4",
                            f"deepspeed.zero_stage={zero_stage}", f"deepspeed.precision={precision}"],
-                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=patience(300))
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["digest"] == ranks[1]["digest"]
@@ -205,13 +214,13 @@ def test_sigkill_in_level_1_then_resume_gives_the_same_masks(tmp_path: Path) -> 
     proc = subprocess.Popen(distst_command("imp", str(job), *tiny_overrides(killed, **settings)), cwd=REPO,
                             env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     marker = killed / "level_1" / "checkpoints" / "step_00000002" / "state.pt"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + patience(240)
     while not marker.is_file():
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "level 1 never reached its first checkpoint"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=patience(30))
     assert not record_path(killed, "level_1").exists()
     level0_metrics = record_path(killed, "level_0").read_text()
 

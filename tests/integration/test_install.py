@@ -9,7 +9,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from helpers import REPO, subprocess_env, tiny_overrides
+from helpers import REPO, patience, subprocess_env, tiny_overrides
 
 from distst.data.bundled import CONTENT, STYLE
 
@@ -19,7 +19,7 @@ SKIP = shutil.ignore_patterns(".venv", ".git", "runs", "build", "dist", "*.egg-i
                               ".ruff_cache", "wandb", "weights")
 
 
-def run(*args: object, cwd: Path, timeout: float = 600) -> str:
+def run(*args: object, cwd: Path, timeout: float = patience(600)) -> str:
     proc = subprocess.run([str(a) for a in args], cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

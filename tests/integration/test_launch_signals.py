@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_overrides, write_job
+from helpers import REPO, distst_command, patience, run_distst, subprocess_env, tiny_overrides, write_job
 
 from distst.track import read_metrics
 from distst.train import EXIT_REQUEUE, checkpoint
@@ -23,7 +23,7 @@ def launch(command: str, job: Path, overrides: list[str], log: Path) -> subproce
                                 env=subprocess_env(), stdout=sink, stderr=subprocess.STDOUT)
 
 
-def wait_until(predicate, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+def wait_until(predicate, proc: subprocess.Popen, log: Path, timeout: float = patience(180)) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert proc.poll() is None, f"ended early ({proc.returncode}):\n{log.read_text()[-3000:]}"
@@ -47,7 +47,7 @@ def test_sigterm_mid_run_checkpoints_both_ranks_exits_75_and_resumes(tmp_path: P
     proc = launch("train", job, tiny_overrides(run, train__steps=500, train__checkpoint_every=100), log)
     wait_until(lambda: len(logged_steps(run)) >= 1, proc, log)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == EXIT_REQUEUE, log.read_text()[-3000:]
+    assert proc.wait(timeout=patience(120)) == EXIT_REQUEUE, log.read_text()[-3000:]
 
     assert "SIGTERM received; asking the 2 workers to checkpoint and stop" in log.read_text()
     (stopped_at,) = saved_steps(run / "checkpoints")
@@ -70,7 +70,7 @@ def test_sigusr1_while_the_workers_start_waits_for_them_then_stops_imp_with_75(t
     proc = launch("imp", job, overrides, log)
     time.sleep(0.5)
     proc.send_signal(signal.SIGUSR1)
-    assert proc.wait(timeout=180) == EXIT_REQUEUE, log.read_text()[-3000:]
+    assert proc.wait(timeout=patience(180)) == EXIT_REQUEUE, log.read_text()[-3000:]
     assert "SIGUSR1 received; asking the 2 workers to checkpoint and stop" in log.read_text()
     assert saved_steps(run / "level_0" / "checkpoints") == [1]
     assert "Traceback" not in log.read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_overrides, write_job
+from helpers import REPO, distst_command, patience, run_distst, subprocess_env, tiny_overrides, write_job
 
 from distst.track import read_metrics
 from distst.train import EXIT_REQUEUE
@@ -21,7 +21,7 @@ def deterministic_overrides(out: Path, **extra: object) -> list[str]:
     return tiny_overrides(out, train__steps=8, train__deterministic="true", data__workers=1, **extra)
 
 
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 180) -> None:
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = patience(180)) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
@@ -54,7 +54,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(tmp_path: Path, method
                             text=True)
     wait_for(lambda: (killed / "checkpoints" / "step_00000004" / "state.pt").is_file(), proc)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.wait(timeout=patience(30))
     assert not (killed / "summary.json").exists()
 
     run_distst("train", str(job), *deterministic_overrides(killed, prune__method=method, **extra))
@@ -78,7 +78,7 @@ def test_stop_signal_checkpoints_and_exits_with_requeue_code(tmp_path: Path, sig
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: len(losses(out)) >= 3, proc)
     proc.send_signal(sig)
-    assert proc.wait(timeout=120) == EXIT_REQUEUE
+    assert proc.wait(timeout=patience(120)) == EXIT_REQUEUE
     saved = sorted((out / "checkpoints").glob("step_*"))
     assert len(saved) == 1 and 3 <= int(saved[0].name.split("_")[1]) < 100  # at the next step boundary
     assert not (out / "summary.json").exists()

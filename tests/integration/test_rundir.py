@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, distst_command, run_distst, subprocess_env, tiny_config, tiny_overrides, write_job
+from helpers import (
+    REPO,
+    distst_command,
+    patience,
+    run_distst,
+    subprocess_env,
+    tiny_config,
+    tiny_overrides,
+    write_job,
+)
 
 from distst import rundir
 from distst.cli import main
@@ -75,7 +84,7 @@ def test_two_identical_commands_at_once_the_second_is_refused_naming_the_holder(
                                                train__eval_every=50, train__log_every=1)]
     first = subprocess.Popen(distst_command(*args), cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + patience(300)
     while not (out / rundir.LOCK_FILE).is_file():
         assert first.poll() is None and time.monotonic() < deadline, "the first command never took the lock"
         time.sleep(0.05)
@@ -87,7 +96,7 @@ def test_two_identical_commands_at_once_the_second_is_refused_naming_the_holder(
                            f"pid {first.pid} ")
     assert "Traceback" not in second.stderr
     first.send_signal(signal.SIGTERM)
-    assert first.wait(timeout=300) == 75  # checkpointed and stopped: the record is the first command's alone
+    assert first.wait(timeout=patience(300)) == 75  # checkpointed and stopped: the record is the first command's alone
     steps = [row["step"] for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
     assert steps == list(range(1, len(steps) + 1))  # every step once, no duplicates from the refused command
     assert not (out / rundir.LOCK_FILE).exists()

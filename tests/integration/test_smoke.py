@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, subprocess_env
+from helpers import REPO, patience, subprocess_env
 
 from distst.smoke import STEPS
 
@@ -36,7 +36,7 @@ def test_dry_run_passes_every_step_but_srun_and_reports_the_figures(tmp_path: Pa
     out = tmp_path / "smoke"
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "distst.smoke", "--dry", "--out", str(out)], cwd=REPO,
-                          env=smoke_env(), capture_output=True, text=True, timeout=900)
+                          env=smoke_env(), capture_output=True, text=True, timeout=patience(900))
     wall_s = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
     report = json.loads((out / "smoke.json").read_text())
@@ -100,7 +100,7 @@ def test_gpu_mode_without_a_gpu_fails_the_accelerator_step_and_runs_nothing_else
     env.pop("DS_ACCELERATOR", None)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "distst.smoke", "--out", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=patience(120))
     assert time.monotonic() - started < 60
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "[FAIL] accelerator" in proc.stdout
@@ -116,7 +116,7 @@ def test_gpu_mode_without_a_gpu_fails_the_accelerator_step_and_runs_nothing_else
 def test_out_must_be_a_new_folder(tmp_path: Path) -> None:
     (tmp_path / "old.txt").write_text("a previous run")
     proc = subprocess.run([sys.executable, "-m", "distst.smoke", "--dry", "--out", str(tmp_path)], cwd=REPO,
-                          env=smoke_env(), capture_output=True, text=True, timeout=60)
+                          env=smoke_env(), capture_output=True, text=True, timeout=patience(60))
     assert proc.returncode == 2 and "is not empty" in proc.stderr
 
 
@@ -127,7 +127,7 @@ def test_ranks_step_under_a_launcher_sees_every_process_on_its_own_device(tmp_pa
     out = tmp_path / "ranks"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "distst.smoke",
                            "--dry", "--steps-only", "ranks", "--out", str(out)], cwd=REPO, env=smoke_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=patience(300))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     (ranks,) = json.loads((out / "smoke.json").read_text())["steps"]
     assert ranks["status"] == "PASS"
@@ -146,7 +146,7 @@ def test_sbatch_smoke_script_runs_the_srun_step_with_two_tasks(slurm_cluster, tm
            "DISTST_SMOKE_ARGS": f"--dry --steps-only accelerator,srun --out {out}"}
     job = slurm_cluster.sbatch(REPO / "slurm/smoke_gpu.sh", "--nodes=1", "--ntasks-per-node=2",
                                "--gpus-per-node=0", "--cpus-per-task=1", "--time=10",
-                               f"--output={tmp_path}/slurm-%j.out", env=env, cwd=REPO, timeout=600)
+                               f"--output={tmp_path}/slurm-%j.out", env=env, cwd=REPO, timeout=patience(600))
     assert (job.state, job.exit_code) == ("COMPLETED", "0:0"), job.output()
     steps = steps_of(json.loads((out / "smoke.json").read_text()))
     assert steps["srun"]["status"] == "PASS", job.output()

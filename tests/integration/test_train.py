@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, subprocess_env, tiny_config
+from helpers import REPO, patience, subprocess_env, tiny_config
 
 from distst.config import ConfigError
 from distst.models import build
@@ -125,7 +125,7 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path: Path) -> None:
     assert len(run_files) == 1
     # read it back with wandb's own reader of the transaction log
     records = subprocess.run([str(Path(subprocess.sys.executable).with_name("wandb")), "leet", "inspect", "--json",
-                              str(run_files[0])], capture_output=True, text=True, check=True, timeout=60,
+                              str(run_files[0])], capture_output=True, text=True, check=True, timeout=patience(60),
                              env=subprocess_env()).stdout
     history = [json.loads(line)["history"]["item"] for line in records.splitlines() if '"type":"history"' in line]
     assert [h["loss"] for h in history if "loss" in h] == pytest.approx(
@@ -161,7 +161,7 @@ def test_two_gloo_processes_agree_on_weights_and_see_different_data(tmp_path: Pa
             str(REPO / "tests" / "workers" / "train_worker.py"), str(out), str(reports), "deepspeed.zero_stage=2"]
     for steps in (3, 5):  # the second launch resumes the ZeRO-2 checkpoint (partitioned optimizer states)
         proc = subprocess.run([*base, f"train.steps={steps}"], cwd=REPO, env=subprocess_env(), capture_output=True,
-                              text=True, timeout=300)
+                              text=True, timeout=patience(300))
         assert proc.returncode == 0, proc.stderr[-4000:]
         ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]
         assert [r["world"] for r in ranks] == [2, 2]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import toy_models  # noqa: F401 - registers the toy methods
-from helpers import run_distst, tiny_config, tiny_overrides, write_job
+from helpers import patience, run_distst, tiny_config, tiny_overrides, write_job
 
 from distst import registry
 from distst.config import ConfigError, model_section
@@ -31,7 +31,7 @@ def test_zero3_two_ranks_evaluate_write_a_whole_model_and_resume(tmp_path: Path)
     out = tmp_path / "run"
     settings = {"model__width": WIDTH, "deepspeed__zero_stage": 3, "train__eval_every": 2,
                 "tracking__image_every": 2, "data__crop": 32}
-    run_distst("train", str(job), "--nproc", "2", *tiny_overrides(out, train__steps=2, **settings), timeout=600)
+    run_distst("train", str(job), "--nproc", "2", *tiny_overrides(out, train__steps=2, **settings), timeout=patience(600))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
     reference = create(model_section(name="adain", width=WIDTH))
@@ -43,7 +43,7 @@ def test_zero3_two_ranks_evaluate_write_a_whole_model_and_resume(tmp_path: Path)
     assert summary["nonzero_params"]["total"] == nonzero
     assert summary["final"]["total_error"] > 0 and (out / "samples" / "step_00000002.png").is_file()
 
-    run_distst("train", str(job), "--nproc", "2", *tiny_overrides(out, train__steps=3, **settings), timeout=600)
+    run_distst("train", str(job), "--nproc", "2", *tiny_overrides(out, train__steps=3, **settings), timeout=patience(600))
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]  # resumed at step 2, not restarted

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, subprocess_env
+from helpers import REPO, patience, subprocess_env
 
 from distst.sweep.integrity import (
     SealDriverState,
@@ -205,7 +205,7 @@ def test_resume_refuses_an_unsealed_state_before_ray_starts(state: Path, tmp_pat
     sealed_path(state).unlink()
     sweep = REPO / "tune" / "imp_sweep.yaml"
     proc = subprocess.run([sys.executable, "-m", "distst", "tune", str(sweep), "--out", str(state.parent),
-                           "--resume"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+                           "--resume"], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=patience(120))
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "refusing to unpickle its Tune state" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import tiny_config  # noqa: E402
+from helpers import patience, tiny_config  # noqa: E402
 
 from distst.diskfull import DiskFull  # noqa: E402
 from distst.train import Method, TrainContext, train  # noqa: E402
@@ -31,7 +31,7 @@ class LimitRank1(Method):
 
 def main() -> None:
     out_dir, report_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    cfg = tiny_config(out_dir, train__steps=4, deepspeed__zero_stage=1, train__collective_timeout=60)
+    cfg = tiny_config(out_dir, train__steps=4, deepspeed__zero_stage=1, train__collective_timeout=patience(60))
     import torch.distributed as dist
 
     report: dict[str, object] = {"error": None}
