@@ -1,5 +1,6 @@
 """Divergence stops at the first non-finite loss and keeps the last good checkpoint; JSON never holds NaN; NaN
-weights are never stylised; and the fault record: an IMP job killed 3 times ends bitwise equal."""
+weights are never stylised; and the fault record: an IMP job killed twice ends bitwise equal
+(``distst bench faults`` kills it 20 times)."""
 
 from __future__ import annotations
 
@@ -81,9 +82,9 @@ def test_stylize_refuses_a_model_file_with_non_finite_weights(tmp_path: Path, ca
 
 
 @pytest.mark.slow
-def test_imp_killed_three_times_ends_bitwise_equal(tmp_path: Path) -> None:
-    record = fault_record(3, tmp_path, seed=1, steps=8)
+def test_imp_killed_twice_ends_bitwise_equal(tmp_path: Path) -> None:
+    record = fault_record(2, tmp_path, seed=1, steps=8)
     assert record.failures == [] and record.final_exit == 0
-    assert record.kills_delivered == 3
+    assert record.kills_delivered == 2
     assert record.levels_lost == 0
     assert record.mismatches == []

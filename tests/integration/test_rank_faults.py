@@ -186,7 +186,7 @@ def test_a_killed_rank_restarts_in_place_a_stopped_one_ends_the_job_and_the_reru
     assert "resuming" in text  # the workers' own output stays visible
 
     rerun = tmp_path / "rerun.log"
-    proc = launch(job, run, rerun)  # resumes and finishes (the default watchdog: no false alarm under load)
+    proc = launch(job, run, rerun, train__hang_min_s=5)  # the same command: it resumes and finishes
     assert finish(proc, rerun) == 0, output(rerun)[-3000:]
     assert f"finished step {STEPS}" in output(rerun)
     assert_same_results(run, clean)
